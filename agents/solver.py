@@ -1,0 +1,20 @@
+"""Solver: writes a first answer to the task."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from refinegraph.context import RunContext
+from refinegraph.prompts import load_prompt
+
+
+async def solve(state: dict[str, Any], runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """One greedy answer to `state["task"]`, appended as candidate 0."""
+    params = state.get("params", {})
+    messages = load_prompt("solver").render(task=state["task"])
+    samples = await runtime.context.sample(
+        "solver", messages, temperature=params.get("temperature", 0.0),
+        max_tokens=params.get("solver_max_tokens", 384), seed=params.get("seed", 0))
+    return {"candidates": [{"text": samples.texts[0].strip(), "score": None, "origin": "solver"}]}

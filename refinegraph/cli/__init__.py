@@ -1,0 +1,1 @@
+"""The `refinegraph` command line (typer + rich)."""

@@ -1,0 +1,119 @@
+"""Entry point: `refinegraph run | resume | graphs | trace ... | bench ...`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import typer
+
+from refinegraph.budget import Budget
+from refinegraph.cli import bench_cmds, trace_cmds
+from refinegraph.cli.common import err, fail, open_store, out, print_json, resolve_run
+from refinegraph.config import ConfigError, load_config
+from refinegraph.models import ModelUnavailable
+from refinegraph.registry import UnknownGraph, get_graph, list_graphs
+from refinegraph.runner import RunFailed, RunResult, resume, run
+
+app = typer.Typer(help="Verify-and-refine LLM agents with auditable decision traces.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+app.add_typer(trace_cmds.app, name="trace")
+app.add_typer(bench_cmds.app, name="bench")
+
+
+def _report(result: RunResult, as_json: bool) -> None:
+    if as_json:
+        print_json(result.model_dump())
+    else:
+        out.print(result.answer or "", highlight=False)
+        err.print(f"stop: {result.stop_reason}  calls: {result.model_calls}  "
+                  f"tokens: {result.usage['total_tokens']}", highlight=False)
+        typer.echo(f"run: {result.run_id}")
+
+
+def _failed(exc: RunFailed, as_json: bool) -> None:
+    if as_json:
+        print_json(exc.result.model_dump())
+    err.print(f"[bold red]error:[/] {exc.cause}", highlight=False)
+    err.print(f"the failure is recorded in the trace: refinegraph trace show {exc.result.run_id}")
+    if not as_json:
+        typer.echo(f"run: {exc.result.run_id}")
+    raise typer.Exit(1)
+
+
+@app.command("run")
+def run_cmd(
+    graph: str = typer.Argument(..., help="A registered graph (see `refinegraph graphs`)."),
+    task: str = typer.Argument(..., help="The input: a question or task."),
+    model: str | None = typer.Option(None, "--model", help="Play every role with this configured model."),
+    config: Path | None = typer.Option(None, "--config", help="TOML config (default $REFINEGRAPH_HOME/config.toml)."),
+    budget_tokens: int | None = typer.Option(None, "--budget-tokens", help="Token budget of the run."),
+    budget_calls: int | None = typer.Option(None, "--budget-calls", help="Model-call budget of the run."),
+    budget_seconds: float | None = typer.Option(None, "--budget-seconds", help="Wall-time budget."),
+    param: list[str] = typer.Option([], "--param", "-p", help="Graph parameter KEY=VALUE (JSON value)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Run GRAPH on TASK; print the answer, then `run: <run_id>`."""
+    try:
+        get_graph(graph)
+        cfg = load_config(config)
+        if model:
+            cfg = cfg.with_model(model)
+        params = _params(param)
+    except (UnknownGraph, ConfigError) as exc:
+        fail(str(exc))
+    budget = Budget(max_tokens=budget_tokens, max_calls=budget_calls, max_seconds=budget_seconds)
+    try:
+        result = asyncio.run(run(graph, task, config=cfg, params=params, budget=budget))
+    except RunFailed as exc:
+        _failed(exc, as_json)
+    except (ModelUnavailable, ConfigError, ValueError) as exc:
+        fail(str(exc), 1)
+    _report(result, as_json)
+
+
+def _params(pairs: list[str]) -> dict:
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"--param takes KEY=VALUE, got {pair!r}")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return params
+
+
+@app.command("resume")
+def resume_cmd(
+    run_id: str = typer.Argument(..., help="The interrupted run."),
+    config: Path | None = typer.Option(None, "--config"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Continue an interrupted run; finished model calls are not paid again."""
+    store = open_store()
+    full = resolve_run(store, run_id)
+    try:
+        result = asyncio.run(resume(full, config=load_config(config), store=store))
+    except RunFailed as exc:
+        _failed(exc, as_json)
+    except (ModelUnavailable, ConfigError) as exc:
+        fail(str(exc), 1)
+    _report(result, as_json)
+
+
+@app.command("graphs")
+def graphs_cmd() -> None:
+    """The registered graphs."""
+    for spec in list_graphs():
+        out.print(f"[bold]{spec.name}[/]  {spec.description}", highlight=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

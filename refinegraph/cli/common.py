@@ -1,0 +1,36 @@
+"""Helpers shared by the CLI's commands: consoles, the store, clean exits."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from refinegraph.runner import default_store
+from refinegraph.trace.store import TraceStore
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def print_json(data: Any) -> None:
+    """One JSON object on stdout, nothing else (for scripts)."""
+    typer.echo(json.dumps(data, ensure_ascii=False))
+
+
+def open_store() -> TraceStore:
+    return default_store()
+
+
+def resolve_run(store: TraceStore, run: str) -> str:
+    try:
+        return store.find_run(run)
+    except KeyError as exc:
+        fail(str(exc.args[0]))

@@ -1,0 +1,109 @@
+"""`refinegraph trace ...`: list, show, verify, export and replay recorded runs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import typer
+from rich.table import Table
+
+from refinegraph.cli.common import err, fail, open_store, out, print_json, resolve_run
+from refinegraph.context import ReplayMiss
+from refinegraph.runner import RunFailed, replay
+from refinegraph.trace.verify import verify_run
+
+app = typer.Typer(help="List, read, verify, export and replay decision traces.", no_args_is_help=True)
+
+
+@app.command("list")
+def list_runs(limit: int = typer.Option(20, help="How many runs, newest first."),
+              as_json: bool = typer.Option(False, "--json", help="One JSON array.")) -> None:
+    """The recorded runs, newest first."""
+    runs = open_store().runs(limit)
+    if as_json:
+        print_json(runs)
+        return
+    table = Table("run", "graph", "created", "status", "stop", "events", "input")
+    for r in runs:
+        table.add_row(r["run_id"], r["graph"], r["created_at"][:19], r["status"], r["stop_reason"] or "",
+                      str(r["events"]), r["input_preview"][:40])
+    out.print(table)
+
+
+@app.command("show")
+def show(run: str = typer.Argument(..., help="Run id (or a unique prefix)."),
+         as_json: bool = typer.Option(False, "--json", help="Events as one JSON array.")) -> None:
+    """The run's events in order: nodes, model calls and decisions."""
+    store = open_store()
+    run_id = resolve_run(store, run)
+    events = store.events(run_id)
+    if as_json:
+        print_json(events)
+        return
+    info = store.run(run_id)
+    out.print(f"[bold]{run_id}[/]  graph={info['graph']}  status={info['status']}  stop={info['stop_reason']}")
+    for e in events:
+        out.print(f"{e['seq']:>4} {e['ts'][11:23]} [cyan]{e['type']:<13}[/] {e.get('node') or '':<9} "
+                  f"{_summary(e)}", highlight=False)
+
+
+def _summary(e: dict) -> str:
+    t = e["type"]
+    if t == "llm_call":
+        return (f"{e['model']} role={e['role']} n={e['params']['n']} source={e['source']} "
+                f"tokens={e['prompt_tokens']}+{e['completion_tokens']} {e['latency_ms']:.0f}ms")
+    if t == "critique":
+        return f"candidate={e['candidate']} score={e['score']} done={e['done']} via={e['parsed_with']}"
+    if t == "run_finished":
+        return f"stop={e['stop_reason']} calls={e['model_calls']} answer={(e['answer'] or '')[:60]!r}"
+    skip = {"run_id", "seq", "ts", "node", "type"}
+    return json.dumps({k: v for k, v in e.items() if k not in skip}, ensure_ascii=False)[:160]
+
+
+@app.command("verify")
+def verify(run: str = typer.Argument(..., help="Run id (or a unique prefix)."),
+           as_json: bool = typer.Option(False, "--json")) -> None:
+    """Recompute the hash chain; exit 0 when it holds, 1 naming the first bad event."""
+    store = open_store()
+    run_id = resolve_run(store, run)
+    report = verify_run(store, run_id)
+    if as_json:
+        print_json(report.__dict__)
+    elif report.ok:
+        out.print(f"ok: {report.events} events, chain holds{', sealed' if report.sealed else ''}")
+        for note in report.notes:
+            out.print(f"note: {note}")
+    else:
+        out.print(f"FAILED at event {report.bad_seq}: {report.problem}", highlight=False)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command("export")
+def export(run: str = typer.Argument(..., help="Run id (or a unique prefix).")) -> None:
+    """The run's events as JSONL (each line with its prev_hash and hash)."""
+    store = open_store()
+    for line in store.iter_export(resolve_run(store, run)):
+        typer.echo(line)
+
+
+@app.command("replay")
+def replay_cmd(run: str = typer.Argument(..., help="Run id (or a unique prefix)."),
+               as_json: bool = typer.Option(False, "--json")) -> None:
+    """Re-run from the recorded calls only (no model is called); compare the decisions."""
+    store = open_store()
+    run_id = resolve_run(store, run)
+    try:
+        result = asyncio.run(replay(run_id, store=store))
+    except RunFailed as exc:
+        if isinstance(exc.cause, ReplayMiss):
+            fail(f"the trace does not hold every call this run needs: {exc.cause}", 1)
+        fail(str(exc), 1)
+    if as_json:
+        print_json(result.model_dump())
+    else:
+        out.print(result.answer or "", highlight=False)
+        err.print(f"replay of {run_id}: model_calls={result.model_calls} "
+                  f"decisions_match={result.decisions_match} answer_matches={result.answer_matches}")
+        typer.echo(f"run: {result.run_id}")
+    raise typer.Exit(0 if result.decisions_match and result.answer_matches else 1)

@@ -1,0 +1,177 @@
+"""RunContext: what LangGraph hands every node, and the one choke point for model calls.
+
+Every call goes: budget check -> replay cache -> backend with retries -> usage charged ->
+`llm_call` event. No node talks to a backend directly.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from tenacity import RetryCallState
+
+from refinegraph.budget import Budget, BudgetExceeded
+from refinegraph.cache import CachedSample, ReplayCache, sample_key
+from refinegraph.config import Config, RetryPolicy
+from refinegraph.events import BudgetEvent, ErrorEvent, Event, Fallback, LLMCall, Retry
+from refinegraph.models.base import Model, ModelError, ModelUnavailable, Samples, Usage
+from refinegraph.retry import call_with_retries
+
+current_node: contextvars.ContextVar[str | None] = contextvars.ContextVar("refinegraph_node", default=None)
+
+
+class ReplayMiss(RuntimeError):
+    """A replayed run asked for a call its trace did not record."""
+
+
+@dataclass
+class RunContext:
+    """Models by name and role, budget, trace writer and replay cache of one run."""
+
+    run_id: str
+    models: dict[str, Model]
+    roles: dict[str, str]
+    writer: Any
+    budget: Budget = field(default_factory=Budget)
+    cache: ReplayCache = field(default_factory=ReplayCache)
+    config: Config = field(default_factory=Config)
+    replay_only: bool = False
+    charge_cache_hits: bool = True
+    """Replays spend the budget as the original did; a resumed run has already paid."""
+    model_calls: int = 0
+    cache_hits: int = 0
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float = 0.0
+    fallbacks: Counter = field(default_factory=Counter)
+    retries: int = 0
+
+    # -- events ---------------------------------------------------------------------------
+
+    def emit(self, event: Event) -> Event:
+        """Write a decision or runtime event, stamped with the node that made it."""
+        if event.node is None:
+            event.node = current_node.get()
+        if event.type == "fallback":  # type: ignore[attr-defined]
+            self.fallbacks[event.kind] += 1  # type: ignore[attr-defined]
+        return self.writer.append(event)
+
+    def fallback(self, kind: str, reason: str, detail: str = "") -> None:
+        self.emit(Fallback(kind=kind, reason=reason, detail=detail[:2000]))
+
+    # -- models ---------------------------------------------------------------------------
+
+    def model_name(self, role: str) -> str:
+        name = self.roles.get(role) or self.roles.get("default")
+        if name is None or name not in self.models:
+            raise KeyError(f"no model for role {role!r}; known models: {', '.join(sorted(self.models))}")
+        return name
+
+    def supports_json_schema(self, role: str) -> bool:
+        return self.models[self.model_name(role)].supports_json_schema
+
+    async def sample(self, role: str, messages: list[dict[str, Any]], *, n: int = 1,
+                     temperature: float = 0.0, max_tokens: int = 512, seed: int | None = None,
+                     stop: list[str] | None = None, response_format: dict[str, Any] | None = None,
+                     logprobs: bool = False) -> Samples:
+        """The choke point: every model call of every node comes through here."""
+        name = self.model_name(role)
+        model = self.models[name]
+        prompt_estimate = sum(len(str(m.get("content", ""))) for m in messages) // 4 + 8
+        try:
+            allowed = self.budget.admit(n, max_tokens, prompt_estimate)
+        except BudgetExceeded as exc:
+            self.emit(BudgetEvent(reason=exc.reason, spent=exc.spent, limits=exc.limits))
+            raise
+        params = {"temperature": temperature, "max_tokens": allowed, "seed": seed, "stop": stop,
+                  "response_format": response_format, "logprobs": logprobs}
+        keys = [sample_key(name, messages, params, i) for i in range(n)]
+        cached = [self.cache.get(k) for k in keys]
+        started = time.perf_counter()
+        if all(c is not None for c in cached):
+            samples = _from_cache(cached, name)  # type: ignore[arg-type]
+            source, attempts = "cache", 0
+            self.cache_hits += 1
+        elif self.replay_only:
+            exc = ReplayMiss(f"model {name!r} was asked for a call the trace did not record")
+            self.emit(ErrorEvent(error_class="ReplayMiss", message=str(exc)))
+            raise exc
+        else:
+            samples, attempts = await self._call_backend(model, name, messages, n=n, params=params)
+            source = "backend"
+            self.model_calls += samples.requests
+            self.cache.put_samples(keys, samples)
+        latency = (time.perf_counter() - started) * 1000
+        if source == "backend" or self.charge_cache_hits:
+            self.budget.charge(samples.usage.total_tokens, calls=1)
+            self.usage = self.usage + samples.usage
+        cost = self._cost(name, samples.usage)
+        if cost is not None:
+            self.cost_usd += cost
+        self.emit(LLMCall(
+            model=name, role=role, backend=model.backend, source=source,
+            params={**params, "n": n}, cache_keys=keys,
+            request_blob=self.writer.put_blob({"messages": messages}),
+            response_blob=self.writer.put_blob({"texts": samples.texts,
+                                                "finish_reasons": samples.finish_reasons}),
+            requests=samples.requests, attempts=attempts,
+            prompt_tokens=samples.usage.prompt_tokens,
+            cached_prompt_tokens=samples.usage.cached_prompt_tokens,
+            completion_tokens=samples.usage.completion_tokens,
+            choice_tokens=samples.completion_tokens, server_usage=samples.server_usage,
+            finish_reasons=samples.finish_reasons, latency_ms=round(latency, 3), cost_usd=cost,
+            max_tokens_capped=allowed < max_tokens,
+        ))
+        return samples
+
+    async def _call_backend(self, model: Model, name: str, messages: list[dict[str, Any]], *,
+                            n: int, params: dict[str, Any]) -> tuple[Samples, int]:
+        spec = self.config.models.get(name)
+        policy = spec.retry if spec else RetryPolicy()
+
+        def on_retry(state: RetryCallState) -> None:
+            self.retries += 1
+            exc = state.outcome.exception() if state.outcome else None
+            wait = state.next_action.sleep if state.next_action else 0.0
+            self.emit(Retry(model=name, attempt=state.attempt_number, error_class=type(exc).__name__,
+                            message=str(exc)[:500], wait_s=round(wait, 3)))
+
+        attempts = 0
+
+        async def attempt() -> Samples:
+            nonlocal attempts
+            attempts += 1
+            return await model.sample(messages, n=n, **params)
+
+        try:
+            samples, _ = await call_with_retries(policy, on_retry, attempt)
+            return samples, attempts
+        except ModelUnavailable as exc:
+            self.emit(ErrorEvent(error_class="ModelUnavailable", message=str(exc)))
+            raise
+        except Exception as exc:  # every backend failure becomes one typed, recorded error
+            self.emit(ErrorEvent(error_class=type(exc).__name__,
+                                 message=f"model {name!r} after {attempts} attempt(s): {exc}"[:2000]))
+            raise ModelError(name, type(exc).__name__, str(exc), attempts) from exc
+
+    def _cost(self, name: str, usage: Usage) -> float | None:
+        spec = self.config.models.get(name)
+        if spec is None or spec.price_input_per_mtok is None or spec.price_output_per_mtok is None:
+            return None
+        return (usage.prompt_tokens * spec.price_input_per_mtok
+                + usage.completion_tokens * spec.price_output_per_mtok) / 1e6
+
+
+def _from_cache(cached: list[CachedSample], name: str) -> Samples:
+    """Recorded samples with their recorded usage, so a replay spends the budget alike."""
+    return Samples(
+        texts=[c.text for c in cached], finish_reasons=[c.finish_reason for c in cached],
+        completion_tokens=[c.tokens for c in cached],
+        usage=Usage(prompt_tokens=sum(c.prompt_tokens for c in cached),
+                    cached_prompt_tokens=sum(c.cached_prompt_tokens for c in cached),
+                    completion_tokens=sum(c.tokens for c in cached)),
+        requests=0, model_id=name,
+    )

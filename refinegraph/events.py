@@ -1,0 +1,162 @@
+"""Typed trace events: one pydantic discriminated union, written as the run happens."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+
+def utcnow() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+class Event(BaseModel):
+    """Fields every event carries; `seq` and `ts` are set by the trace writer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str = ""
+    seq: int = -1
+    ts: str = ""
+    node: str | None = None
+
+
+class RunStarted(Event):
+    type: Literal["run_started"] = "run_started"
+    graph: str
+    input: dict[str, Any]
+    params: dict[str, Any] = Field(default_factory=dict)
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    roles: dict[str, str] = Field(default_factory=dict)
+    budget: dict[str, Any] = Field(default_factory=dict)
+    replay_of: str | None = None
+    version: str = ""
+
+
+class RunResumed(Event):
+    type: Literal["run_resumed"] = "run_resumed"
+    recorded_calls: int
+
+
+class NodeStarted(Event):
+    type: Literal["node_started"] = "node_started"
+
+
+class NodeFinished(Event):
+    type: Literal["node_finished"] = "node_finished"
+    duration_ms: float
+    outcome: Literal["ok", "error"] = "ok"
+
+
+class LLMCall(Event):
+    """One model call: request and response live in content-addressed blobs."""
+
+    type: Literal["llm_call"] = "llm_call"
+    model: str
+    role: str
+    backend: str
+    source: Literal["backend", "cache"]
+    params: dict[str, Any]
+    cache_keys: list[str]
+    request_blob: str
+    response_blob: str
+    requests: int = 1
+    attempts: int = 1
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    completion_tokens: int = 0
+    choice_tokens: list[int] = Field(default_factory=list)
+    server_usage: list[dict[str, Any]] = Field(default_factory=list)
+    finish_reasons: list[str | None] = Field(default_factory=list)
+    latency_ms: float = 0.0
+    cost_usd: float | None = None
+    max_tokens_capped: bool = False
+
+
+class Retry(Event):
+    type: Literal["retry"] = "retry"
+    model: str
+    attempt: int
+    error_class: str
+    message: str
+    wait_s: float
+
+
+class Critique(Event):
+    """A critic's structured verdict on one candidate."""
+
+    type: Literal["critique"] = "critique"
+    candidate: int
+    score: float | None
+    done: bool
+    criteria: dict[str, float] = Field(default_factory=dict)
+    edits: list[str] = Field(default_factory=list)
+    parsed_with: Literal["json_schema", "tolerant", "fallback"]
+
+
+class Verdict(Event):
+    type: Literal["verdict"] = "verdict"
+    subject: str
+    correct: bool | None
+    reason: str = ""
+
+
+class Refine(Event):
+    type: Literal["refine"] = "refine"
+    iteration: int
+    from_candidate: int
+    to_candidate: int
+
+
+class Fallback(Event):
+    """Something did not go the normal way and a documented substitute was used."""
+
+    type: Literal["fallback"] = "fallback"
+    kind: str
+    reason: str
+    detail: str = ""
+
+
+class BudgetEvent(Event):
+    type: Literal["budget"] = "budget"
+    reason: str
+    spent: dict[str, Any]
+    limits: dict[str, Any]
+
+
+class ErrorEvent(Event):
+    type: Literal["error"] = "error"
+    error_class: str
+    message: str
+
+
+class Stop(Event):
+    type: Literal["stop"] = "stop"
+    reason: str
+    chosen: int | None = None
+    score: float | None = None
+
+
+class RunFinished(Event):
+    type: Literal["run_finished"] = "run_finished"
+    answer: str | None
+    stop_reason: str
+    usage: dict[str, Any]
+    model_calls: int
+    cache_hits: int
+
+
+AnyEvent = Annotated[
+    RunStarted | RunResumed | NodeStarted | NodeFinished | LLMCall | Retry | Critique | Verdict
+    | Refine | Fallback | BudgetEvent | ErrorEvent | Stop | RunFinished,
+    Field(discriminator="type"),
+]
+EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(AnyEvent)
+
+DECISION_TYPES = frozenset({"critique", "verdict", "refine", "fallback", "budget", "stop"})
+
+
+def parse_event(data: dict[str, Any]) -> Event:
+    return EVENT_ADAPTER.validate_python(data)

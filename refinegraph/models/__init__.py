@@ -1,0 +1,35 @@
+"""Model backends behind one async protocol, and building them from the config."""
+
+from __future__ import annotations
+
+import os
+
+from refinegraph.config import ConfigError, ModelSpec
+from refinegraph.models.base import Model, ModelError, ModelUnavailable, Samples, SamplingParams, Usage
+from refinegraph.models.local import LocalModel
+from refinegraph.models.openai_backend import OpenAIModel
+from refinegraph.models.scripted import ScriptedModel
+
+__all__ = [
+    "Model", "ModelError", "ModelUnavailable", "Samples", "SamplingParams", "Usage",
+    "LocalModel", "OpenAIModel", "ScriptedModel", "build_model",
+]
+
+
+def build_model(name: str, spec: ModelSpec) -> Model:
+    """A backend instance for a configured model (nothing is started until first use)."""
+    if spec.backend == "local":
+        return LocalModel(name, n_parallel=spec.n_parallel, ctx_per_slot=spec.ctx_per_slot,
+                          threads=spec.threads, timeout=spec.timeout_s)
+    if spec.backend == "openai":
+        if not spec.base_url or not spec.model:
+            raise ConfigError(f"model {name!r}: the openai backend needs base_url and model")
+        api_key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
+        if spec.api_key_env and api_key is None:
+            raise ConfigError(f"model {name!r}: environment variable {spec.api_key_env} is not set")
+        return OpenAIModel(name, base_url=spec.base_url, model=spec.model, api_key=api_key,
+                           max_n=spec.max_n, timeout=spec.timeout_s,
+                           supports_json_schema=spec.supports_json_schema,
+                           count_tokens=spec.count_tokens, extra_body=spec.extra_body)
+    raise ConfigError(f"model {name!r}: the {spec.backend!r} backend is not available in this build; "
+                      "point the openai backend at a vLLM server instead (see README)")

@@ -1,0 +1,139 @@
+"""Any OpenAI-compatible server through the official async client.
+
+n samples go in one request so the server processes the prompt once; where the server
+caps n (`max_n`), the call is split into several requests and `Samples.requests` says so.
+Retries are not done here: the run's choke point owns them (see refinegraph.calls).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Literal
+
+import httpx
+import openai
+
+from refinegraph.models.base import Samples, Usage
+
+TokenCounting = Literal["usage", "tokenize"]
+
+
+class OpenAIModel:
+    """A model behind an OpenAI-compatible `/v1/chat/completions` endpoint."""
+
+    backend = "openai"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        max_n: int | None = None,
+        timeout: float = 120.0,
+        supports_json_schema: bool = True,
+        count_tokens: TokenCounting = "usage",
+        extra_body: dict[str, Any] | None = None,
+        http_client: httpx.AsyncClient | None = None,
+    ):
+        self.name = name
+        self.model = model
+        self.base_url = base_url.rstrip("/")
+        self.max_n = max_n
+        self.supports_json_schema = supports_json_schema
+        self.count_tokens = count_tokens
+        self.extra_body = extra_body or {}
+        self._client = openai.AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=api_key or "not-needed",
+            timeout=timeout,
+            max_retries=0,
+            http_client=http_client,
+        )
+        self._tokenizer_http = httpx.AsyncClient(timeout=timeout) if count_tokens == "tokenize" else None
+
+    def _split(self, n: int) -> list[int]:
+        if not self.max_n or n <= self.max_n:
+            return [n]
+        full, rest = divmod(n, self.max_n)
+        return [self.max_n] * full + ([rest] if rest else [])
+
+    async def sample(self, messages, *, n=1, temperature=0.0, max_tokens=512, seed=None,
+                     stop=None, response_format=None, logprobs=False) -> Samples:
+        parts = self._split(n)
+        responses = await asyncio.gather(*[
+            self._request(messages, n=k, temperature=temperature, max_tokens=max_tokens,
+                          seed=None if seed is None else seed + i, stop=stop,
+                          response_format=response_format, logprobs=logprobs)
+            for i, k in enumerate(parts)
+        ])
+        texts: list[str] = []
+        finish: list[str | None] = []
+        counts: list[int] = []
+        lps: list[list[float]] = []
+        usage = Usage()
+        raw_usage: list[dict[str, Any]] = []
+        for response in responses:
+            choices = sorted(response.choices, key=lambda c: c.index)
+            part_texts = [c.message.content or "" for c in choices]
+            part_finish = [c.finish_reason for c in choices]
+            texts += part_texts
+            finish += part_finish
+            if logprobs:
+                lps += [[t.logprob for t in (c.logprobs.content or [])] if c.logprobs else [] for c in choices]
+            reported = response.usage
+            raw_usage.append(reported.model_dump() if reported else {})
+            prompt = reported.prompt_tokens if reported else 0
+            details = getattr(reported, "prompt_tokens_details", None) if reported else None
+            cached = (getattr(details, "cached_tokens", None) or 0) if details else 0
+            completion = reported.completion_tokens if reported else 0
+            part_counts = await self._count_choices(part_texts, part_finish, completion)
+            counts += part_counts
+            usage = usage + Usage(prompt_tokens=prompt, cached_prompt_tokens=cached,
+                                  completion_tokens=sum(part_counts) if part_counts else completion)
+        return Samples(
+            texts=texts, finish_reasons=finish, completion_tokens=counts,
+            logprobs=lps if logprobs else None, usage=usage, server_usage=raw_usage,
+            requests=len(parts), model_id=responses[0].model or self.model,
+        )
+
+    async def _request(self, messages, *, n, temperature, max_tokens, seed, stop,
+                       response_format, logprobs):
+        kwargs: dict[str, Any] = {
+            "model": self.model, "messages": messages, "n": n, "temperature": temperature,
+            "max_tokens": max_tokens,
+        }
+        if seed is not None:
+            kwargs["seed"] = seed
+        if stop:
+            kwargs["stop"] = stop
+        if response_format is not None:
+            kwargs["response_format"] = response_format
+        if logprobs:
+            kwargs["logprobs"] = True
+        if self.extra_body:
+            kwargs["extra_body"] = self.extra_body
+        return await self._client.chat.completions.create(**kwargs)
+
+    async def _count_choices(self, texts: list[str], finish: list[str | None], reported: int) -> list[int]:
+        """Tokens of each choice. With n=1 the server's figure is exact; with n>1 servers
+        such as llama.cpp report one choice only, so ask its `/tokenize` for each text."""
+        if len(texts) == 1:
+            return [reported]
+        if self.count_tokens != "tokenize" or self._tokenizer_http is None:
+            return []
+        root = self.base_url.removesuffix("/v1")
+
+        async def count(text: str, reason: str | None) -> int:
+            response = await self._tokenizer_http.post(f"{root}/tokenize", json={"content": text})
+            response.raise_for_status()
+            # A choice that stopped on end-of-generation also generated that token.
+            return len(response.json()["tokens"]) + (1 if reason == "stop" else 0)
+
+        return list(await asyncio.gather(*[count(t, r) for t, r in zip(texts, finish)]))
+
+    async def aclose(self) -> None:
+        await self._client.close()
+        if self._tokenizer_http is not None:
+            await self._tokenizer_http.aclose()

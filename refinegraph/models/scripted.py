@@ -1,0 +1,59 @@
+"""A scripted model: a TEST DOUBLE for control-flow tests.
+
+It returns texts it was given, in order or from a function of the messages. It never
+stands in for a backend in the product: the config cannot name it, only code can.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from refinegraph.models.base import Samples, Usage
+
+Responder = Callable[[list[dict[str, Any]]], str]
+
+
+class ScriptedModel:
+    """Test double: answers from a script, counting every call it receives."""
+
+    backend = "scripted"
+
+    def __init__(
+        self,
+        script: Sequence[str] | Responder,
+        *,
+        name: str = "scripted",
+        supports_json_schema: bool = True,
+    ):
+        self.name = name
+        self.supports_json_schema = supports_json_schema
+        self._script = script
+        self._position = 0
+        self.calls: list[list[dict[str, Any]]] = []
+
+    def _next(self, messages: list[dict[str, Any]]) -> str:
+        if callable(self._script):
+            return self._script(messages)
+        if self._position >= len(self._script):
+            raise IndexError(f"scripted model {self.name!r} ran out of its {len(self._script)} texts")
+        text = self._script[self._position]
+        self._position += 1
+        return text
+
+    async def sample(self, messages, *, n=1, temperature=0.0, max_tokens=512, seed=None,
+                     stop=None, response_format=None, logprobs=False) -> Samples:
+        self.calls.append(messages)
+        texts = [self._next(messages) for _ in range(n)]
+        counts = [max(1, len(t.split())) for t in texts]
+        prompt = sum(len(str(m.get("content", "")).split()) for m in messages)
+        return Samples(
+            texts=texts,
+            finish_reasons=["stop"] * n,
+            completion_tokens=counts,
+            usage=Usage(prompt_tokens=prompt, completion_tokens=sum(counts)),
+            model_id=self.name,
+        )
+
+    async def aclose(self) -> None:
+        return None

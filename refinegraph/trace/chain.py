@@ -1,0 +1,25 @@
+"""The hash chain: canonical JSON and how each event's hash covers its predecessor."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+
+def canonical_json(data: Any) -> str:
+    """One spelling per value: sorted keys, no spaces, UTF-8 kept."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def genesis_hash(run_id: str) -> str:
+    """The `prev_hash` of a run's first event, bound to its run id."""
+    return hashlib.sha256(f"refinegraph-run:{run_id}".encode()).hexdigest()
+
+
+def event_hash(prev_hash: str, body: str) -> str:
+    return hashlib.sha256(prev_hash.encode() + b"\n" + body.encode()).hexdigest()
+
+
+def content_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()

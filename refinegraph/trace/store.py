@@ -1,0 +1,215 @@
+"""SQLite trace store: append-only, hash-chained events and content-addressed blobs.
+
+One file in WAL mode. Several processes may write at once (each run is its own chain);
+triggers refuse UPDATE and DELETE on events, so the only way to change history is to go
+around the store, which `verify` then detects.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from refinegraph.events import Event, utcnow
+from refinegraph.trace.chain import canonical_json, content_digest, event_hash, genesis_hash
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    graph TEXT NOT NULL,
+    input_preview TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    status TEXT NOT NULL,
+    stop_reason TEXT,
+    answer_preview TEXT,
+    sealed_hash TEXT,
+    replay_of TEXT
+);
+CREATE TABLE IF NOT EXISTS events (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    body TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
+CREATE TABLE IF NOT EXISTS blobs (
+    digest TEXT PRIMARY KEY,
+    data BLOB NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'trace events are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, 'trace events are append-only'); END;
+"""
+
+
+class TraceStoreError(RuntimeError):
+    """The store file cannot be opened or read as a trace store."""
+
+
+class TraceStore:
+    """A trace store in one SQLite file (created with its schema on first open)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                       timeout=30.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise TraceStoreError(f"{self.path}: not a usable trace store: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- runs -----------------------------------------------------------------------------
+
+    def create_run(self, run_id: str, graph: str, input_preview: str, replay_of: str | None = None) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO runs (run_id, graph, input_preview, created_at, status, replay_of) "
+                "VALUES (?, ?, ?, ?, 'running', ?)",
+                (run_id, graph, input_preview[:200], utcnow(), replay_of),
+            )
+
+    def finish_run(self, run_id: str, status: str, stop_reason: str, answer: str | None, sealed_hash: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE runs SET status=?, stop_reason=?, answer_preview=?, sealed_hash=? WHERE run_id=?",
+                (status, stop_reason, (answer or "")[:200], sealed_hash, run_id),
+            )
+
+    def mark_running(self, run_id: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE runs SET status='running', sealed_hash=NULL WHERE run_id=?", (run_id,))
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT * FROM runs WHERE run_id=?", (run_id,))
+        return rows[0] if rows else None
+
+    def find_run(self, prefix: str) -> str:
+        """A run id from a unique prefix of it."""
+        rows = self._query("SELECT run_id FROM runs WHERE run_id LIKE ? ORDER BY created_at", (prefix + "%",))
+        if not rows:
+            raise KeyError(f"no run {prefix!r} in {self.path}")
+        if len(rows) > 1 and rows[0]["run_id"] != prefix:
+            raise KeyError(f"{prefix!r} names {len(rows)} runs; give more of the id")
+        return rows[0]["run_id"]
+
+    def runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        return self._query(
+            "SELECT r.*, (SELECT COUNT(*) FROM events e WHERE e.run_id=r.run_id) AS events "
+            "FROM runs r ORDER BY created_at DESC LIMIT ?", (limit,))
+
+    # -- events ---------------------------------------------------------------------------
+
+    def last_link(self, run_id: str) -> tuple[int, str]:
+        """(next seq, hash of the last event) for appending to a run's chain."""
+        rows = self._query("SELECT seq, hash FROM events WHERE run_id=? ORDER BY seq DESC LIMIT 1", (run_id,))
+        if not rows:
+            return 0, genesis_hash(run_id)
+        return rows[0]["seq"] + 1, rows[0]["hash"]
+
+    def insert_event(self, run_id: str, seq: int, type_: str, body: str, prev_hash: str, digest: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO events (run_id, seq, type, body, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?)",
+                (run_id, seq, type_, body, prev_hash, digest),
+            )
+
+    def raw_events(self, run_id: str) -> list[dict[str, Any]]:
+        """Rows as stored (body text, hashes), in sequence order."""
+        return self._query("SELECT * FROM events WHERE run_id=? ORDER BY seq", (run_id,))
+
+    def events(self, run_id: str, types: set[str] | None = None) -> list[dict[str, Any]]:
+        """Event bodies decoded, in sequence order."""
+        out = []
+        for row in self.raw_events(run_id):
+            if types is None or row["type"] in types:
+                out.append(json.loads(row["body"]))
+        return out
+
+    def iter_export(self, run_id: str) -> Iterator[str]:
+        """JSONL lines: each event's body with its hashes."""
+        for row in self.raw_events(run_id):
+            body = json.loads(row["body"])
+            body["prev_hash"], body["hash"] = row["prev_hash"], row["hash"]
+            yield json.dumps(body, ensure_ascii=False)
+
+    # -- blobs ----------------------------------------------------------------------------
+
+    def put_blob(self, value: Any) -> str:
+        data = canonical_json(value).encode()
+        digest = content_digest(data)
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO blobs (digest, data) VALUES (?, ?)", (digest, data))
+        return digest
+
+    def get_blob(self, digest: str) -> Any:
+        rows = self._query("SELECT data FROM blobs WHERE digest=?", (digest,))
+        if not rows:
+            raise KeyError(f"blob {digest} is missing from {self.path}")
+        return json.loads(rows[0]["data"])
+
+    def blob_bytes(self, digest: str) -> bytes | None:
+        rows = self._query("SELECT data FROM blobs WHERE digest=?", (digest,))
+        return bytes(rows[0]["data"]) if rows else None
+
+    def _query(self, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            cursor = self._db.execute(sql, args)
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+class TraceWriter:
+    """Appends one run's events to its chain, setting seq, time and hashes."""
+
+    def __init__(self, store: TraceStore, run_id: str):
+        self.store = store
+        self.run_id = run_id
+        self.next_seq, self.last_hash = store.last_link(run_id)
+        self.written = 0
+
+    def append(self, event: Event) -> Event:
+        event.run_id, event.seq, event.ts = self.run_id, self.next_seq, utcnow()
+        body = canonical_json(event.model_dump(mode="json"))
+        digest = event_hash(self.last_hash, body)
+        self.store.insert_event(self.run_id, event.seq, event.type, body, self.last_hash, digest)  # type: ignore[attr-defined]
+        self.last_hash, self.next_seq = digest, self.next_seq + 1
+        self.written += 1
+        return event
+
+    def put_blob(self, value: Any) -> str:
+        return self.store.put_blob(value)
+
+
+class NullWriter:
+    """Tracing off: events are counted and dropped, blobs are not kept."""
+
+    store = None
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self.next_seq = 0
+        self.last_hash = genesis_hash(run_id)
+        self.written = 0
+
+    def append(self, event: Event) -> Event:
+        event.run_id, event.seq = self.run_id, self.next_seq
+        self.next_seq += 1
+        return event
+
+    def put_blob(self, value: Any) -> str:
+        return ""
