@@ -41,7 +41,10 @@ class RunContext:
     config: Config = field(default_factory=Config)
     replay_only: bool = False
     charge_cache_hits: bool = True
-    """Replays spend the budget as the original did; a resumed run has already paid."""
+    """Whether a recorded call served from the cache is charged the first time this run
+    uses it: yes in a replay (so it spends the budget as the original did), no when
+    resuming (the run already paid). A repeat of a call within one run is always free."""
+    _served: set[str] = field(default_factory=set, repr=False)
     model_calls: int = 0
     cache_hits: int = 0
     usage: Usage = field(default_factory=Usage)
@@ -105,10 +108,12 @@ class RunContext:
             self.model_calls += samples.requests
             self.cache.put_samples(keys, samples)
         latency = (time.perf_counter() - started) * 1000
-        if source == "backend" or self.charge_cache_hits:
+        paid = source == "backend" or (self.charge_cache_hits and keys[0] not in self._served)
+        self._served.update(keys)
+        if paid:
             self.budget.charge(samples.usage.total_tokens, calls=1)
             self.usage = self.usage + samples.usage
-        cost = self._cost(name, samples.usage)
+        cost = self._cost(name, samples.usage) if paid else None
         if cost is not None:
             self.cost_usd += cost
         self.emit(LLMCall(

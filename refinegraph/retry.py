@@ -28,7 +28,8 @@ def is_retryable(exc: BaseException) -> bool:
 def retrying(policy: RetryPolicy, on_retry: Callable[[RetryCallState], None]) -> AsyncRetrying:
     return AsyncRetrying(
         stop=stop_after_attempt(policy.max_retries + 1),
-        wait=wait_exponential_jitter(initial=policy.initial_wait_s, max=policy.max_wait_s),
+        wait=wait_exponential_jitter(multiplier=policy.initial_wait_s, max=policy.max_wait_s,
+                                     jitter=policy.initial_wait_s),
         retry=retry_if_exception(is_retryable),
         before_sleep=on_retry,
         reraise=True,

@@ -200,14 +200,14 @@ async def resume(run_id: str, *, config: Config | None = None, models: dict[str,
     built = {**_models_for(config, {k: v for k, v in roles.items() if not models or v not in models}),
              **(models or {})}
     cache = ReplayCache.from_trace(store, run_id)
-    recorded = store.events(run_id, types={"llm_call"})
+    recorded = [e for e in store.events(run_id, types={"llm_call"}) if e["source"] == "backend"]
     budget = Budget(**{f"max_{k}": v for k, v in started["budget"].items()})
     budget.tokens = sum(e["prompt_tokens"] + e["completion_tokens"] for e in recorded)
     budget.calls = len(recorded)
     store.mark_running(run_id)
     ctx = RunContext(run_id=run_id, models=built, roles=roles, writer=TraceWriter(store, run_id),
                      budget=budget, cache=cache, config=config, charge_cache_hits=False)
-    ctx.model_calls = sum(e["requests"] for e in recorded if e["source"] == "backend")
+    ctx.model_calls = sum(e["requests"] for e in recorded)
     for e in recorded:
         ctx.usage.prompt_tokens += e["prompt_tokens"]
         ctx.usage.cached_prompt_tokens += e["cached_prompt_tokens"]

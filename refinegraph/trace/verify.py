@@ -62,8 +62,8 @@ def verify_run(store: TraceStore, run_id: str) -> VerifyReport:
     report = VerifyReport(run_id, True, len(rows), sealed)
     if sealed:
         if not rows or rows[-1]["type"] != "run_finished":
-            return bad(len(rows), f"the run is sealed but its last event ({len(rows) - 1}) is not run_finished: "
-                                  "events after it were removed")
+            return bad(len(rows), f"event {len(rows)} is missing: the run is sealed, but its chain "
+                                  f"ends at event {len(rows) - 1} ({rows[-1]['type'] if rows else 'none'})")
         if run["sealed_hash"] != prev:
             return bad(len(rows) - 1, "the run's seal does not match its last event: the chain was cut or replaced")
     else:

@@ -1,0 +1,63 @@
+"""Shared fixtures: an isolated REFINEGRAPH_HOME per test, a trace store, scripted models."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from refinegraph.models import ScriptedModel
+from refinegraph.trace.store import TraceStore
+
+
+@pytest.fixture(autouse=True)
+def rg_home(tmp_path, monkeypatch):
+    """Every test gets its own home: traces, checkpoints and config never leak between tests."""
+    home = tmp_path / "rghome"
+    monkeypatch.setenv("REFINEGRAPH_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def store(rg_home) -> TraceStore:
+    s = TraceStore(rg_home / "traces.sqlite")
+    yield s
+    s.close()
+
+
+def verdict(score: int, done: bool = False, edits: list[str] | None = None) -> str:
+    return json.dumps({"correctness": score, "completeness": score, "clarity": score, "score": score,
+                       "verdict": "done" if done else "revise", "edits": edits or ["be more precise"]})
+
+
+def role_of(messages: list[dict[str, Any]]) -> str:
+    system = messages[0]["content"] if messages[0]["role"] == "system" else ""
+    if "strict reviewer" in system:
+        return "critic"
+    if "improve an answer" in system:
+        return "refiner"
+    return "solver"
+
+
+def scripted_by_role(critic_replies: list[str], name: str = "local", **kwargs) -> ScriptedModel:
+    """A test double that answers each role from its own script: solver and refiner texts
+    are numbered, the critic's replies come from `critic_replies` in order."""
+    counters = {"solver": 0, "refiner": 0, "critic": 0}
+
+    def respond(messages: list[dict[str, Any]]) -> str:
+        role = role_of(messages)
+        counters[role] += 1
+        if role == "critic":
+            return critic_replies[counters["critic"] - 1]
+        return f"{role} answer {counters[role]}"
+
+    model = ScriptedModel(respond, name=name, **kwargs)
+    model.counters = counters  # type: ignore[attr-defined]
+    return model
+
+
+@pytest.fixture
+def make_scripted() -> Callable[..., ScriptedModel]:
+    return scripted_by_role

@@ -1,0 +1,87 @@
+"""Resume: an interrupted run continues from its checkpoint without re-paying finished calls."""
+
+from __future__ import annotations
+
+import pytest
+
+from refinegraph import RunFailed, resume, run
+from refinegraph.graphs import self_refine
+from refinegraph.trace.verify import verify_run
+
+from conftest import scripted_by_role, verdict
+
+
+class Injected(RuntimeError):
+    pass
+
+
+async def test_crash_in_a_later_node_resumes_without_repeating_calls(store, monkeypatch, rg_home):
+    model = scripted_by_role([verdict(4), verdict(9, done=True)])
+    real_decide = self_refine.decide
+
+    async def crashing_decide(state, runtime):
+        raise Injected("power cut after the critic's call")
+
+    monkeypatch.setattr(self_refine, "decide", crashing_decide)
+    with pytest.raises(RunFailed) as failed:
+        await run("self-refine", "task", store=store, models={"local": model})
+    run_id = failed.value.result.run_id
+    assert isinstance(failed.value.cause, Injected)
+    assert model.counters == {"solver": 1, "critic": 1, "refiner": 0}
+    assert store.run(run_id)["status"] == "error"
+    assert verify_run(store, run_id).ok
+
+    monkeypatch.setattr(self_refine, "decide", real_decide)
+    result = await resume(run_id, store=store, models={"local": model})
+    # The solver and the first critique were not paid again.
+    assert model.counters == {"solver": 1, "critic": 2, "refiner": 1}
+    assert result.stop_reason == "done" and result.answer == "refiner answer 1"
+    assert result.model_calls == 4
+    report = verify_run(store, run_id)
+    assert report.ok and report.sealed
+    types = [e["type"] for e in store.events(run_id)]
+    assert types.count("run_resumed") == 1 and types[-1] == "run_finished"
+
+
+async def test_crash_inside_a_node_after_its_call_is_served_from_the_trace(store, monkeypatch):
+    from refinegraph.agents import critic
+
+    model = scripted_by_role([verdict(9, done=True)])
+    real_parse = critic.parse_structured
+    calls = {"n": 0}
+
+    def parse_then_crash(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise Injected("crash after the model answered, before the verdict was recorded")
+        return real_parse(*args, **kwargs)
+
+    monkeypatch.setattr(critic, "parse_structured", parse_then_crash)
+    with pytest.raises(RunFailed) as failed:
+        await run("self-refine", "task", store=store, models={"local": model})
+    run_id = failed.value.result.run_id
+    assert model.counters["critic"] == 1
+
+    result = await resume(run_id, store=store, models={"local": model})
+    assert model.counters == {"solver": 1, "critic": 1, "refiner": 0}
+    assert result.cache_hits == 1 and result.stop_reason == "done"
+    cached = [e for e in store.events(run_id, types={"llm_call"}) if e["source"] == "cache"]
+    assert len(cached) == 1 and cached[0]["role"] == "critic"
+    assert verify_run(store, run_id).ok
+
+
+async def test_replay_of_a_changed_program_is_a_clear_miss(store, monkeypatch):
+    from refinegraph import replay
+    from refinegraph.agents import solver
+    from refinegraph.context import ReplayMiss
+    from refinegraph.prompts import Prompt
+
+    model = scripted_by_role([verdict(9, done=True)])
+    result = await run("self-refine", "task", store=store, models={"local": model}, checkpoint=False)
+    monkeypatch.setattr(solver, "load_prompt", lambda name: Prompt(name, "A different system prompt.", "$task"))
+    with pytest.raises(RunFailed) as failed:
+        await replay(result.run_id, store=store)
+    assert isinstance(failed.value.cause, ReplayMiss)
+    assert failed.value.result.model_calls == 0
+    assert store.events(failed.value.result.run_id, types={"error"})[0]["error_class"] == "ReplayMiss"
+    assert verify_run(store, failed.value.result.run_id).ok

@@ -1,0 +1,148 @@
+"""The hash chain: every edit, deletion, reordering or splice is detected and named."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from refinegraph.cli.app import app
+from refinegraph.events import Fallback, NodeFinished, NodeStarted, RunFinished, RunStarted
+from refinegraph.trace.store import TraceStore, TraceWriter
+from refinegraph.trace.verify import verify_run
+
+
+def write_run(store: TraceStore, run_id: str, n_middle: int = 5) -> int:
+    store.create_run(run_id, "self-refine", "task")
+    writer = TraceWriter(store, run_id)
+    writer.append(RunStarted(graph="self-refine", input={"task": "t"}))
+    for i in range(n_middle):
+        writer.append(NodeStarted(node=f"n{i}"))
+        writer.append(Fallback(kind="k", reason=f"reason {i}", detail="x" * i))
+        writer.append(NodeFinished(node=f"n{i}", duration_ms=float(i)))
+    writer.append(RunFinished(answer="42", stop_reason="done", usage={}, model_calls=0, cache_hits=0))
+    store.finish_run(run_id, "finished", "done", "42", writer.last_hash)
+    return writer.next_seq
+
+
+def raw(store: TraceStore) -> sqlite3.Connection:
+    """A connection that goes around the store, as an attacker with the file would."""
+    db = sqlite3.connect(store.path, isolation_level=None)
+    db.execute("DROP TRIGGER IF EXISTS events_no_update")
+    db.execute("DROP TRIGGER IF EXISTS events_no_delete")
+    return db
+
+
+def test_intact_run_verifies(store):
+    count = write_run(store, "r1")
+    report = verify_run(store, "r1")
+    assert report.ok and report.sealed and report.events == count
+
+
+def test_store_refuses_update_and_delete(store):
+    write_run(store, "r1")
+    db = sqlite3.connect(store.path, isolation_level=None)
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        db.execute("UPDATE events SET body = body || ' ' WHERE run_id='r1' AND seq=2")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        db.execute("DELETE FROM events WHERE run_id='r1' AND seq=2")
+
+
+def test_one_changed_byte_is_named(store):
+    write_run(store, "r1")
+    db = raw(store)
+    body = db.execute("SELECT body FROM events WHERE run_id='r1' AND seq=5").fetchone()[0]
+    changed = body.replace("reason 1", "reason 7")
+    assert changed != body and len(changed) == len(body)
+    db.execute("UPDATE events SET body=? WHERE run_id='r1' AND seq=5", (changed,))
+    report = verify_run(store, "r1")
+    assert not report.ok and report.bad_seq == 5 and "altered" in report.problem
+
+
+def test_deleted_event_is_named(store):
+    write_run(store, "r1")
+    raw(store).execute("DELETE FROM events WHERE run_id='r1' AND seq=3")
+    report = verify_run(store, "r1")
+    assert not report.ok and report.bad_seq == 3 and "missing" in report.problem
+
+
+def test_deleted_last_event_breaks_the_seal(store):
+    count = write_run(store, "r1")
+    raw(store).execute("DELETE FROM events WHERE run_id='r1' AND seq=?", (count - 1,))
+    report = verify_run(store, "r1")
+    assert not report.ok and report.bad_seq == count - 1 and "sealed" in report.problem
+
+
+def test_altered_blob_is_named(store):
+    from refinegraph.events import LLMCall
+    store.create_run("r1", "g", "t")
+    writer = TraceWriter(store, "r1")
+    ref = writer.put_blob({"texts": ["hello"], "finish_reasons": ["stop"]})
+    writer.append(LLMCall(model="m", role="solver", backend="scripted", source="backend", params={},
+                          cache_keys=["k"], request_blob=writer.put_blob({"messages": []}), response_blob=ref))
+    assert verify_run(store, "r1").ok
+    raw(store).execute("UPDATE blobs SET data=? WHERE digest=?", (b'{"texts":["HELLO"]}', ref))
+    report = verify_run(store, "r1")
+    assert not report.ok and report.bad_seq == 0 and "blob" in report.problem
+
+
+def test_run_spliced_from_another_store_is_detected(tmp_path):
+    a, b = TraceStore(tmp_path / "a.sqlite"), TraceStore(tmp_path / "b.sqlite")
+    write_run(a, "r1")
+    write_run(b, "r2", n_middle=2)
+    # Copy r2's chain into a under r1's id, replacing r1's events.
+    db = raw(a)
+    db.execute("DELETE FROM events WHERE run_id='r1'")
+    for row in b.raw_events("r2"):
+        db.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
+                   ("r1", row["seq"], row["type"], row["body"], row["prev_hash"], row["hash"]))
+    report = verify_run(a, "r1")
+    assert not report.ok and report.bad_seq == 0
+
+
+MUTATIONS = st.sampled_from(["edit", "delete", "swap"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n_middle=st.integers(1, 6), mutation=MUTATIONS, data=st.data())
+def test_any_single_mutation_is_detected_at_its_event(tmp_path_factory, n_middle, mutation, data):
+    store = TraceStore(tmp_path_factory.mktemp("chain") / "t.sqlite")
+    count = write_run(store, "r", n_middle=n_middle)
+    db = raw(store)
+    i = data.draw(st.integers(0, count - 1), label="event")
+    if mutation == "edit":
+        body = db.execute("SELECT body FROM events WHERE run_id='r' AND seq=?", (i,)).fetchone()[0]
+        pos = data.draw(st.integers(0, len(body) - 1), label="position")
+        replacement = "A" if body[pos] != "A" else "B"
+        db.execute("UPDATE events SET body=? WHERE run_id='r' AND seq=?",
+                   (body[:pos] + replacement + body[pos + 1:], i))
+        expected = i
+    elif mutation == "delete":
+        db.execute("DELETE FROM events WHERE run_id='r' AND seq=?", (i,))
+        expected = i
+    else:
+        j = data.draw(st.integers(0, count - 1).filter(lambda j: j != i), label="other")
+        lo, hi = sorted((i, j))
+        rows = {r["seq"]: r for r in store.raw_events("r")}
+        for seq, other in ((lo, hi), (hi, lo)):
+            db.execute("UPDATE events SET body=?, type=?, prev_hash=?, hash=? WHERE run_id='r' AND seq=?",
+                       (rows[other]["body"], rows[other]["type"], rows[other]["prev_hash"],
+                        rows[other]["hash"], seq))
+        expected = lo
+    report = verify_run(store, "r")
+    assert not report.ok
+    assert report.bad_seq == expected, report.problem
+    store.close()
+
+
+def test_cli_verify_exit_codes(store):
+    write_run(store, "abc123")
+    runner = CliRunner()
+    ok = runner.invoke(app, ["trace", "verify", "abc1"])
+    assert ok.exit_code == 0 and "chain holds" in ok.output
+    raw(store).execute("DELETE FROM events WHERE run_id='abc123' AND seq=4")
+    bad = runner.invoke(app, ["trace", "verify", "abc123"])
+    assert bad.exit_code == 1 and "event 4" in bad.output
