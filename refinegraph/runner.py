@@ -54,6 +54,10 @@ class RunFailed(RuntimeError):
         self.result, self.cause = result, cause
 
 
+class RunNotResumable(ValueError):
+    """Resume was asked of a run that has nothing left to do."""
+
+
 class ReplayMissingRun(KeyError):
     def __str__(self) -> str:
         return str(self.args[0])
@@ -194,6 +198,9 @@ async def resume(run_id: str, *, config: Config | None = None, models: dict[str,
     """
     store = store or default_store()
     run_id = store.find_run(run_id)
+    status = store.run(run_id)["status"]  # type: ignore[index]
+    if status == "finished":
+        raise RunNotResumable(f"run {run_id} finished; there is nothing to resume (replay it instead)")
     started = _started_event(store, run_id)
     config = config or load_config()
     roles = started["roles"]
@@ -264,7 +271,9 @@ async def replay(run_id: str, *, store: TraceStore | None = None) -> ReplayResul
     models = {name: ReplayModel(name, started["models"].get(name, {}).get("supports_json_schema", True))
               for name in set(roles.values())}
     new_id = uuid.uuid4().hex
-    store.create_run(new_id, started["graph"], str(started["input"])[:200], replay_of=original)
+    key = get_graph(started["graph"]).input_key
+    store.create_run(new_id, started["graph"], str(started["input"].get(key, started["input"])),
+                     replay_of=original)
     ctx = RunContext(run_id=new_id, models=models, roles=roles, writer=TraceWriter(store, new_id),
                      budget=Budget(**{f"max_{k}": v for k, v in started["budget"].items()}),
                      cache=ReplayCache.from_trace(store, original), replay_only=True)

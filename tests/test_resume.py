@@ -85,3 +85,16 @@ async def test_replay_of_a_changed_program_is_a_clear_miss(store, monkeypatch):
     assert failed.value.result.model_calls == 0
     assert store.events(failed.value.result.run_id, types={"error"})[0]["error_class"] == "ReplayMiss"
     assert verify_run(store, failed.value.result.run_id).ok
+
+
+def test_resume_of_a_finished_run_is_refused(store):
+    import asyncio
+
+    from typer.testing import CliRunner
+
+    from refinegraph.cli.app import app
+
+    model = scripted_by_role([verdict(9, done=True)])
+    result = asyncio.run(run("self-refine", "task", store=store, models={"local": model}, checkpoint=False))
+    out = CliRunner().invoke(app, ["resume", result.run_id])
+    assert out.exit_code == 2 and "nothing to resume" in out.output

@@ -14,7 +14,7 @@ from refinegraph.cli.common import err, fail, open_store, out, print_json, resol
 from refinegraph.config import ConfigError, load_config
 from refinegraph.models import ModelUnavailable
 from refinegraph.registry import UnknownGraph, get_graph, list_graphs
-from refinegraph.runner import RunFailed, RunResult, resume, run
+from refinegraph.runner import RunFailed, RunNotResumable, RunResult, resume, run
 
 app = typer.Typer(help="Verify-and-refine LLM agents with auditable decision traces.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -99,6 +99,8 @@ def resume_cmd(
         result = asyncio.run(resume(full, config=load_config(config), store=store))
     except RunFailed as exc:
         _failed(exc, as_json)
+    except RunNotResumable as exc:
+        fail(str(exc))
     except (ModelUnavailable, ConfigError) as exc:
         fail(str(exc), 1)
     _report(result, as_json)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any, NoReturn
 
 import typer
@@ -11,7 +12,8 @@ from rich.console import Console
 from refinegraph.runner import default_store
 from refinegraph.trace.store import TraceStore
 
-out = Console(soft_wrap=True)
+# Piped output is not cut to 80 columns: run ids must survive a copy.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True)
 
 

@@ -24,10 +24,11 @@ def list_runs(limit: int = typer.Option(20, help="How many runs, newest first.")
     if as_json:
         print_json(runs)
         return
-    table = Table("run", "graph", "created", "status", "stop", "events", "input")
+    table = Table("run", "created (UTC)", "status", "stop", "events", "graph", "input")
+    table.columns[0].no_wrap = True
     for r in runs:
-        table.add_row(r["run_id"], r["graph"], r["created_at"][:19], r["status"], r["stop_reason"] or "",
-                      str(r["events"]), r["input_preview"][:40])
+        table.add_row(r["run_id"], r["created_at"][:19].replace("T", " "), r["status"], r["stop_reason"] or "",
+                      str(r["events"]), r["graph"], r["input_preview"][:40])
     out.print(table)
 
 
