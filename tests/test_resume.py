@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from conftest import scripted_by_role, verdict
+from refinegraph.graphs import self_refine
 
 from refinegraph import RunFailed, resume, run
-from refinegraph.graphs import self_refine
 from refinegraph.trace.verify import verify_run
-
-from conftest import scripted_by_role, verdict
 
 
 class Injected(RuntimeError):
@@ -71,10 +70,11 @@ async def test_crash_inside_a_node_after_its_call_is_served_from_the_trace(store
 
 
 async def test_replay_of_a_changed_program_is_a_clear_miss(store, monkeypatch):
-    from refinegraph import replay
     from refinegraph.agents import solver
-    from refinegraph.context import ReplayMiss
     from refinegraph.prompts import Prompt
+
+    from refinegraph import replay
+    from refinegraph.context import ReplayMiss
 
     model = scripted_by_role([verdict(9, done=True)])
     result = await run("self-refine", "task", store=store, models={"local": model}, checkpoint=False)

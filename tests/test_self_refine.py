@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from conftest import scripted_by_role, verdict
+from tests_support import critiques, event_types
 
 from refinegraph import Budget, run
 from refinegraph.trace.verify import verify_run
-from tests_support import critiques, event_types
-
-from conftest import scripted_by_role, verdict
 
 
 async def run_scripted(store, critic_replies, params=None, budget=None, **model_kwargs):
@@ -56,7 +55,7 @@ async def test_max_iterations_caps_the_loop(store):
 
 
 async def test_malformed_critic_output_is_a_recorded_fallback(store):
-    result, model = await run_scripted(store, ["I think it is quite good!!", verdict(8, done=True)])
+    result, _model = await run_scripted(store, ["I think it is quite good!!", verdict(8, done=True)])
     assert result.fallbacks == {"critic_unparseable": 1}
     fallback = store.events(result.run_id, types={"fallback"})[0]
     assert fallback["kind"] == "critic_unparseable" and "quite good" in fallback["detail"]
@@ -68,7 +67,7 @@ async def test_malformed_critic_output_is_a_recorded_fallback(store):
 async def test_tolerant_parsing_when_the_backend_has_no_json_schema(store):
     reply = "Here is my review:\n```json\n{'correctness': 9, 'completeness': 9, 'clarity': 9, " \
             "'score': 9, 'verdict': 'DONE', 'edits': [],}\n```"
-    result, model = await run_scripted(store, [reply], supports_json_schema=False)
+    result, _model = await run_scripted(store, [reply], supports_json_schema=False)
     assert [c["parsed_with"] for c in critiques(store, result.run_id)] == ["tolerant"]
     assert result.stop_reason == "done" and result.fallbacks == {}
     call = store.events(result.run_id, types={"llm_call"})[1]
@@ -94,7 +93,7 @@ async def test_tiny_call_budget_stops_with_the_best_answer_so_far(store):
 
 
 async def test_budget_refusing_the_first_call_still_answers(store):
-    result, model = await run_scripted(store, [], budget=Budget(max_tokens=5))
+    result, _model = await run_scripted(store, [], budget=Budget(max_tokens=5))
     assert result.stop_reason == "budget" and result.answer == "" and result.model_calls == 0
     assert verify_run(store, result.run_id).ok
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from refinegraph.budget import Budget
 from refinegraph.cli import bench_cmds, trace_cmds
@@ -26,7 +27,7 @@ def _report(result: RunResult, as_json: bool) -> None:
     if as_json:
         print_json(result.model_dump())
     else:
-        out.print(result.answer or "", highlight=False)
+        typer.echo(result.answer or "")
         err.print(f"stop: {result.stop_reason}  calls: {result.model_calls}  "
                   f"tokens: {result.usage['total_tokens']}", highlight=False)
         typer.echo(f"run: {result.run_id}")
@@ -35,7 +36,7 @@ def _report(result: RunResult, as_json: bool) -> None:
 def _failed(exc: RunFailed, as_json: bool) -> None:
     if as_json:
         print_json(exc.result.model_dump())
-    err.print(f"[bold red]error:[/] {exc.cause}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(str(exc.cause))}", highlight=False)
     err.print(f"the failure is recorded in the trace: refinegraph trace show {exc.result.run_id}")
     if not as_json:
         typer.echo(f"run: {exc.result.run_id}")

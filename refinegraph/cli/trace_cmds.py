@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from refinegraph.cli.common import err, fail, open_store, out, print_json, resolve_run
@@ -46,7 +47,7 @@ def show(run: str = typer.Argument(..., help="Run id (or a unique prefix)."),
     out.print(f"[bold]{run_id}[/]  graph={info['graph']}  status={info['status']}  stop={info['stop_reason']}")
     for e in events:
         out.print(f"{e['seq']:>4} {e['ts'][11:23]} [cyan]{e['type']:<13}[/] {e.get('node') or '':<9} "
-                  f"{_summary(e)}", highlight=False)
+                  f"{escape(_summary(e))}", highlight=False)
 
 
 def _summary(e: dict) -> str:
@@ -76,7 +77,7 @@ def verify(run: str = typer.Argument(..., help="Run id (or a unique prefix)."),
         for note in report.notes:
             out.print(f"note: {note}")
     else:
-        out.print(f"FAILED at event {report.bad_seq}: {report.problem}", highlight=False)
+        out.print(f"FAILED at event {report.bad_seq}: {escape(report.problem or '')}", highlight=False)
     raise typer.Exit(0 if report.ok else 1)
 
 
@@ -103,7 +104,7 @@ def replay_cmd(run: str = typer.Argument(..., help="Run id (or a unique prefix).
     if as_json:
         print_json(result.model_dump())
     else:
-        out.print(result.answer or "", highlight=False)
+        typer.echo(result.answer or "")
         err.print(f"replay of {run_id}: model_calls={result.model_calls} "
                   f"decisions_match={result.decisions_match} answer_matches={result.answer_matches}")
         typer.echo(f"run: {result.run_id}")
