@@ -7,8 +7,13 @@ from typing import Any
 
 import httpx
 import openai
-from tenacity import (AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt,
-                      wait_exponential_jitter)
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
 from refinegraph.config import RetryPolicy
 

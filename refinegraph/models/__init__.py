@@ -5,14 +5,29 @@ from __future__ import annotations
 import os
 
 from refinegraph.config import ConfigError, ModelSpec
-from refinegraph.models.base import Model, ModelError, ModelUnavailable, Samples, SamplingParams, Usage
+from refinegraph.models.base import (
+    Model,
+    ModelError,
+    ModelUnavailable,
+    Samples,
+    SamplingParams,
+    Usage,
+)
 from refinegraph.models.local import LocalModel
 from refinegraph.models.openai_backend import OpenAIModel
 from refinegraph.models.scripted import ScriptedModel
 
 __all__ = [
-    "Model", "ModelError", "ModelUnavailable", "Samples", "SamplingParams", "Usage",
-    "LocalModel", "OpenAIModel", "ScriptedModel", "build_model",
+    "LocalModel",
+    "Model",
+    "ModelError",
+    "ModelUnavailable",
+    "OpenAIModel",
+    "Samples",
+    "SamplingParams",
+    "ScriptedModel",
+    "Usage",
+    "build_model",
 ]
 
 

@@ -3,6 +3,13 @@
 One file in WAL mode. Several processes may write at once (each run is its own chain);
 triggers refuse UPDATE and DELETE on events, so the only way to change history is to go
 around the store, which `verify` then detects.
+
+When an event is committed: at once if it belongs to no node (run_started, run_finished,
+...), and otherwise with the next `llm_call` or `node_finished` of the run, in one
+transaction together with the blobs it references. So every event is in SQLite when its
+node finishes, and every model call as soon as it returns (resume serves it from the
+trace even after a hard crash inside the node), at about half the commits of one per
+event.
 """
 
 from __future__ import annotations
@@ -128,6 +135,23 @@ class TraceStore:
                 (run_id, seq, type_, body, prev_hash, digest),
             )
 
+    def insert_batch(self, blobs: list[tuple[str, bytes]], events: list[tuple[str, int, str, str, str, str]]) -> None:
+        """Blobs (digest, data) and event rows in one transaction: all are committed or none."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if blobs:
+                    self._db.executemany("INSERT OR IGNORE INTO blobs (digest, data) VALUES (?, ?)", blobs)
+                if events:
+                    self._db.executemany(
+                        "INSERT INTO events (run_id, seq, type, body, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?)",
+                        events)
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
     def raw_events(self, run_id: str) -> list[dict[str, Any]]:
         """Rows as stored (body text, hashes), in sequence order."""
         return self._query("SELECT * FROM events WHERE run_id=? ORDER BY seq", (run_id,))
@@ -173,26 +197,50 @@ class TraceStore:
             return [dict(zip(names, row)) for row in cursor.fetchall()]
 
 
+# Events inside a node that commit at once (with whatever of the run is pending).
+COMMIT_NOW = frozenset({"llm_call", "node_finished"})
+
+
 class TraceWriter:
-    """Appends one run's events to its chain, setting seq, time and hashes."""
+    """Appends one run's events to its chain, setting seq, time and hashes.
+
+    Events of a node are held until its next `llm_call` or its `node_finished` and then
+    committed in one transaction (see the module docstring); events outside any node are
+    committed at once. `flush()` commits what is held.
+    """
 
     def __init__(self, store: TraceStore, run_id: str):
         self.store = store
         self.run_id = run_id
         self.next_seq, self.last_hash = store.last_link(run_id)
         self.written = 0
+        self._events: list[tuple[str, int, str, str, str, str]] = []
+        self._blobs: list[tuple[str, bytes]] = []
 
     def append(self, event: Event) -> Event:
         event.run_id, event.seq, event.ts = self.run_id, self.next_seq, utcnow()
         body = canonical_json(event.model_dump(mode="json"))
         digest = event_hash(self.last_hash, body)
-        self.store.insert_event(self.run_id, event.seq, event.type, body, self.last_hash, digest)  # type: ignore[attr-defined]
+        self._events.append((self.run_id, event.seq, event.type, body, self.last_hash, digest))  # type: ignore[attr-defined]
         self.last_hash, self.next_seq = digest, self.next_seq + 1
         self.written += 1
+        if event.node is None or event.type in COMMIT_NOW:  # type: ignore[attr-defined]
+            self.flush()
         return event
 
     def put_blob(self, value: Any) -> str:
-        return self.store.put_blob(value)
+        """The blob's digest; the blob is committed with the event that references it."""
+        data = canonical_json(value).encode()
+        digest = content_digest(data)
+        self._blobs.append((digest, data))
+        return digest
+
+    def flush(self) -> None:
+        """Commit the held events and blobs (kept for a later try if the commit fails)."""
+        if not self._events and not self._blobs:
+            return
+        self.store.insert_batch(self._blobs, self._events)
+        self._events, self._blobs = [], []
 
 
 class NullWriter:
@@ -213,3 +261,6 @@ class NullWriter:
 
     def put_blob(self, value: Any) -> str:
         return ""
+
+    def flush(self) -> None:
+        return None
