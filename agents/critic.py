@@ -11,15 +11,15 @@ from typing import Any, Literal
 
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field, field_validator
+
+from refinegraph.context import RunContext
+from refinegraph.events import Critique
 from refinegraph.prompts import load_prompt
 from refinegraph.tools.structured import (
     StructuredOutputError,
     parse_structured,
     response_format_for,
 )
-
-from refinegraph.context import RunContext
-from refinegraph.events import Critique
 
 
 class CriticVerdict(BaseModel):

@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from langgraph.runtime import Runtime
-from refinegraph.prompts import load_prompt
 
 from refinegraph.context import RunContext
 from refinegraph.events import Refine
+from refinegraph.prompts import load_prompt
 
 
 def _edits_text(verdict: dict[str, Any]) -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from langgraph.runtime import Runtime
-from refinegraph.prompts import load_prompt
 
 from refinegraph.context import RunContext
+from refinegraph.prompts import load_prompt
 
 
 async def solve(state: dict[str, Any], runtime: Runtime[RunContext]) -> dict[str, Any]:

@@ -17,10 +17,10 @@ from typing import Annotated, Any, TypedDict
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, ConfigDict, Field
+
 from refinegraph.agents.critic import critique
 from refinegraph.agents.refiner import refine
 from refinegraph.agents.solver import solve
-
 from refinegraph.context import RunContext
 from refinegraph.events import Stop
 from refinegraph.nodes import stops_on_budget, traced

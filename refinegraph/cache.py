@@ -19,11 +19,17 @@ class CachedSample:
     cached_prompt_tokens: int = 0
 
 
-def sample_key(model: str, messages: list[dict[str, Any]], params: dict[str, Any], index: int) -> str:
-    """One sample's key. `params` holds temperature, max_tokens, stop, response_format,
-    logprobs and seed; n is not part of it, so n=4 and four n=1 calls share entries."""
-    material = canonical_json({"model": model, "messages": messages, "params": params, "index": index})
-    return hashlib.sha256(material.encode()).hexdigest()
+def sample_keys(model: str, messages: list[dict[str, Any]], params: dict[str, Any], n: int) -> list[str]:
+    """The keys of samples 0..n-1 of one call. `params` holds temperature, max_tokens, stop,
+    response_format, logprobs and seed; n is not part of it, so one n=4 call and the
+    first four samples of an n=8 call share entries. The call is serialized once."""
+    call = hashlib.sha256(canonical_json({"model": model, "messages": messages, "params": params}).encode())
+    keys = []
+    for index in range(n):
+        h = call.copy()
+        h.update(f"#sample:{index}".encode())
+        keys.append(h.hexdigest())
+    return keys
 
 
 class ReplayCache:

@@ -15,7 +15,7 @@ from typing import Any
 from tenacity import RetryCallState
 
 from refinegraph.budget import Budget, BudgetExceeded
-from refinegraph.cache import CachedSample, ReplayCache, sample_key
+from refinegraph.cache import CachedSample, ReplayCache, sample_keys
 from refinegraph.config import Config, RetryPolicy
 from refinegraph.events import BudgetEvent, ErrorEvent, Event, Fallback, LLMCall, Retry
 from refinegraph.models.base import Model, ModelError, ModelUnavailable, Samples, Usage
@@ -91,7 +91,7 @@ class RunContext:
             raise
         params = {"temperature": temperature, "max_tokens": allowed, "seed": seed, "stop": stop,
                   "response_format": response_format, "logprobs": logprobs}
-        keys = [sample_key(name, messages, params, i) for i in range(n)]
+        keys = sample_keys(name, messages, params, n)
         cached = [self.cache.get(k) for k in keys]
         started = time.perf_counter()
         if all(c is not None for c in cached):

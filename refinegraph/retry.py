@@ -43,10 +43,29 @@ def retrying(policy: RetryPolicy, on_retry: Callable[[RetryCallState], None]) ->
 
 async def call_with_retries(policy: RetryPolicy, on_retry: Callable[[RetryCallState], None],
                             call: Callable[[], Awaitable[Any]]) -> tuple[Any, int]:
-    """Run `call` under the policy; return (result, attempts made)."""
+    """Run `call` under the policy; return (result, attempts made).
+
+    The first attempt runs bare (tenacity's machinery costs tens of microseconds a call);
+    only a retryable failure enters the retry loop, which replays that failure as its own
+    first attempt so waits, events and the cap are tenacity's as usual.
+    """
+    try:
+        return await call(), 1
+    except BaseException as exc:
+        if policy.max_retries == 0 or not is_retryable(exc):
+            raise
+        first_failure: BaseException | None = exc
+
+    async def attempt() -> Any:
+        nonlocal first_failure
+        if first_failure is not None:
+            failure, first_failure = first_failure, None
+            raise failure
+        return await call()
+
     attempts = 0
-    async for attempt in retrying(policy, on_retry):
-        with attempt:
-            attempts = attempt.retry_state.attempt_number
-            result = await call()
+    async for retry_attempt in retrying(policy, on_retry):
+        with retry_attempt:
+            attempts = retry_attempt.retry_state.attempt_number
+            result = await attempt()
     return result, attempts

@@ -24,6 +24,7 @@ from refinegraph.context import ReplayMiss, RunContext
 from refinegraph.events import DECISION_TYPES, ErrorEvent, RunFinished, RunResumed, RunStarted
 from refinegraph.models import Model, ModelError, ModelUnavailable, build_model
 from refinegraph.registry import get_graph
+from refinegraph.trace.chain import canonical_json
 from refinegraph.trace.store import NullWriter, TraceStore, TraceWriter
 
 RECURSION_LIMIT = 200
@@ -67,14 +68,30 @@ def default_store() -> TraceStore:
     return TraceStore(home() / "traces.sqlite")
 
 
+class TraceFirstSaver(AsyncSqliteSaver):
+    """LangGraph's SQLite checkpointer that commits the run's held trace events before
+    each checkpoint write, so a resumed run never skips a step its trace lacks."""
+
+    flush: Any = None
+
+    async def aput(self, *args: Any, **kwargs: Any) -> Any:
+        self.flush()
+        return await super().aput(*args, **kwargs)
+
+    async def aput_writes(self, *args: Any, **kwargs: Any) -> Any:
+        self.flush()
+        return await super().aput_writes(*args, **kwargs)
+
+
 @contextlib.asynccontextmanager
-async def _checkpointer(enabled: bool, path: Path | None) -> AsyncIterator[Any]:
+async def _checkpointer(enabled: bool, path: Path | None, flush: Any) -> AsyncIterator[Any]:
     if not enabled:
         yield None
         return
     path = path or home() / "checkpoints.sqlite"
     path.parent.mkdir(parents=True, exist_ok=True)
-    async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
+    async with TraceFirstSaver.from_conn_string(str(path)) as saver:
+        saver.flush = flush
         yield saver
 
 
@@ -100,17 +117,40 @@ def _usage_dict(ctx: RunContext) -> dict[str, int]:
             "completion_tokens": u.completion_tokens, "total_tokens": u.total_tokens}
 
 
+_compiled: dict[tuple[str, str], Any] = {}
+
+
+def compiled_graph(graph_name: str, params: dict[str, Any], checkpointer: Any = None) -> Any:
+    """The compiled graph for (graph, params), built once per process.
+
+    Compiling costs milliseconds, more than refinegraph's whole per-run bookkeeping, so
+    each run takes a shallow copy of the cached graph with its own checkpointer.
+    """
+    key = (graph_name, canonical_json(params))
+    if key not in _compiled:
+        _compiled[key] = get_graph(graph_name).build(params, checkpointer=None)
+    graph = _compiled[key]
+    return graph.copy({"checkpointer": checkpointer}) if checkpointer is not None else graph
+
+
+def clear_compiled_graphs() -> None:
+    """Forget compiled graphs (after changing a graph's nodes at run time, as tests do)."""
+    _compiled.clear()
+
+
 async def _execute(ctx: RunContext, graph_name: str, graph_input: dict[str, Any] | None,
                    params: dict[str, Any], store: TraceStore | None, *, checkpoint: bool,
                    checkpoint_path: Path | None) -> RunResult:
-    spec = get_graph(graph_name)
     state: dict[str, Any] = {}
     error: BaseException | None = None
-    async with _checkpointer(checkpoint, checkpoint_path) as saver:
-        compiled = spec.build(params, checkpointer=saver)
+    async with _checkpointer(checkpoint, checkpoint_path, ctx.writer.flush) as saver:
+        compiled = compiled_graph(graph_name, params, saver)
         config = {"configurable": {"thread_id": ctx.run_id}, "recursion_limit": RECURSION_LIMIT}
         try:
-            state = await compiled.ainvoke(graph_input, config=config, context=ctx)
+            # "sync": each step's checkpoint is on disk before the next step starts, so a
+            # crash never loses a finished step (LangGraph's default writes it in the background).
+            durable = {"durability": "sync"} if saver is not None else {}
+            state = await compiled.ainvoke(graph_input, config=config, context=ctx, **durable)
         except BudgetExceeded as exc:  # a graph that did not handle it: still a budget stop
             state = {"stop_reason": "budget", "answer": None}
             ctx.fallback("budget_unhandled", str(exc))

@@ -61,3 +61,12 @@ def scripted_by_role(critic_replies: list[str], name: str = "local", **kwargs) -
 @pytest.fixture
 def make_scripted() -> Callable[..., ScriptedModel]:
     return scripted_by_role
+
+
+@pytest.fixture(autouse=True)
+def fresh_compiled_graphs():
+    """Tests that swap a node function need the graph compiled again."""
+    from refinegraph.runner import clear_compiled_graphs
+    clear_compiled_graphs()
+    yield
+    clear_compiled_graphs()

@@ -91,8 +91,7 @@ def test_layout_role_folders_install_under_one_name():
 def test_missing_runtime_says_what_to_install(monkeypatch):
     import sys
 
-    from refinegraph.models import ModelUnavailable
-    from refinegraph.models import local
+    from refinegraph.models import ModelUnavailable, local
     monkeypatch.setattr(local, "_server", None)
     monkeypatch.setitem(sys.modules, "xllamacpp", None)
     with pytest.raises(ModelUnavailable, match=r"pip install 'refinegraph\[local\]'"):

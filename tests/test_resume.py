@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from conftest import scripted_by_role, verdict
-from refinegraph.graphs import self_refine
 
 from refinegraph import RunFailed, resume, run
+from refinegraph.graphs import self_refine
+from refinegraph.runner import clear_compiled_graphs
 from refinegraph.trace.verify import verify_run
+
+from conftest import scripted_by_role, verdict
 
 
 class Injected(RuntimeError):
@@ -31,6 +33,7 @@ async def test_crash_in_a_later_node_resumes_without_repeating_calls(store, monk
     assert verify_run(store, run_id).ok
 
     monkeypatch.setattr(self_refine, "decide", real_decide)
+    clear_compiled_graphs()  # the fixed program, as a new process would compile it
     result = await resume(run_id, store=store, models={"local": model})
     # The solver and the first critique were not paid again.
     assert model.counters == {"solver": 1, "critic": 2, "refiner": 1}
@@ -70,11 +73,10 @@ async def test_crash_inside_a_node_after_its_call_is_served_from_the_trace(store
 
 
 async def test_replay_of_a_changed_program_is_a_clear_miss(store, monkeypatch):
-    from refinegraph.agents import solver
-    from refinegraph.prompts import Prompt
-
     from refinegraph import replay
+    from refinegraph.agents import solver
     from refinegraph.context import ReplayMiss
+    from refinegraph.prompts import Prompt
 
     model = scripted_by_role([verdict(9, done=True)])
     result = await run("self-refine", "task", store=store, models={"local": model}, checkpoint=False)
@@ -98,3 +100,54 @@ def test_resume_of_a_finished_run_is_refused(store):
     result = asyncio.run(run("self-refine", "task", store=store, models={"local": model}, checkpoint=False))
     out = CliRunner().invoke(app, ["resume", result.run_id])
     assert out.exit_code == 2 and "nothing to resume" in out.output
+
+
+CRASHING_RUN = """
+import asyncio, json, os
+from refinegraph import run
+from refinegraph.graphs import self_refine
+from refinegraph.models import ScriptedModel
+
+def verdict(score, done):
+    return json.dumps({"correctness": score, "completeness": score, "clarity": score, "score": score,
+                       "verdict": "done" if done else "revise", "edits": ["more detail"]})
+
+replies = iter(["first answer", verdict(4, False)])
+model = ScriptedModel(lambda messages: next(replies), name="local")
+
+async def power_cut(state, runtime):
+    os._exit(137)  # no finally, no flush: as kill -9 would
+
+self_refine.refine = power_cut
+asyncio.run(run("self-refine", "task", models={"local": model}, run_id="c" * 32))
+"""
+
+
+def test_hard_crash_leaves_a_trace_that_resumes(store, rg_home):
+    """The process dies without cleanup right after a checkpoint: the trace holds every
+    finished step (never behind the checkpoint), verifies, and resumes without re-paying."""
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", CRASHING_RUN], env={**os.environ, "REFINEGRAPH_HOME": str(rg_home)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 137, done.stderr
+    run_id = "c" * 32
+    report = verify_run(store, run_id)
+    assert report.ok and not report.sealed
+    before = store.events(run_id)
+    assert [e["type"] for e in before].count("llm_call") == 2
+    assert [e["node"] for e in before if e["type"] == "node_finished"] == ["solver", "critic", "decide"]
+
+    model = scripted_by_role([verdict(9, done=True)])
+    result = await_resume(run_id, store, model)
+    assert model.counters == {"solver": 0, "critic": 1, "refiner": 1}
+    assert result.stop_reason == "done" and result.answer == "refiner answer 1"
+    assert verify_run(store, run_id).sealed
+    assert len(store.events(run_id, types={"critique"})) == 2
+
+
+def await_resume(run_id, store, model):
+    import asyncio
+    return asyncio.run(resume(run_id, store=store, models={"local": model}))

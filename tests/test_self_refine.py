@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from conftest import scripted_by_role, verdict
-from tests_support import critiques, event_types
 
 from refinegraph import Budget, run
 from refinegraph.trace.verify import verify_run
+
+from conftest import scripted_by_role, verdict
+from tests_support import critiques, event_types
 
 
 async def run_scripted(store, critic_replies, params=None, budget=None, **model_kwargs):

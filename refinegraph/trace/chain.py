@@ -6,10 +6,21 @@ import hashlib
 import json
 from typing import Any
 
+from pydantic import BaseModel
+
 
 def canonical_json(data: Any) -> str:
     """One spelling per value: sorted keys, no spaces, UTF-8 kept."""
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def event_body(event: BaseModel) -> str:
+    """An event's stored text: its JSON, fields in the order its class declares them.
+
+    The hash covers exactly this stored text, so `verify` never re-serializes; blobs use
+    `canonical_json` instead, since their digest is their identity.
+    """
+    return event.model_dump_json()
 
 
 def genesis_hash(run_id: str) -> str:

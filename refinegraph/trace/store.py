@@ -4,12 +4,14 @@ One file in WAL mode. Several processes may write at once (each run is its own c
 triggers refuse UPDATE and DELETE on events, so the only way to change history is to go
 around the store, which `verify` then detects.
 
-When an event is committed: at once if it belongs to no node (run_started, run_finished,
-...), and otherwise with the next `llm_call` or `node_finished` of the run, in one
-transaction together with the blobs it references. So every event is in SQLite when its
-node finishes, and every model call as soon as it returns (resume serves it from the
-trace even after a hard crash inside the node), at about half the commits of one per
-event.
+When an event is committed, in one transaction with the blobs it references:
+- an `llm_call` at once, with the events held before it: a finished model call is never
+  paid again on resume, even after a hard crash inside its node;
+- events outside nodes (run_started, run_finished, ...) at once;
+- everything else with the next of those, and always before LangGraph checkpoints a
+  step (the runner's checkpointer calls `flush` first), so the trace is never behind the
+  checkpoint a run resumes from. (A commit on a writer thread was tried: the hand-off
+  cost more than the commit it moved off the run's thread.)
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from refinegraph.events import Event, utcnow
-from refinegraph.trace.chain import canonical_json, content_digest, event_hash, genesis_hash
+from refinegraph.trace.chain import canonical_json, content_digest, event_body, event_hash, genesis_hash
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -198,13 +200,13 @@ class TraceStore:
 
 
 # Events inside a node that commit at once (with whatever of the run is pending).
-COMMIT_NOW = frozenset({"llm_call", "node_finished"})
+COMMIT_NOW = frozenset({"llm_call"})
 
 
 class TraceWriter:
     """Appends one run's events to its chain, setting seq, time and hashes.
 
-    Events of a node are held until its next `llm_call` or its `node_finished` and then
+    Events of a node are held until its next `llm_call` (or a checkpoint) and then
     committed in one transaction (see the module docstring); events outside any node are
     committed at once. `flush()` commits what is held.
     """
@@ -219,7 +221,7 @@ class TraceWriter:
 
     def append(self, event: Event) -> Event:
         event.run_id, event.seq, event.ts = self.run_id, self.next_seq, utcnow()
-        body = canonical_json(event.model_dump(mode="json"))
+        body = event_body(event)
         digest = event_hash(self.last_hash, body)
         self._events.append((self.run_id, event.seq, event.type, body, self.last_hash, digest))  # type: ignore[attr-defined]
         self.last_hash, self.next_seq = digest, self.next_seq + 1
