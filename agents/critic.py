@@ -53,6 +53,8 @@ class CriticVerdict(BaseModel):
 
 
 RESPONSE_FORMAT = response_format_for(CriticVerdict, "critic_verdict")
+# A verdict cut shorter than this cannot be valid JSON: the budget refuses such a call.
+MIN_VERDICT_TOKENS = 48
 
 
 async def critique(state: dict[str, Any], runtime: Runtime[RunContext]) -> dict[str, Any]:
@@ -65,7 +67,8 @@ async def critique(state: dict[str, Any], runtime: Runtime[RunContext]) -> dict[
     messages = load_prompt("critic").render(task=state["task"], answer=candidate["text"])
     samples = await ctx.sample("critic", messages, temperature=0.0,
                                max_tokens=params.get("critic_max_tokens", 256), seed=params.get("seed", 0),
-                               response_format=RESPONSE_FORMAT if constrained else None)
+                               response_format=RESPONSE_FORMAT if constrained else None,
+                               min_tokens=MIN_VERDICT_TOKENS)
     reply = samples.texts[0]
     try:
         verdict, parsed_with = parse_structured(reply, CriticVerdict, constrained=constrained)

@@ -45,7 +45,7 @@ class SelfRefineState(TypedDict, total=False):
     verdicts: Annotated[list[dict[str, Any]], operator.add]
     iteration: int
     stop_reason: str
-    answer: str
+    answer: str | None
     chosen: int
 
 
@@ -80,7 +80,7 @@ async def finish(state: SelfRefineState, runtime: Runtime[RunContext]) -> dict[s
     chosen, score = best_candidate(candidates, state.get("verdicts", []))
     reason = state.get("stop_reason", "max_iterations")
     runtime.context.emit(Stop(reason=reason, chosen=chosen, score=score))
-    answer = candidates[chosen]["text"] if chosen is not None else ""
+    answer = candidates[chosen]["text"] if chosen is not None else None
     return {"answer": answer, "chosen": chosen if chosen is not None else -1, "stop_reason": reason}
 
 

@@ -18,7 +18,8 @@ class BudgetExceeded(Exception):
         self.reason, self.spent, self.limits = reason, spent, limits
 
 
-# A call is refused when fewer than this many completion tokens would remain for each sample.
+# By default a call is refused when fewer than this many completion tokens would remain
+# for each sample (a node may ask for more, see RunContext.sample's min_tokens).
 MIN_COMPLETION_TOKENS = 8
 
 
@@ -33,14 +34,24 @@ class Budget:
     calls: int = 0
     started: float = field(default_factory=time.monotonic)
 
+    def __post_init__(self) -> None:
+        for label, value in (("tokens", self.max_tokens), ("calls", self.max_calls), ("seconds", self.max_seconds)):
+            if value is not None and value < 0:
+                raise ValueError(f"a budget of {label} cannot be negative (got {value})")
+
     def limits(self) -> dict[str, Any]:
         return {"tokens": self.max_tokens, "calls": self.max_calls, "seconds": self.max_seconds}
 
     def spent(self) -> dict[str, Any]:
-        return {"tokens": self.tokens, "calls": self.calls,
-                "seconds": round(time.monotonic() - self.started, 3)}
+        """Tokens and calls spent: what decides a refusal and replays exactly (wall time,
+        which no replay reproduces, is reported apart by `elapsed`)."""
+        return {"tokens": self.tokens, "calls": self.calls}
 
-    def admit(self, n: int, max_tokens: int, prompt_estimate: int) -> int:
+    def elapsed(self) -> float:
+        return round(time.monotonic() - self.started, 3)
+
+    def admit(self, n: int, max_tokens: int, prompt_estimate: int,
+              min_tokens: int = MIN_COMPLETION_TOKENS) -> int:
         """The max_tokens a call of n samples may use, or BudgetExceeded.
 
         The prompt's size is estimated before the call (about 4 characters a token) so
@@ -55,7 +66,7 @@ class Budget:
             return max_tokens
         remaining = self.max_tokens - self.tokens - prompt_estimate
         per_sample = remaining // max(n, 1)
-        if per_sample < MIN_COMPLETION_TOKENS:
+        if per_sample < min_tokens:
             raise BudgetExceeded("tokens", self.spent(), self.limits())
         return min(max_tokens, per_sample)
 

@@ -1,4 +1,10 @@
-"""The replay cache: recorded samples keyed by (model, messages, sampling, seed, sample index)."""
+"""The replay cache: recorded samples keyed by (model, messages, sampling parameters, seed,
+occurrence, sample index).
+
+The occurrence is which identical call of the run this is (0 for the first, 1 for the
+next ...), so two identical requests are two independent draws, as they are at the
+server; a replay makes the same calls in the same order and so finds the same keys.
+"""
 
 from __future__ import annotations
 
@@ -19,17 +25,15 @@ class CachedSample:
     cached_prompt_tokens: int = 0
 
 
-def sample_keys(model: str, messages: list[dict[str, Any]], params: dict[str, Any], n: int) -> list[str]:
-    """The keys of samples 0..n-1 of one call. `params` holds temperature, max_tokens, stop,
-    response_format, logprobs and seed; n is not part of it, so one n=4 call and the
-    first four samples of an n=8 call share entries. The call is serialized once."""
-    call = hashlib.sha256(canonical_json({"model": model, "messages": messages, "params": params}).encode())
-    keys = []
-    for index in range(n):
-        h = call.copy()
-        h.update(f"#sample:{index}".encode())
-        keys.append(h.hexdigest())
-    return keys
+def call_key(model: str, messages: list[dict[str, Any]], params: dict[str, Any]) -> str:
+    """What identifies a request. `params` holds temperature, the requested max_tokens (not
+    a budget's cap of it), stop, response_format, logprobs and seed; n is not part of it."""
+    return hashlib.sha256(canonical_json({"model": model, "messages": messages, "params": params}).encode()).hexdigest()
+
+
+def sample_keys(call: str, occurrence: int, n: int) -> list[str]:
+    """The keys of samples 0..n-1 of the `occurrence`-th identical call of a run."""
+    return [hashlib.sha256(f"{call}#{occurrence}#{index}".encode()).hexdigest() for index in range(n)]
 
 
 class ReplayCache:
@@ -37,6 +41,8 @@ class ReplayCache:
 
     def __init__(self) -> None:
         self._entries: dict[str, CachedSample] = {}
+        self.refusals: list[dict[str, Any]] = []
+        """Budget events of the recorded run: a replay refuses where the original was refused."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -50,8 +56,8 @@ class ReplayCache:
     def put_call(self, keys: list[str], texts: list[str], finish_reasons: list[str | None],
                  choice_tokens: list[int], prompt_tokens: int, cached_prompt_tokens: int) -> None:
         """One call's samples; the first carries the call's prompt tokens."""
-        tokens = choice_tokens or [0] * len(texts)
-        for i, (key, text, reason, count) in enumerate(zip(keys, texts, finish_reasons, tokens)):
+        for i, (key, text, reason, count) in enumerate(zip(keys, texts, finish_reasons, choice_tokens,
+                                                           strict=True)):
             first = i == 0
             self.put(key, CachedSample(text, reason, count, prompt_tokens if first else 0,
                                        cached_prompt_tokens if first else 0))
@@ -62,11 +68,14 @@ class ReplayCache:
 
     @classmethod
     def from_trace(cls, store: Any, run_id: str) -> ReplayCache:
-        """Every sample the run's llm_call events recorded."""
+        """Every sample the run's llm_call events recorded (blobs checked against their digest),
+        and the budget refusals it recorded, in order."""
         cache = cls()
-        for event in store.events(run_id, types={"llm_call"}):
+        for event in store.events(run_id, types={"llm_call", "budget"}):
+            if event["type"] == "budget":
+                cache.refusals.append(event)
+                continue
             response = store.get_blob(event["response_blob"])
             cache.put_call(event["cache_keys"], response["texts"], response["finish_reasons"],
-                           event.get("choice_tokens") or [], event.get("prompt_tokens", 0),
-                           event.get("cached_prompt_tokens", 0))
+                           event["choice_tokens"], event["prompt_tokens"], event["cached_prompt_tokens"])
         return cache

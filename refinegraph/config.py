@@ -26,7 +26,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 def home() -> Path:
@@ -77,8 +77,15 @@ class Config(BaseModel):
     roles: dict[str, str] = Field(default_factory=lambda: {"default": "local"})
     source: str | None = None
 
+    @model_validator(mode="after")
+    def _has_default_role(self) -> Config:
+        """Every role falls back to `default`; without one, it is the first model listed."""
+        if "default" not in self.roles and self.models:
+            self.roles = {**self.roles, "default": next(iter(self.models))}
+        return self
+
     def model_for_role(self, role: str) -> str:
-        return self.roles.get(role) or self.roles.get("default") or next(iter(self.models))
+        return self.roles.get(role) or self.roles["default"]
 
     def spec(self, name: str) -> ModelSpec:
         if name not in self.models:

@@ -14,8 +14,8 @@ from typing import Any
 
 from tenacity import RetryCallState
 
-from refinegraph.budget import Budget, BudgetExceeded
-from refinegraph.cache import CachedSample, ReplayCache, sample_keys
+from refinegraph.budget import MIN_COMPLETION_TOKENS, Budget, BudgetExceeded
+from refinegraph.cache import CachedSample, ReplayCache, call_key, sample_keys
 from refinegraph.config import Config, RetryPolicy
 from refinegraph.events import BudgetEvent, ErrorEvent, Event, Fallback, LLMCall, Retry
 from refinegraph.models.base import Model, ModelError, ModelUnavailable, Samples, Usage
@@ -41,10 +41,11 @@ class RunContext:
     config: Config = field(default_factory=Config)
     replay_only: bool = False
     charge_cache_hits: bool = True
-    """Whether a recorded call served from the cache is charged the first time this run
-    uses it: yes in a replay (so it spends the budget as the original did), no when
-    resuming (the run already paid). A repeat of a call within one run is always free."""
-    _served: set[str] = field(default_factory=set, repr=False)
+    """Whether a call served from the cache is charged: yes in a replay (so it spends the
+    budget as the original did), no when resuming (the run already paid for it)."""
+    occurrences: Counter = field(default_factory=Counter)
+    """How many times each identical request was made in this run (see cache.py)."""
+    _refusals_replayed: int = 0
     model_calls: int = 0
     cache_hits: int = 0
     usage: Usage = field(default_factory=Usage)
@@ -68,6 +69,7 @@ class RunContext:
     # -- models ---------------------------------------------------------------------------
 
     def model_name(self, role: str) -> str:
+        """The model that plays `role` (the `default` role's model when none is named)."""
         name = self.roles.get(role) or self.roles.get("default")
         if name is None or name not in self.models:
             raise KeyError(f"no model for role {role!r}; known models: {', '.join(sorted(self.models))}")
@@ -79,37 +81,39 @@ class RunContext:
     async def sample(self, role: str, messages: list[dict[str, Any]], *, n: int = 1,
                      temperature: float = 0.0, max_tokens: int = 512, seed: int | None = None,
                      stop: list[str] | None = None, response_format: dict[str, Any] | None = None,
-                     logprobs: bool = False) -> Samples:
-        """The choke point: every model call of every node comes through here."""
+                     logprobs: bool = False, min_tokens: int = MIN_COMPLETION_TOKENS) -> Samples:
+        """The choke point: every model call of every node comes through here.
+
+        `min_tokens` is the least completion per sample worth paying for (a structured
+        verdict needs more than a few tokens); below it the budget refuses the call.
+        """
         name = self.model_name(role)
         model = self.models[name]
-        prompt_estimate = sum(len(str(m.get("content", ""))) for m in messages) // 4 + 8
-        try:
-            allowed = self.budget.admit(n, max_tokens, prompt_estimate)
-        except BudgetExceeded as exc:
-            self.emit(BudgetEvent(reason=exc.reason, spent=exc.spent, limits=exc.limits))
-            raise
-        params = {"temperature": temperature, "max_tokens": allowed, "seed": seed, "stop": stop,
-                  "response_format": response_format, "logprobs": logprobs}
-        keys = sample_keys(name, messages, params, n)
+        requested = {"temperature": temperature, "max_tokens": max_tokens, "seed": seed, "stop": stop,
+                     "response_format": response_format, "logprobs": logprobs}
+        call = call_key(name, messages, requested)
+        occurrence = self.occurrences[call]
+        keys = sample_keys(call, occurrence, n)
         cached = [self.cache.get(k) for k in keys]
+        hit = all(c is not None for c in cached)
+        if hit and not self.charge_cache_hits:
+            allowed = max_tokens  # already paid for: a resumed run re-serves it, whatever is left
+        else:
+            allowed = self._admit(name, n, max_tokens, messages, min_tokens, recorded=hit)
+        self.occurrences[call] += 1
+        params = {**requested, "max_tokens": allowed}
         started = time.perf_counter()
-        if all(c is not None for c in cached):
+        if hit:
             samples = _from_cache(cached, name)  # type: ignore[arg-type]
             source, attempts = "cache", 0
             self.cache_hits += 1
-        elif self.replay_only:
-            exc = ReplayMiss(f"model {name!r} was asked for a call the trace did not record")
-            self.emit(ErrorEvent(error_class="ReplayMiss", message=str(exc)))
-            raise exc
         else:
             samples, attempts = await self._call_backend(model, name, messages, n=n, params=params)
             source = "backend"
             self.model_calls += samples.requests
             self.cache.put_samples(keys, samples)
         latency = (time.perf_counter() - started) * 1000
-        paid = source == "backend" or (self.charge_cache_hits and keys[0] not in self._served)
-        self._served.update(keys)
+        paid = source == "backend" or self.charge_cache_hits
         if paid:
             self.budget.charge(samples.usage.total_tokens, calls=1)
             self.usage = self.usage + samples.usage
@@ -118,7 +122,8 @@ class RunContext:
             self.cost_usd += cost
         self.emit(LLMCall(
             model=name, role=role, backend=model.backend, source=source,
-            params={**params, "n": n}, cache_keys=keys,
+            params={**params, "n": n, "max_tokens_requested": max_tokens}, call_key=call,
+            occurrence=occurrence, cache_keys=keys,
             request_blob=self.writer.put_blob({"messages": messages}),
             response_blob=self.writer.put_blob({"texts": samples.texts,
                                                 "finish_reasons": samples.finish_reasons}),
@@ -131,6 +136,33 @@ class RunContext:
             max_tokens_capped=allowed < max_tokens,
         ))
         return samples
+
+    def _admit(self, name: str, n: int, max_tokens: int, messages: list[dict[str, Any]], min_tokens: int,
+               *, recorded: bool) -> int:
+        """The budget's answer for this call: the max_tokens it may use, or BudgetExceeded.
+
+        A replay has no backend: a call its trace did not record is refused as the
+        original was (same reason, recorded spend), or is a ReplayMiss.
+        """
+        if self.replay_only and not recorded:
+            if self._refusals_replayed < len(self.cache.refusals):
+                original = self.cache.refusals[self._refusals_replayed]
+                self._refusals_replayed += 1
+                self.emit(BudgetEvent(reason=original["reason"], spent=original["spent"],
+                                      limits=original["limits"], elapsed_s=original.get("elapsed_s", 0.0)))
+                raise BudgetExceeded(original["reason"], original["spent"], original["limits"])
+            exc = ReplayMiss(f"model {name!r} was asked for a call the trace did not record")
+            self.emit(ErrorEvent(error_class="ReplayMiss", message=str(exc)))
+            raise exc
+        prompt_estimate = sum(len(str(m.get("content", ""))) for m in messages) // 4 + 8
+        try:
+            return self.budget.admit(n, max_tokens, prompt_estimate, min_tokens)
+        except BudgetExceeded as exc:
+            if self.replay_only:
+                self._refusals_replayed += 1
+            self.emit(BudgetEvent(reason=exc.reason, spent=exc.spent, limits=exc.limits,
+                                  elapsed_s=self.budget.elapsed()))
+            raise
 
     async def _call_backend(self, model: Model, name: str, messages: list[dict[str, Any]], *,
                             n: int, params: dict[str, Any]) -> tuple[Samples, int]:

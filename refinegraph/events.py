@@ -59,6 +59,8 @@ class LLMCall(Event):
     backend: str
     source: Literal["backend", "cache"]
     params: dict[str, Any]
+    call_key: str
+    occurrence: int = 0
     cache_keys: list[str]
     request_blob: str
     response_blob: str
@@ -124,6 +126,8 @@ class BudgetEvent(Event):
     reason: str
     spent: dict[str, Any]
     limits: dict[str, Any]
+    elapsed_s: float = 0.0
+    """Wall time at the refusal: reported, but not part of the decision (no replay has it)."""
 
 
 class ErrorEvent(Event):

@@ -8,13 +8,16 @@ interrupted run resumes where it stopped and re-pays no model call that had fini
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from refinegraph import __version__
 from refinegraph.budget import Budget, BudgetExceeded
@@ -23,9 +26,11 @@ from refinegraph.config import Config, ConfigError, home, load_config
 from refinegraph.context import ReplayMiss, RunContext
 from refinegraph.events import DECISION_TYPES, ErrorEvent, RunFinished, RunResumed, RunStarted
 from refinegraph.models import Model, ModelError, ModelUnavailable, build_model
+from refinegraph.models.base import Usage
 from refinegraph.registry import get_graph
 from refinegraph.trace.chain import canonical_json
 from refinegraph.trace.store import NullWriter, TraceStore, TraceWriter
+from refinegraph.trace.verify import verify_run
 
 RECURSION_LIMIT = 200
 
@@ -56,12 +61,11 @@ class RunFailed(RuntimeError):
 
 
 class RunNotResumable(ValueError):
-    """Resume was asked of a run that has nothing left to do."""
+    """Resume was asked of a run that cannot or need not be resumed."""
 
 
-class ReplayMissingRun(KeyError):
-    def __str__(self) -> str:
-        return str(self.args[0])
+class TraceUnusable(ValueError):
+    """A recorded run whose trace cannot serve a replay or a resume (it names why)."""
 
 
 def default_store() -> TraceStore:
@@ -83,21 +87,55 @@ class TraceFirstSaver(AsyncSqliteSaver):
         return await super().aput_writes(*args, **kwargs)
 
 
+def _checkpoint_path(path: Path | None) -> Path:
+    path = path or home() / "checkpoints.sqlite"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @contextlib.asynccontextmanager
 async def _checkpointer(enabled: bool, path: Path | None, flush: Any) -> AsyncIterator[Any]:
     if not enabled:
         yield None
         return
-    path = path or home() / "checkpoints.sqlite"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    async with TraceFirstSaver.from_conn_string(str(path)) as saver:
+    async with TraceFirstSaver.from_conn_string(str(_checkpoint_path(path))) as saver:
         saver.flush = flush
         yield saver
 
 
-def _models_for(config: Config, roles: dict[str, str]) -> dict[str, Model]:
-    names = set(roles.values())
-    return {name: build_model(name, config.spec(name)) for name in names}
+_compiled: dict[tuple[str, str], Any] = {}
+
+
+def compiled_graph(graph_name: str, params: dict[str, Any], checkpointer: Any = None) -> Any:
+    """The compiled graph for (graph, params), built once per process.
+
+    Compiling costs milliseconds, more than refinegraph's whole per-run bookkeeping, so
+    each run takes a shallow copy of the cached graph with its own checkpointer. Bad
+    params fail here, before any run is recorded.
+    """
+    key = (graph_name, canonical_json(params))
+    if key not in _compiled:
+        try:
+            _compiled[key] = get_graph(graph_name).build(params, checkpointer=None)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg']}" for e in exc.errors())
+            raise ConfigError(f"bad parameters for graph {graph_name!r}: {problems}") from None
+    graph = _compiled[key]
+    return graph.copy({"checkpointer": checkpointer}) if checkpointer is not None else graph
+
+
+def clear_compiled_graphs() -> None:
+    """Forget compiled graphs (after changing a graph's nodes at run time, as tests do)."""
+    _compiled.clear()
+
+
+def _build_models(config: Config, roles: dict[str, str], supplied: dict[str, Model] | None) -> dict[str, Model]:
+    """A backend for every model a role names (`supplied` ones win, e.g. a test double)."""
+    supplied = supplied or {}
+    built = {}
+    for name in sorted(set(roles.values())):
+        built[name] = supplied[name] if name in supplied else build_model(name, config.spec(name))
+    return built
 
 
 def _model_summary(config: Config, models: dict[str, Model]) -> dict[str, dict[str, Any]]:
@@ -111,31 +149,13 @@ def _model_summary(config: Config, models: dict[str, Model]) -> dict[str, dict[s
     return out
 
 
-def _usage_dict(ctx: RunContext) -> dict[str, int]:
-    u = ctx.usage
-    return {"prompt_tokens": u.prompt_tokens, "cached_prompt_tokens": u.cached_prompt_tokens,
-            "completion_tokens": u.completion_tokens, "total_tokens": u.total_tokens}
+def _usage_dict(usage: Usage) -> dict[str, int]:
+    return {"prompt_tokens": usage.prompt_tokens, "cached_prompt_tokens": usage.cached_prompt_tokens,
+            "completion_tokens": usage.completion_tokens, "total_tokens": usage.total_tokens}
 
 
-_compiled: dict[tuple[str, str], Any] = {}
-
-
-def compiled_graph(graph_name: str, params: dict[str, Any], checkpointer: Any = None) -> Any:
-    """The compiled graph for (graph, params), built once per process.
-
-    Compiling costs milliseconds, more than refinegraph's whole per-run bookkeeping, so
-    each run takes a shallow copy of the cached graph with its own checkpointer.
-    """
-    key = (graph_name, canonical_json(params))
-    if key not in _compiled:
-        _compiled[key] = get_graph(graph_name).build(params, checkpointer=None)
-    graph = _compiled[key]
-    return graph.copy({"checkpointer": checkpointer}) if checkpointer is not None else graph
-
-
-def clear_compiled_graphs() -> None:
-    """Forget compiled graphs (after changing a graph's nodes at run time, as tests do)."""
-    _compiled.clear()
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 async def _execute(ctx: RunContext, graph_name: str, graph_input: dict[str, Any] | None,
@@ -162,17 +182,16 @@ async def _execute(ctx: RunContext, graph_name: str, graph_input: dict[str, Any]
     stop_reason = "error" if error else state.get("stop_reason", "done")
     result = RunResult(
         answer=None if error else state.get("answer"), run_id=ctx.run_id, graph=graph_name,
-        stop_reason=stop_reason, usage=_usage_dict(ctx), model_calls=ctx.model_calls,
+        stop_reason=stop_reason, usage=_usage_dict(ctx.usage), model_calls=ctx.model_calls,
         cache_hits=ctx.cache_hits, retries=ctx.retries, fallbacks=dict(ctx.fallbacks),
         cost_usd=round(ctx.cost_usd, 8) if ctx.cost_usd else None,
         error=f"{type(error).__name__}: {error}" if error else None, state=state,
     )
-    finished = ctx.emit(RunFinished(answer=result.answer, stop_reason=stop_reason, usage=result.usage,
-                                    model_calls=ctx.model_calls, cache_hits=ctx.cache_hits))
+    ctx.emit(RunFinished(answer=result.answer, stop_reason=stop_reason, usage=result.usage,
+                         model_calls=ctx.model_calls, cache_hits=ctx.cache_hits))
     if store is not None:
         store.finish_run(ctx.run_id, "error" if error else "finished", stop_reason, result.answer,
                          ctx.writer.last_hash)
-    del finished
     if error is not None:
         raise RunFailed(result, error) from error
     return result
@@ -185,30 +204,30 @@ async def run(graph: str, task: str | dict[str, Any], *, config: Config | None =
               run_id: str | None = None) -> RunResult:
     """Run `graph` on `task` and return its answer; the trace is written as it goes.
 
-    `models` overrides the config's backends by name (e.g. a test double).
+    `models` overrides the config's backends by name (e.g. a test double). Everything
+    that can be checked (graph, models, params, input) is checked before the run is
+    recorded.
     """
     spec = get_graph(graph)
     config = config or load_config()
-    roles = dict(config.roles)
-    for name in roles.values():
-        if models is None or name not in models:
-            config.spec(name)
-    run_id = run_id or uuid.uuid4().hex
     graph_input = task if isinstance(task, dict) else {spec.input_key: task}
+    if not str(graph_input.get(spec.input_key, "")).strip():
+        raise ConfigError(f"the input of graph {graph!r} is empty")
     params = params or {}
+    compiled_graph(graph, params)
+    roles = dict(config.roles)
+    built = _build_models(config, roles, models)
     budget = budget or Budget()
+    run_id = run_id or uuid.uuid4().hex
     if trace:
         store = store or default_store()
-        store.create_run(run_id, graph, str(graph_input.get(spec.input_key, graph_input)))
-        writer: Any = TraceWriter(store, run_id)
+        store.create_run(run_id, graph, str(graph_input.get(spec.input_key, graph_input)), owner=_owner())
+        writer: Any = TraceWriter(store, run_id, new=True)
     else:
         store, writer, checkpoint = None, NullWriter(run_id), False
-    built = {**_models_for(config, {k: v for k, v in roles.items() if not models or v not in models}),
-             **(models or {})}
     ctx = RunContext(run_id=run_id, models=built, roles=roles, writer=writer, budget=budget, config=config)
     ctx.emit(RunStarted(graph=graph, input=graph_input, params=params, roles=roles,
-                        models=_model_summary(config, built), budget=budget.limits(),
-                        version=__version__))
+                        models=_model_summary(config, built), budget=budget.limits(), version=__version__))
     try:
         return await _execute(ctx, graph, graph_input, params, store, checkpoint=checkpoint,
                               checkpoint_path=checkpoint_path)
@@ -222,44 +241,82 @@ async def _close(built: dict[str, Model], supplied: dict[str, Model] | None) -> 
             await model.aclose()
 
 
-def _started_event(store: TraceStore, run_id: str) -> dict[str, Any]:
+def _recorded(store: TraceStore, run_id: str, purpose: str) -> dict[str, Any]:
+    """The run's run_started event, after checking that its trace holds."""
+    report = verify_run(store, run_id)
+    if not report.ok:
+        raise TraceUnusable(f"cannot {purpose} run {run_id}: its trace does not verify "
+                            f"(event {report.bad_seq}: {report.problem})")
     events = store.events(run_id, types={"run_started"})
     if not events:
-        raise ReplayMissingRun(f"run {run_id} has no run_started event in {store.path}")
+        raise TraceUnusable(f"cannot {purpose} run {run_id}: it has no run_started event")
     return events[0]
 
 
+def _restore(ctx: RunContext, store: TraceStore, run_id: str) -> int:
+    """Put back what the run had spent and counted, and which identical requests it had
+    made in steps that finished (a step that did not finish runs again and finds its
+    calls in the cache). Returns the number of recorded model calls."""
+    calls = 0
+    pending: dict[str | None, list[dict[str, Any]]] = {}
+    for event in store.events(run_id):
+        kind = event["type"]
+        if kind == "llm_call":
+            calls += 1
+            pending.setdefault(event["node"], []).append(event)
+            if event["source"] == "backend":
+                ctx.model_calls += event["requests"]
+                ctx.budget.charge(event["prompt_tokens"] + event["completion_tokens"])
+                ctx.usage = ctx.usage + Usage(prompt_tokens=event["prompt_tokens"],
+                                              cached_prompt_tokens=event["cached_prompt_tokens"],
+                                              completion_tokens=event["completion_tokens"])
+                ctx.cost_usd += event["cost_usd"] or 0.0
+            else:
+                ctx.cache_hits += 1
+        elif kind == "node_finished":
+            finished = pending.pop(event["node"], [])
+            if event["outcome"] == "ok":
+                for call in finished:
+                    ctx.occurrences[call["call_key"]] += 1
+        elif kind == "fallback":
+            ctx.fallbacks[event["kind"]] += 1
+        elif kind == "retry":
+            ctx.retries += 1
+    return calls
+
+
 async def resume(run_id: str, *, config: Config | None = None, models: dict[str, Model] | None = None,
-                 store: TraceStore | None = None, checkpoint_path: Path | None = None) -> RunResult:
+                 store: TraceStore | None = None, checkpoint_path: Path | None = None,
+                 force: bool = False) -> RunResult:
     """Continue an interrupted run from its last checkpoint.
 
-    Finished nodes are not run again (checkpoint); model calls that finished inside the
-    node that was interrupted are served from the run's own trace (replay cache).
+    Finished steps are not run again (checkpoint); model calls that finished inside the
+    step that was interrupted are served from the run's own trace (replay cache). A run
+    still owned by a live process on this host is refused unless `force`.
     """
     store = store or default_store()
     run_id = store.find_run(run_id)
-    status = store.run(run_id)["status"]  # type: ignore[index]
-    if status == "finished":
+    row = store.run(run_id)
+    if row["status"] == "finished":  # type: ignore[index]
         raise RunNotResumable(f"run {run_id} finished; there is nothing to resume (replay it instead)")
-    started = _started_event(store, run_id)
+    if row["replay_of"]:  # type: ignore[index]
+        raise RunNotResumable(f"run {run_id} is a replay; replay {row['replay_of']} again instead")  # type: ignore[index]
+    started = _recorded(store, run_id, "resume")
+    async with TraceFirstSaver.from_conn_string(str(_checkpoint_path(checkpoint_path))) as saver:
+        if await saver.aget_tuple({"configurable": {"thread_id": run_id}}) is None:
+            raise RunNotResumable(f"run {run_id} has no checkpoint to resume from "
+                                  "(it ran without one, or its checkpoint file is gone)")
+    if not store.claim_run(run_id, row["owner"], _owner(), force=force):  # type: ignore[index]
+        raise RunNotResumable(f"run {run_id} is still running in process {row['owner']}; "  # type: ignore[index]
+                              "pass force=True (--force) if that process is gone")
     config = config or load_config()
     roles = started["roles"]
-    built = {**_models_for(config, {k: v for k, v in roles.items() if not models or v not in models}),
-             **(models or {})}
-    cache = ReplayCache.from_trace(store, run_id)
-    recorded = [e for e in store.events(run_id, types={"llm_call"}) if e["source"] == "backend"]
-    budget = Budget(**{f"max_{k}": v for k, v in started["budget"].items()})
-    budget.tokens = sum(e["prompt_tokens"] + e["completion_tokens"] for e in recorded)
-    budget.calls = len(recorded)
-    store.mark_running(run_id)
+    built = _build_models(config, roles, models)
     ctx = RunContext(run_id=run_id, models=built, roles=roles, writer=TraceWriter(store, run_id),
-                     budget=budget, cache=cache, config=config, charge_cache_hits=False)
-    ctx.model_calls = sum(e["requests"] for e in recorded)
-    for e in recorded:
-        ctx.usage.prompt_tokens += e["prompt_tokens"]
-        ctx.usage.cached_prompt_tokens += e["cached_prompt_tokens"]
-        ctx.usage.completion_tokens += e["completion_tokens"]
-    ctx.emit(RunResumed(recorded_calls=len(recorded)))
+                     budget=Budget(**{f"max_{k}": v for k, v in started["budget"].items()}),
+                     cache=ReplayCache.from_trace(store, run_id), config=config, charge_cache_hits=False)
+    recorded = _restore(ctx, store, run_id)
+    ctx.emit(RunResumed(recorded_calls=recorded))
     try:
         return await _execute(ctx, started["graph"], None, started["params"], store, checkpoint=True,
                               checkpoint_path=checkpoint_path)
@@ -271,7 +328,6 @@ class ReplayModel:
     """Stands in for a recorded model during replay: it is never asked (cache only)."""
 
     backend = "replay"
-    supports_json_schema = True
 
     def __init__(self, name: str, supports_json_schema: bool = True):
         self.name = name
@@ -292,31 +348,32 @@ class ReplayResult(RunResult):
 
 def decisions(store: TraceStore, run_id: str) -> list[dict[str, Any]]:
     """The run's decision events without run-specific fields, for comparing runs."""
-    out = []
-    for event in store.events(run_id, types=set(DECISION_TYPES)):
-        out.append({k: v for k, v in event.items() if k not in ("run_id", "seq", "ts")})
-    return out
+    volatile = {"run_id", "seq", "ts", "elapsed_s"}
+    return [{k: v for k, v in event.items() if k not in volatile}
+            for event in store.events(run_id, types=set(DECISION_TYPES))]
 
 
 async def replay(run_id: str, *, store: TraceStore | None = None) -> ReplayResult:
     """Re-run a recorded run from its trace alone: no model is called.
 
     The replay is itself a run (with `replay_of` set) whose decisions are compared with
-    the original's.
+    the original's. Its budget is the original's less wall time, which no replay
+    reproduces: where the original was refused for time, the replay is refused alike.
     """
     store = store or default_store()
     original = store.find_run(run_id)
-    started = _started_event(store, original)
+    started = _recorded(store, original, "replay")
     roles = started["roles"]
-    models = {name: ReplayModel(name, started["models"].get(name, {}).get("supports_json_schema", True))
-              for name in set(roles.values())}
+    models: dict[str, Model] = {
+        name: ReplayModel(name, started["models"].get(name, {}).get("supports_json_schema", True))
+        for name in set(roles.values())}
+    limits = {f"max_{k}": v for k, v in started["budget"].items() if k != "seconds"}
     new_id = uuid.uuid4().hex
     key = get_graph(started["graph"]).input_key
     store.create_run(new_id, started["graph"], str(started["input"].get(key, started["input"])),
-                     replay_of=original)
-    ctx = RunContext(run_id=new_id, models=models, roles=roles, writer=TraceWriter(store, new_id),
-                     budget=Budget(**{f"max_{k}": v for k, v in started["budget"].items()}),
-                     cache=ReplayCache.from_trace(store, original), replay_only=True)
+                     replay_of=original, owner=_owner())
+    ctx = RunContext(run_id=new_id, models=models, roles=roles, writer=TraceWriter(store, new_id, new=True),
+                     budget=Budget(**limits), cache=ReplayCache.from_trace(store, original), replay_only=True)
     ctx.emit(RunStarted(graph=started["graph"], input=started["input"], params=started["params"],
                         roles=roles, models=started["models"], budget=started["budget"],
                         replay_of=original, version=__version__))
@@ -329,4 +386,9 @@ async def replay(run_id: str, *, store: TraceStore | None = None) -> ReplayResul
                         answer_matches=original_answer == result.answer)
 
 
-__all__ = ["ConfigError", "RunFailed", "RunResult", "decisions", "replay", "resume", "run"]
+def fallback_counts(store: TraceStore, run_id: str) -> Counter:
+    return Counter(e["kind"] for e in store.events(run_id, types={"fallback"}))
+
+
+__all__ = ["RunResult", "RunFailed", "RunNotResumable", "TraceUnusable", "run", "resume", "replay",
+           "decisions", "ConfigError"]

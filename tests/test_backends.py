@@ -171,3 +171,14 @@ async def test_budget_caps_max_tokens_to_what_remains(store):
     await ctx.sample("solver", [{"role": "user", "content": "q"}], max_tokens=512)
     assert server.requests[0]["max_tokens"] < 100
     assert store.events("r", types={"llm_call"})[0]["max_tokens_capped"] is True
+
+
+async def test_split_n_keeps_one_token_count_per_choice_and_replays(store):
+    from refinegraph.cache import ReplayCache
+    server = FakeServer([])
+    ctx = context(store, model_on(server, max_n=3))
+    samples = await ctx.sample("solver", [{"role": "user", "content": "q"}], n=7, temperature=0.7)
+    assert len(samples.completion_tokens) == 7 and sum(samples.completion_tokens) == 14
+    ctx.writer.flush()
+    cache = ReplayCache.from_trace(store, "r")
+    assert len(cache) == 7

@@ -95,7 +95,7 @@ async def test_tiny_call_budget_stops_with_the_best_answer_so_far(store):
 
 async def test_budget_refusing_the_first_call_still_answers(store):
     result, _model = await run_scripted(store, [], budget=Budget(max_tokens=5))
-    assert result.stop_reason == "budget" and result.answer == "" and result.model_calls == 0
+    assert result.stop_reason == "budget" and result.answer is None and result.model_calls == 0
     assert verify_run(store, result.run_id).ok
 
 

@@ -82,7 +82,8 @@ def test_altered_blob_is_named(store):
     writer = TraceWriter(store, "r1")
     ref = writer.put_blob({"texts": ["hello"], "finish_reasons": ["stop"]})
     writer.append(LLMCall(model="m", role="solver", backend="scripted", source="backend", params={},
-                          cache_keys=["k"], request_blob=writer.put_blob({"messages": []}), response_blob=ref))
+                          call_key="c", cache_keys=["k"], request_blob=writer.put_blob({"messages": []}),
+                          response_blob=ref))
     assert verify_run(store, "r1").ok
     raw(store).execute("UPDATE blobs SET data=? WHERE digest=?", (b'{"texts":["HELLO"]}', ref))
     report = verify_run(store, "r1")

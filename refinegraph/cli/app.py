@@ -15,7 +15,8 @@ from refinegraph.cli.common import err, fail, open_store, out, print_json, resol
 from refinegraph.config import ConfigError, load_config
 from refinegraph.models import ModelUnavailable
 from refinegraph.registry import UnknownGraph, get_graph, list_graphs
-from refinegraph.runner import RunFailed, RunNotResumable, RunResult, resume, run
+from refinegraph.runner import RunFailed, RunNotResumable, RunResult, TraceUnusable, resume, run
+from refinegraph.trace.store import TraceStoreError
 
 app = typer.Typer(help="Verify-and-refine LLM agents with auditable decision traces.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -55,21 +56,28 @@ def run_cmd(
     param: list[str] = typer.Option([], "--param", "-p", help="Graph parameter KEY=VALUE (JSON value)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Run GRAPH on TASK; print the answer, then `run: <run_id>`."""
+    """Run GRAPH on TASK; print the answer, then `run: <run_id>`.
+
+    Exit codes: 0 answered (also when stopped by the budget), 1 the run failed (recorded
+    in its trace), 2 the request was wrong (unknown graph or model, bad config or params).
+    """
     try:
         get_graph(graph)
         cfg = load_config(config)
         if model:
             cfg = cfg.with_model(model)
         params = _params(param)
-    except (UnknownGraph, ConfigError) as exc:
+        budget = Budget(max_tokens=budget_tokens, max_calls=budget_calls, max_seconds=budget_seconds)
+    except (UnknownGraph, ValueError) as exc:
         fail(str(exc))
-    budget = Budget(max_tokens=budget_tokens, max_calls=budget_calls, max_seconds=budget_seconds)
+    store = open_store()
     try:
-        result = asyncio.run(run(graph, task, config=cfg, params=params, budget=budget))
+        result = asyncio.run(run(graph, task, config=cfg, params=params, budget=budget, store=store))
     except RunFailed as exc:
         _failed(exc, as_json)
-    except (ModelUnavailable, ConfigError, ValueError) as exc:
+    except ConfigError as exc:
+        fail(str(exc))
+    except (ModelUnavailable, TraceStoreError) as exc:
         fail(str(exc), 1)
     _report(result, as_json)
 
@@ -91,18 +99,19 @@ def _params(pairs: list[str]) -> dict:
 def resume_cmd(
     run_id: str = typer.Argument(..., help="The interrupted run."),
     config: Path | None = typer.Option(None, "--config"),
+    force: bool = typer.Option(False, "--force", help="Resume even if its process seems alive."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Continue an interrupted run; finished model calls are not paid again."""
     store = open_store()
     full = resolve_run(store, run_id)
     try:
-        result = asyncio.run(resume(full, config=load_config(config), store=store))
+        result = asyncio.run(resume(full, config=load_config(config), store=store, force=force))
     except RunFailed as exc:
         _failed(exc, as_json)
-    except RunNotResumable as exc:
+    except (RunNotResumable, ConfigError) as exc:
         fail(str(exc))
-    except (ModelUnavailable, ConfigError) as exc:
+    except (ModelUnavailable, TraceUnusable, TraceStoreError) as exc:
         fail(str(exc), 1)
     _report(result, as_json)
 

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from refinegraph.runner import default_store
-from refinegraph.trace.store import TraceStore
+from refinegraph.trace.store import TraceStore, TraceStoreError
 
 # Piped output is not cut to 80 columns: run ids must survive a copy.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -29,7 +29,11 @@ def print_json(data: Any) -> None:
 
 
 def open_store() -> TraceStore:
-    return default_store()
+    """The trace store of $REFINEGRAPH_HOME, or a clear error if the file is unusable."""
+    try:
+        return default_store()
+    except TraceStoreError as exc:
+        fail(str(exc), 1)
 
 
 def resolve_run(store: TraceStore, run: str) -> str:

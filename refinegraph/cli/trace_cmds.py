@@ -11,7 +11,8 @@ from rich.table import Table
 
 from refinegraph.cli.common import err, fail, open_store, out, print_json, resolve_run
 from refinegraph.context import ReplayMiss
-from refinegraph.runner import RunFailed, replay
+from refinegraph.runner import RunFailed, TraceUnusable, replay
+from refinegraph.trace.store import TraceStoreError
 from refinegraph.trace.verify import verify_run
 
 app = typer.Typer(help="List, read, verify, export and replay decision traces.", no_args_is_help=True)
@@ -100,6 +101,8 @@ def replay_cmd(run: str = typer.Argument(..., help="Run id (or a unique prefix).
     except RunFailed as exc:
         if isinstance(exc.cause, ReplayMiss):
             fail(f"the trace does not hold every call this run needs: {exc.cause}", 1)
+        fail(str(exc), 1)
+    except (TraceUnusable, TraceStoreError) as exc:
         fail(str(exc), 1)
     if as_json:
         print_json(result.model_dump())

@@ -62,20 +62,23 @@ class OpenAIModel:
     async def sample(self, messages, *, n=1, temperature=0.0, max_tokens=512, seed=None,
                      stop=None, response_format=None, logprobs=False) -> Samples:
         parts = self._split(n)
-        responses = await asyncio.gather(*[
-            self._request(messages, n=k, temperature=temperature, max_tokens=max_tokens,
-                          seed=None if seed is None else seed + i, stop=stop,
-                          response_format=response_format, logprobs=logprobs)
-            for i, k in enumerate(parts)
-        ])
+        requests = [self._request(messages, n=k, temperature=temperature, max_tokens=max_tokens,
+                                  seed=None if seed is None else seed + i, stop=stop,
+                                  response_format=response_format, logprobs=logprobs)
+                    for i, k in enumerate(parts)]
+        responses = await _all_or_first_error(requests)
         texts: list[str] = []
         finish: list[str | None] = []
         counts: list[int] = []
         lps: list[list[float]] = []
         usage = Usage()
         raw_usage: list[dict[str, Any]] = []
-        for response in responses:
+        for asked, response in zip(parts, responses):
             choices = sorted(response.choices, key=lambda c: c.index)
+            if len(choices) != asked:
+                raise openai.APIResponseValidationError(
+                    response=httpx.Response(200, request=httpx.Request("POST", self.base_url)), body=None,
+                    message=f"asked for {asked} choices, the server returned {len(choices)}")
             part_texts = [c.message.content or "" for c in choices]
             part_finish = [c.finish_reason for c in choices]
             texts += part_texts
@@ -91,7 +94,7 @@ class OpenAIModel:
             part_counts = await self._count_choices(part_texts, part_finish, completion)
             counts += part_counts
             usage = usage + Usage(prompt_tokens=prompt, cached_prompt_tokens=cached,
-                                  completion_tokens=sum(part_counts) if part_counts else completion)
+                                  completion_tokens=sum(part_counts))
         return Samples(
             texts=texts, finish_reasons=finish, completion_tokens=counts,
             logprobs=lps if logprobs else None, usage=usage, server_usage=raw_usage,
@@ -117,12 +120,17 @@ class OpenAIModel:
         return await self._client.chat.completions.create(**kwargs)
 
     async def _count_choices(self, texts: list[str], finish: list[str | None], reported: int) -> list[int]:
-        """Tokens of each choice. With n=1 the server's figure is exact; with n>1 servers
-        such as llama.cpp report one choice only, so ask its `/tokenize` for each text."""
+        """Tokens of each choice, one figure per choice.
+
+        With n=1 the server's figure is exact. With n>1, OpenAI and vLLM report the sum
+        over choices, which is split evenly (the sum stays exact); llama.cpp reports one
+        choice only, so with count_tokens="tokenize" each text is counted by `/tokenize`.
+        """
         if len(texts) == 1:
             return [reported]
         if self.count_tokens != "tokenize" or self._tokenizer_http is None:
-            return []
+            share, rest = divmod(reported, len(texts))
+            return [share + (1 if i < rest else 0) for i in range(len(texts))]
         root = self.base_url.removesuffix("/v1")
 
         async def count(text: str, reason: str | None) -> int:
@@ -137,3 +145,19 @@ class OpenAIModel:
         await self._client.close()
         if self._tokenizer_http is not None:
             await self._tokenizer_http.aclose()
+
+
+async def _all_or_first_error(requests: list[Any]) -> list[Any]:
+    """Await all requests; the first failure cancels the rest and is raised as itself
+    (not as an ExceptionGroup), so the retry policy sees the real error."""
+    if len(requests) == 1:
+        return [await requests[0]]
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(request) for request in requests]
+    except ExceptionGroup as failed:
+        first = failed.exceptions[0]
+        while isinstance(first, ExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
+    return [task.result() for task in tasks]

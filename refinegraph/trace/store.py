@@ -17,6 +17,8 @@ When an event is committed, in one transaction with the blobs it references:
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -36,7 +38,8 @@ CREATE TABLE IF NOT EXISTS runs (
     stop_reason TEXT,
     answer_preview TEXT,
     sealed_hash TEXT,
-    replay_of TEXT
+    replay_of TEXT,
+    owner TEXT
 );
 CREATE TABLE IF NOT EXISTS events (
     run_id TEXT NOT NULL,
@@ -51,11 +54,24 @@ CREATE TABLE IF NOT EXISTS blobs (
     digest TEXT PRIMARY KEY,
     data BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS seals (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
+CREATE TRIGGER IF NOT EXISTS seals_no_update BEFORE UPDATE ON seals
+BEGIN SELECT RAISE(ABORT, 'seals are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS seals_no_delete BEFORE DELETE ON seals
+BEGIN SELECT RAISE(ABORT, 'seals are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
 BEGIN SELECT RAISE(ABORT, 'trace events are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
 BEGIN SELECT RAISE(ABORT, 'trace events are append-only'); END;
 """
+
+
+SCHEMA_VERSION = 1
 
 
 class TraceStoreError(RuntimeError):
@@ -74,7 +90,13 @@ class TraceStore:
                                        timeout=30.0)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            tables = self._db.execute("SELECT COUNT(*) FROM sqlite_master WHERE type='table'").fetchone()[0]
+            if tables and version != SCHEMA_VERSION:
+                raise TraceStoreError(f"{self.path}: not a refinegraph trace store of schema {SCHEMA_VERSION} "
+                                      f"(found user_version {version}); use another REFINEGRAPH_HOME")
             self._db.executescript(SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise TraceStoreError(f"{self.path}: not a usable trace store: {exc}") from exc
 
@@ -84,24 +106,45 @@ class TraceStore:
 
     # -- runs -----------------------------------------------------------------------------
 
-    def create_run(self, run_id: str, graph: str, input_preview: str, replay_of: str | None = None) -> None:
+    def create_run(self, run_id: str, graph: str, input_preview: str, replay_of: str | None = None,
+                   owner: str | None = None) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT INTO runs (run_id, graph, input_preview, created_at, status, replay_of) "
-                "VALUES (?, ?, ?, ?, 'running', ?)",
-                (run_id, graph, input_preview[:200], utcnow(), replay_of),
+                "INSERT INTO runs (run_id, graph, input_preview, created_at, status, replay_of, owner) "
+                "VALUES (?, ?, ?, ?, 'running', ?, ?)",
+                (run_id, graph, input_preview[:200], utcnow(), replay_of, owner),
             )
 
     def finish_run(self, run_id: str, status: str, stop_reason: str, answer: str | None, sealed_hash: str) -> None:
+        """Mark the run ended and seal it: the seal (its last event's seq and hash) is kept
+        in an append-only table, so cutting events after any seal is detected."""
         with self._lock:
-            self._db.execute(
-                "UPDATE runs SET status=?, stop_reason=?, answer_preview=?, sealed_hash=? WHERE run_id=?",
-                (status, stop_reason, (answer or "")[:200], sealed_hash, run_id),
-            )
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                seq = self._db.execute("SELECT MAX(seq) FROM events WHERE run_id=?", (run_id,)).fetchone()[0]
+                self._db.execute("INSERT INTO seals (run_id, seq, hash) VALUES (?, ?, ?)", (run_id, seq, sealed_hash))
+                self._db.execute(
+                    "UPDATE runs SET status=?, stop_reason=?, answer_preview=?, sealed_hash=? WHERE run_id=?",
+                    (status, stop_reason, (answer or "")[:200], sealed_hash, run_id))
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
 
-    def mark_running(self, run_id: str) -> None:
+    def seals(self, run_id: str) -> list[dict[str, Any]]:
+        return self._query("SELECT seq, hash FROM seals WHERE run_id=? ORDER BY seq", (run_id,))
+
+    def claim_run(self, run_id: str, seen_owner: str | None, owner: str, *, force: bool = False) -> bool:
+        """Take an unfinished run over for resuming: refused while its owner process is alive
+        on this host (unless forced), and atomic against a concurrent claim."""
+        if not force and _owner_alive(seen_owner):
+            return False
         with self._lock:
-            self._db.execute("UPDATE runs SET status='running', sealed_hash=NULL WHERE run_id=?", (run_id,))
+            cursor = self._db.execute(
+                "UPDATE runs SET owner=?, status='running', sealed_hash=NULL WHERE run_id=? AND owner IS ?",
+                (owner, run_id, seen_owner))
+            return cursor.rowcount == 1
 
     def run(self, run_id: str) -> dict[str, Any] | None:
         rows = self._query("SELECT * FROM runs WHERE run_id=?", (run_id,))
@@ -109,7 +152,10 @@ class TraceStore:
 
     def find_run(self, prefix: str) -> str:
         """A run id from a unique prefix of it."""
-        rows = self._query("SELECT run_id FROM runs WHERE run_id LIKE ? ORDER BY created_at", (prefix + "%",))
+        if not prefix.strip():
+            raise KeyError("give a run id (or a unique prefix of one)")
+        rows = self._query("SELECT run_id FROM runs WHERE substr(run_id, 1, ?) = ? ORDER BY created_at",
+                           (len(prefix), prefix))
         if not rows:
             raise KeyError(f"no run {prefix!r} in {self.path}")
         if len(rows) > 1 and rows[0]["run_id"] != prefix:
@@ -129,13 +175,6 @@ class TraceStore:
         if not rows:
             return 0, genesis_hash(run_id)
         return rows[0]["seq"] + 1, rows[0]["hash"]
-
-    def insert_event(self, run_id: str, seq: int, type_: str, body: str, prev_hash: str, digest: str) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO events (run_id, seq, type, body, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?)",
-                (run_id, seq, type_, body, prev_hash, digest),
-            )
 
     def insert_batch(self, blobs: list[tuple[str, bytes]], events: list[tuple[str, int, str, str, str, str]]) -> None:
         """Blobs (digest, data) and event rows in one transaction: all are committed or none."""
@@ -175,18 +214,14 @@ class TraceStore:
 
     # -- blobs ----------------------------------------------------------------------------
 
-    def put_blob(self, value: Any) -> str:
-        data = canonical_json(value).encode()
-        digest = content_digest(data)
-        with self._lock:
-            self._db.execute("INSERT OR IGNORE INTO blobs (digest, data) VALUES (?, ?)", (digest, data))
-        return digest
-
     def get_blob(self, digest: str) -> Any:
-        rows = self._query("SELECT data FROM blobs WHERE digest=?", (digest,))
-        if not rows:
-            raise KeyError(f"blob {digest} is missing from {self.path}")
-        return json.loads(rows[0]["data"])
+        """A blob's value, after checking that its content still hashes to its address."""
+        data = self.blob_bytes(digest)
+        if data is None:
+            raise TraceStoreError(f"blob {digest} is missing from {self.path}")
+        if content_digest(data) != digest:
+            raise TraceStoreError(f"blob {digest} in {self.path} was altered")
+        return json.loads(data)
 
     def blob_bytes(self, digest: str) -> bytes | None:
         rows = self._query("SELECT data FROM blobs WHERE digest=?", (digest,))
@@ -203,6 +238,22 @@ class TraceStore:
 COMMIT_NOW = frozenset({"llm_call"})
 
 
+def _owner_alive(owner: str | None) -> bool:
+    """Whether `host:pid` names another live process on this host."""
+    if not owner or ":" not in owner:
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class TraceWriter:
     """Appends one run's events to its chain, setting seq, time and hashes.
 
@@ -211,10 +262,10 @@ class TraceWriter:
     committed at once. `flush()` commits what is held.
     """
 
-    def __init__(self, store: TraceStore, run_id: str):
+    def __init__(self, store: TraceStore, run_id: str, *, new: bool = False):
         self.store = store
         self.run_id = run_id
-        self.next_seq, self.last_hash = store.last_link(run_id)
+        self.next_seq, self.last_hash = (0, genesis_hash(run_id)) if new else store.last_link(run_id)
         self.written = 0
         self._events: list[tuple[str, int, str, str, str, str]] = []
         self._blobs: list[tuple[str, bytes]] = []

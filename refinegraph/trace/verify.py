@@ -59,13 +59,26 @@ def verify_run(store: TraceStore, run_id: str) -> VerifyReport:
                     return bad(seq, f"blob {ref} of event {seq} was altered")
         prev = row["hash"]
     sealed = bool(run["sealed_hash"])
+    hashes = {row["seq"]: row["hash"] for row in rows}
+    for seal in store.seals(run_id):
+        if hashes.get(seal["seq"]) != seal["hash"]:
+            return bad(seal["seq"], f"event {seal['seq']} is missing or is not the event the run was sealed "
+                                    "with when it ended: events were cut or replaced")
     report = VerifyReport(run_id, True, len(rows), sealed)
     if sealed:
-        if not rows or rows[-1]["type"] != "run_finished":
+        last = json.loads(rows[-1]["body"]) if rows else None
+        if last is None or last["type"] != "run_finished":
             return bad(len(rows), f"event {len(rows)} is missing: the run is sealed, but its chain "
-                                  f"ends at event {len(rows) - 1} ({rows[-1]['type'] if rows else 'none'})")
+                                  f"ends at event {len(rows) - 1} ({last['type'] if last else 'none'})")
         if run["sealed_hash"] != prev:
             return bad(len(rows) - 1, "the run's seal does not match its last event: the chain was cut or replaced")
+        expected_status = "error" if last["stop_reason"] == "error" else "finished"
+        if (run["stop_reason"], run["status"], run["answer_preview"]) != (
+                last["stop_reason"], expected_status, (last["answer"] or "")[:200]):
+            return bad(len(rows) - 1, "the run's listing (status, stop reason or answer) differs from its "
+                                      "run_finished event")
+    elif run["status"] != "running":
+        return bad(len(rows), f"the run is listed as {run['status']} but is not sealed: its end was removed")
     else:
         report.notes.append("run is not sealed (still running, or interrupted: resume it)")
     return report
