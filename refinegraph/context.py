@@ -110,6 +110,8 @@ class RunContext:
         else:
             samples, attempts = await self._call_backend(model, name, messages, n=n, params=params)
             source = "backend"
+            if not samples.usage_reported:
+                self.fallback("usage_missing", f"model {name!r} reported no token usage: counted as 0")
             self.model_calls += samples.requests
             self.cache.put_samples(keys, samples)
         latency = (time.perf_counter() - started) * 1000

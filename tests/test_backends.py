@@ -182,3 +182,11 @@ async def test_split_n_keeps_one_token_count_per_choice_and_replays(store):
     ctx.writer.flush()
     cache = ReplayCache.from_trace(store, "r")
     assert len(cache) == 7
+
+
+async def test_missing_usage_is_a_recorded_fallback(store):
+    reply = completion(1)
+    del reply["usage"]
+    ctx = context(store, model_on(FakeServer([(200, reply)])))
+    await ctx.sample("solver", [{"role": "user", "content": "q"}])
+    assert ctx.fallbacks == {"usage_missing": 1}

@@ -39,6 +39,8 @@ class Samples(BaseModel):
     """The raw `usage` object of each HTTP response, kept for audits."""
     requests: int = 1
     """How many requests the backend sent (more than 1 when the server caps n)."""
+    usage_reported: bool = True
+    """False when a server sent no `usage`: the call's tokens are then unknown (counted 0)."""
     model_id: str = ""
 
 

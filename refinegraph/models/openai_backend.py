@@ -73,6 +73,7 @@ class OpenAIModel:
         lps: list[list[float]] = []
         usage = Usage()
         raw_usage: list[dict[str, Any]] = []
+        reported_everywhere = all(r.usage is not None for r in responses)
         for asked, response in zip(parts, responses):
             choices = sorted(response.choices, key=lambda c: c.index)
             if len(choices) != asked:
@@ -99,6 +100,7 @@ class OpenAIModel:
             texts=texts, finish_reasons=finish, completion_tokens=counts,
             logprobs=lps if logprobs else None, usage=usage, server_usage=raw_usage,
             requests=len(parts), model_id=responses[0].model or self.model,
+            usage_reported=reported_everywhere,
         )
 
     async def _request(self, messages, *, n, temperature, max_tokens, seed, stop,
