@@ -127,3 +127,12 @@ def test_answers_are_printed_verbatim(monkeypatch):
     monkeypatch.setattr(cli, "run", fake_run)
     result = runner.invoke(app, ["run", "self-refine", "x"])
     assert result.exit_code == 0 and answer in result.output
+
+
+def test_bench_overhead_runs_and_writes_its_report(tmp_path):
+    import json
+    result = runner.invoke(app, ["bench", "overhead", "--runs", "10", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "traces on / traces off" in result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report

@@ -38,7 +38,8 @@ class BareContext:
     def __init__(self, model: Model):
         self.model = model
 
-    async def sample(self, role: str, messages: list[dict[str, Any]], **kwargs: Any) -> Samples:
+    async def sample(self, role: str, messages: list[dict[str, Any]], *, min_tokens: int = 0,
+                     **kwargs: Any) -> Samples:
         return await self.model.sample(messages, **kwargs)
 
     def emit(self, event: Any) -> Any:
