@@ -159,7 +159,7 @@ def _owner() -> str:
 
 
 async def _execute(ctx: RunContext, graph_name: str, graph_input: dict[str, Any] | None,
-                   params: dict[str, Any], store: TraceStore | None, *, checkpoint: bool,
+                   params: dict[str, Any], *, checkpoint: bool,
                    checkpoint_path: Path | None) -> RunResult:
     state: dict[str, Any] = {}
     error: BaseException | None = None
@@ -189,9 +189,7 @@ async def _execute(ctx: RunContext, graph_name: str, graph_input: dict[str, Any]
     )
     ctx.emit(RunFinished(answer=result.answer, stop_reason=stop_reason, usage=result.usage,
                          model_calls=ctx.model_calls, cache_hits=ctx.cache_hits))
-    if store is not None:
-        store.finish_run(ctx.run_id, "error" if error else "finished", stop_reason, result.answer,
-                         ctx.writer.last_hash)
+    ctx.writer.seal("error" if error else "finished", stop_reason, result.answer)
     if error is not None:
         raise RunFailed(result, error) from error
     return result
@@ -221,15 +219,15 @@ async def run(graph: str, task: str | dict[str, Any], *, config: Config | None =
     run_id = run_id or uuid.uuid4().hex
     if trace:
         store = store or default_store()
-        store.create_run(run_id, graph, str(graph_input.get(spec.input_key, graph_input)), owner=_owner())
         writer: Any = TraceWriter(store, run_id, new=True)
+        writer.create_run(graph, str(graph_input.get(spec.input_key, graph_input)), owner=_owner())
     else:
         store, writer, checkpoint = None, NullWriter(run_id), False
     ctx = RunContext(run_id=run_id, models=built, roles=roles, writer=writer, budget=budget, config=config)
     ctx.emit(RunStarted(graph=graph, input=graph_input, params=params, roles=roles,
                         models=_model_summary(config, built), budget=budget.limits(), version=__version__))
     try:
-        return await _execute(ctx, graph, graph_input, params, store, checkpoint=checkpoint,
+        return await _execute(ctx, graph, graph_input, params, checkpoint=checkpoint,
                               checkpoint_path=checkpoint_path)
     finally:
         await _close(built, models)
@@ -318,7 +316,7 @@ async def resume(run_id: str, *, config: Config | None = None, models: dict[str,
     recorded = _restore(ctx, store, run_id)
     ctx.emit(RunResumed(recorded_calls=recorded))
     try:
-        return await _execute(ctx, started["graph"], None, started["params"], store, checkpoint=True,
+        return await _execute(ctx, started["graph"], None, started["params"], checkpoint=True,
                               checkpoint_path=checkpoint_path)
     finally:
         await _close(built, models)
@@ -370,15 +368,16 @@ async def replay(run_id: str, *, store: TraceStore | None = None) -> ReplayResul
     limits = {f"max_{k}": v for k, v in started["budget"].items() if k != "seconds"}
     new_id = uuid.uuid4().hex
     key = get_graph(started["graph"]).input_key
-    store.create_run(new_id, started["graph"], str(started["input"].get(key, started["input"])),
-                     replay_of=original, owner=_owner())
-    ctx = RunContext(run_id=new_id, models=models, roles=roles, writer=TraceWriter(store, new_id, new=True),
+    writer = TraceWriter(store, new_id, new=True)
+    writer.create_run(started["graph"], str(started["input"].get(key, started["input"])), replay_of=original,
+                      owner=_owner())
+    ctx = RunContext(run_id=new_id, models=models, roles=roles, writer=writer,
                      budget=Budget(**limits), cache=ReplayCache.from_trace(store, original), replay_only=True)
     ctx.emit(RunStarted(graph=started["graph"], input=started["input"], params=started["params"],
                         roles=roles, models=started["models"], budget=started["budget"],
                         replay_of=original, version=__version__))
-    result = await _execute(ctx, started["graph"], started["input"], started["params"], store,
-                            checkpoint=False, checkpoint_path=None)
+    result = await _execute(ctx, started["graph"], started["input"], started["params"], checkpoint=False,
+                            checkpoint_path=None)
     finished = store.events(original, types={"run_finished"})
     original_answer = finished[-1]["answer"] if finished else None
     return ReplayResult(**result.model_dump(), replay_of=original,

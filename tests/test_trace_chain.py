@@ -24,7 +24,7 @@ def write_run(store: TraceStore, run_id: str, n_middle: int = 5) -> int:
         writer.append(Fallback(kind="k", reason=f"reason {i}", detail="x" * i))
         writer.append(NodeFinished(node=f"n{i}", duration_ms=float(i)))
     writer.append(RunFinished(answer="42", stop_reason="done", usage={}, model_calls=0, cache_hits=0))
-    store.finish_run(run_id, "finished", "done", "42", writer.last_hash)
+    writer.seal("finished", "done", "42")
     return writer.next_seq
 
 

@@ -108,24 +108,25 @@ class TraceStore:
 
     def create_run(self, run_id: str, graph: str, input_preview: str, replay_of: str | None = None,
                    owner: str | None = None) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO runs (run_id, graph, input_preview, created_at, status, replay_of, owner) "
-                "VALUES (?, ?, ?, ?, 'running', ?, ?)",
-                (run_id, graph, input_preview[:200], utcnow(), replay_of, owner),
-            )
+        self.transaction([create_run_statement(run_id, graph, input_preview, replay_of, owner)])
 
-    def finish_run(self, run_id: str, status: str, stop_reason: str, answer: str | None, sealed_hash: str) -> None:
-        """Mark the run ended and seal it: the seal (its last event's seq and hash) is kept
-        in an append-only table, so cutting events after any seal is detected."""
+    def transaction(self, statements: list[tuple[str, tuple]], blobs: list[tuple[str, bytes]] = (),
+                    events: list[tuple[str, int, str, str, str, str]] = (),
+                    after: list[tuple[str, tuple]] = ()) -> None:
+        """Statements, then blobs (digest, data) and event rows, then `after`: all committed or none."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                seq = self._db.execute("SELECT MAX(seq) FROM events WHERE run_id=?", (run_id,)).fetchone()[0]
-                self._db.execute("INSERT INTO seals (run_id, seq, hash) VALUES (?, ?, ?)", (run_id, seq, sealed_hash))
-                self._db.execute(
-                    "UPDATE runs SET status=?, stop_reason=?, answer_preview=?, sealed_hash=? WHERE run_id=?",
-                    (status, stop_reason, (answer or "")[:200], sealed_hash, run_id))
+                for sql, args in statements:
+                    self._db.execute(sql, args)
+                if blobs:
+                    self._db.executemany("INSERT OR IGNORE INTO blobs (digest, data) VALUES (?, ?)", blobs)
+                if events:
+                    self._db.executemany(
+                        "INSERT INTO events (run_id, seq, type, body, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?)",
+                        events)
+                for sql, args in after:
+                    self._db.execute(sql, args)
                 self._db.execute("COMMIT")
             except BaseException:
                 if self._db.in_transaction:
@@ -176,23 +177,6 @@ class TraceStore:
             return 0, genesis_hash(run_id)
         return rows[0]["seq"] + 1, rows[0]["hash"]
 
-    def insert_batch(self, blobs: list[tuple[str, bytes]], events: list[tuple[str, int, str, str, str, str]]) -> None:
-        """Blobs (digest, data) and event rows in one transaction: all are committed or none."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                if blobs:
-                    self._db.executemany("INSERT OR IGNORE INTO blobs (digest, data) VALUES (?, ?)", blobs)
-                if events:
-                    self._db.executemany(
-                        "INSERT INTO events (run_id, seq, type, body, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?)",
-                        events)
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
-
     def raw_events(self, run_id: str) -> list[dict[str, Any]]:
         """Rows as stored (body text, hashes), in sequence order."""
         return self._query("SELECT * FROM events WHERE run_id=? ORDER BY seq", (run_id,))
@@ -236,6 +220,23 @@ class TraceStore:
 
 # Events inside a node that commit at once (with whatever of the run is pending).
 COMMIT_NOW = frozenset({"llm_call"})
+# Events committed by `seal`, with the run's seal, rather than at once.
+SEALING = frozenset({"run_finished"})
+
+
+def create_run_statement(run_id: str, graph: str, input_preview: str, replay_of: str | None,
+                         owner: str | None) -> tuple[str, tuple]:
+    return ("INSERT INTO runs (run_id, graph, input_preview, created_at, status, replay_of, owner) "
+            "VALUES (?, ?, ?, ?, 'running', ?, ?)", (run_id, graph, input_preview[:200], utcnow(), replay_of, owner))
+
+
+def seal_statements(run_id: str, seq: int, sealed_hash: str, status: str, stop_reason: str,
+                    answer: str | None) -> list[tuple[str, tuple]]:
+    """The seal (last event's seq and hash) goes into an append-only table, so cutting
+    events after any seal the run was ever given is detected; the listing is updated."""
+    return [("INSERT INTO seals (run_id, seq, hash) VALUES (?, ?, ?)", (run_id, seq, sealed_hash)),
+            ("UPDATE runs SET status=?, stop_reason=?, answer_preview=?, sealed_hash=? WHERE run_id=?",
+             (status, stop_reason, (answer or "")[:200], sealed_hash, run_id))]
 
 
 def _owner_alive(owner: str | None) -> bool:
@@ -269,6 +270,18 @@ class TraceWriter:
         self.written = 0
         self._events: list[tuple[str, int, str, str, str, str]] = []
         self._blobs: list[tuple[str, bytes]] = []
+        self._statements: list[tuple[str, tuple]] = []
+
+    def create_run(self, graph: str, input_preview: str, *, replay_of: str | None = None,
+                   owner: str | None = None) -> None:
+        """List the run; the row is committed with its first events (one transaction)."""
+        self._statements.append(create_run_statement(self.run_id, graph, input_preview, replay_of, owner))
+
+    def seal(self, status: str, stop_reason: str, answer: str | None) -> None:
+        """Commit what is held together with the run's seal and final listing."""
+        after = seal_statements(self.run_id, self.next_seq - 1, self.last_hash, status, stop_reason, answer)
+        self.store.transaction(self._statements, self._blobs, self._events, after)
+        self._events, self._blobs, self._statements = [], [], []
 
     def append(self, event: Event) -> Event:
         event.run_id, event.seq, event.ts = self.run_id, self.next_seq, utcnow()
@@ -277,7 +290,7 @@ class TraceWriter:
         self._events.append((self.run_id, event.seq, event.type, body, self.last_hash, digest))  # type: ignore[attr-defined]
         self.last_hash, self.next_seq = digest, self.next_seq + 1
         self.written += 1
-        if event.node is None or event.type in COMMIT_NOW:  # type: ignore[attr-defined]
+        if event.type in COMMIT_NOW or (event.node is None and event.type not in SEALING):  # type: ignore[attr-defined]
             self.flush()
         return event
 
@@ -290,10 +303,10 @@ class TraceWriter:
 
     def flush(self) -> None:
         """Commit the held events and blobs (kept for a later try if the commit fails)."""
-        if not self._events and not self._blobs:
+        if not self._events and not self._blobs and not self._statements:
             return
-        self.store.insert_batch(self._blobs, self._events)
-        self._events, self._blobs = [], []
+        self.store.transaction(self._statements, self._blobs, self._events)
+        self._events, self._blobs, self._statements = [], [], []
 
 
 class NullWriter:
@@ -316,4 +329,10 @@ class NullWriter:
         return ""
 
     def flush(self) -> None:
+        return None
+
+    def create_run(self, graph: str, input_preview: str, **kwargs: Any) -> None:
+        return None
+
+    def seal(self, status: str, stop_reason: str, answer: str | None) -> None:
         return None
