@@ -87,9 +87,8 @@ async def test_resume_under_a_binding_token_budget_does_not_repay(store, monkeyp
     assert model.counters["critic"] == 1 and result.cache_hits == 1 and result.stop_reason == "done"
 
 
-async def test_resume_restores_counts_of_the_first_attempt(store, monkeypatch):
-    model = scripted_by_role(["not a verdict", verdict(9, done=True)])
-
+async def run_crashing_in_decide(store, model, monkeypatch):
+    """Run Self-Refine with a `decide` node that raises; then put the real one back."""
     async def crash(state, runtime):
         raise Crash("in decide")
 
@@ -99,6 +98,13 @@ async def test_resume_restores_counts_of_the_first_attempt(store, monkeypatch):
         await run("self-refine", "t", store=store, models={"local": model})
     monkeypatch.setattr(self_refine, "decide", real)
     clear_compiled_graphs()
+    return failed
+
+
+async def test_resume_restores_counts_of_the_first_attempt(store, monkeypatch):
+    model = scripted_by_role(["not a verdict", verdict(9, done=True)])
+
+    failed = await run_crashing_in_decide(store, model, monkeypatch)
     result = await resume(failed.value.result.run_id, store=store, models={"local": model})
     assert result.fallbacks == {"critic_unparseable": 1}
     assert result.model_calls == 4 and result.usage["total_tokens"] > 0
@@ -117,15 +123,7 @@ async def test_resume_of_a_run_owned_by_a_live_process_is_refused(store, monkeyp
     import socket
     model = scripted_by_role([verdict(4), verdict(9, done=True)])
 
-    async def crash(state, runtime):
-        raise Crash("in decide")
-
-    real = self_refine.decide
-    monkeypatch.setattr(self_refine, "decide", crash)
-    with pytest.raises(RunFailed) as failed:
-        await run("self-refine", "t", store=store, models={"local": model})
-    monkeypatch.setattr(self_refine, "decide", real)
-    clear_compiled_graphs()
+    failed = await run_crashing_in_decide(store, model, monkeypatch)
     run_id = failed.value.result.run_id
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:

@@ -21,7 +21,6 @@ def overhead_cmd(
 ) -> None:
     """Self-Refine on an instant model: bare LangGraph vs refinegraph, tracing off and on."""
     from refinegraph.bench.overhead import goal_lines, markdown, overhead
-    from refinegraph.bench.report import write_report
 
     err.print(f"measuring {runs} runs per configuration in {rounds} interleaved rounds ...")
     report = asyncio.run(overhead(runs, rounds))
@@ -36,11 +35,7 @@ def overhead_cmd(
                       f"{c['median_ms']:.3f}",
                       f"{min(c['round_medians_ms']):.2f}-{max(c['round_medians_ms']):.2f}",
                       f"{c['ratio_vs_bare']:.2f}x")
-    out.print(table)
-    for line in goal_lines(report):
-        out.print(line, highlight=False)
-    json_path, md_path = write_report(out_dir, report, markdown(report))
-    out.print(f"report: {json_path}  {md_path}", highlight=False)
+    _finish(table, goal_lines(report), out_dir, report, markdown(report))
 
 
 @app.command("sampling")
@@ -55,7 +50,6 @@ def sampling_cmd(
     out_dir: Path = typer.Option(Path("bench-reports/sampling"), "--out", help="Folder for report.json/.md."),
 ) -> None:
     """The embedded llama.cpp server: n samples in one request vs n requests vs refinegraph."""
-    from refinegraph.bench.report import write_report
     from refinegraph.bench.sampling import markdown, ratio_lines, sampling
     from refinegraph.models import ModelUnavailable
 
@@ -75,8 +69,15 @@ def sampling_cmd(
                       f"{c['completion_tokens_per_s']:.1f}", f"{c['prompt_tokens_processed']:.0f}",
                       f"{c['prompt_tokens_cached']:.0f}", f"{c['http_requests']}",
                       f"{c['distinct_texts']:.0f}/{n}")
+    _finish(table, ratio_lines(report), out_dir, report, markdown(report))
+
+
+def _finish(table: Table, lines: list[str], out_dir: Path, report: dict, markdown: str) -> None:
+    """Print the table and the figures' lines, then write report.json and report.md."""
+    from refinegraph.bench.report import write_report
+
     out.print(table)
-    for line in ratio_lines(report):
+    for line in lines:
         out.print(line, highlight=False)
-    json_path, md_path = write_report(out_dir, report, markdown(report))
+    json_path, md_path = write_report(out_dir, report, markdown)
     out.print(f"report: {json_path}  {md_path}", highlight=False)
