@@ -14,6 +14,11 @@ config at all every role uses the embedded `local` model. Example:
     price_input_per_mtok = 0.15
     price_output_per_mtok = 0.60
 
+    [models.recorded]
+    backend = "pool"              # what strong models said, from a pool file
+    pool_file = "data/pools/gsm8k_faithfulcot.jsonl"
+    pool_sources = ["gpt-4/cot"]
+
     [roles]
     default = "local"
     critic = "gpt"
@@ -51,7 +56,7 @@ class ModelSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["local", "openai", "vllm"] = "local"
+    backend: Literal["local", "openai", "vllm", "pool"] = "local"
     base_url: str | None = None
     model: str | None = None
     api_key_env: str | None = None
@@ -65,6 +70,10 @@ class ModelSpec(BaseModel):
     price_input_per_mtok: float | None = None
     price_output_per_mtok: float | None = None
     extra_body: dict[str, Any] = Field(default_factory=dict)
+    pool_file: str | None = None
+    """backend "pool": a file of recorded outputs (see refinegraph.models.pool)."""
+    pool_sources: list[str] | None = None
+    """backend "pool": which recorded models to serve, in order (default: all, sorted)."""
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
 
 

@@ -15,6 +15,7 @@ from refinegraph.models.base import (
 )
 from refinegraph.models.local import LocalModel
 from refinegraph.models.openai_backend import OpenAIModel
+from refinegraph.models.pool import PoolError, PoolModel
 from refinegraph.models.scripted import ScriptedModel
 
 __all__ = [
@@ -23,6 +24,8 @@ __all__ = [
     "ModelError",
     "ModelUnavailable",
     "OpenAIModel",
+    "PoolError",
+    "PoolModel",
     "Samples",
     "SamplingParams",
     "ScriptedModel",
@@ -46,5 +49,12 @@ def build_model(name: str, spec: ModelSpec) -> Model:
                            max_n=spec.max_n, timeout=spec.timeout_s,
                            supports_json_schema=spec.supports_json_schema,
                            count_tokens=spec.count_tokens, extra_body=spec.extra_body)
+    if spec.backend == "pool":
+        if not spec.pool_file:
+            raise ConfigError(f"model {name!r}: the pool backend needs pool_file")
+        try:
+            return PoolModel(name, spec.pool_file, spec.pool_sources)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"model {name!r}: {exc}") from None
     raise ConfigError(f"model {name!r}: the {spec.backend!r} backend is not available in this build; "
                       "point the openai backend at a vLLM server instead (see README)")

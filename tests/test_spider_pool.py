@@ -1,0 +1,35 @@
+"""Our execution accuracy on 127 recorded systems reproduces the published counts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from refinegraph.bench.spider_pool import score_pool, system_accuracy, vote_accuracy
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+POOL = SHARED / "pools" / "spider_dev_systems.jsonl"
+
+pytestmark = pytest.mark.skipif(not POOL.is_file(), reason=f"the shared Spider pool is not at {POOL}")
+
+
+@pytest.fixture(scope="module")
+def scored():
+    return score_pool(POOL, SHARED / "spider_dev" / "database")
+
+
+def test_the_pool_is_whole(scored):
+    assert len(scored) == 731
+    assert len({s for q in scored for s in q.results}) == 127
+
+
+def test_hypersql_alone(scored):
+    assert system_accuracy(scored)["HyperSQL"] == pytest.approx(0.829, abs=0.005)
+
+
+def test_vote_over_the_best_nine_and_over_all(scored):
+    accuracy = system_accuracy(scored)
+    ranked = sorted(accuracy, key=lambda s: -accuracy[s])
+    assert vote_accuracy(scored, ranked[:9]) == pytest.approx(0.852, abs=0.005)
+    assert vote_accuracy(scored, ranked) == pytest.approx(0.795, abs=0.005)

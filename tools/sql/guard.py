@@ -1,0 +1,108 @@
+"""The first line of defence: sqlglot must read exactly one read-only statement.
+
+The engines' own read-only modes are the second line (see engines.py); this check gives
+a clear reason early and catches what a read-only connection would still run (side
+effects of functions, runaway locks).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import SqlglotError
+from sqlglot.tokens import TokenType
+
+# Statement kinds that write, change the schema or the session, or reach outside the database.
+_FORBIDDEN_NODES: tuple[type[exp.Expression], ...] = tuple(
+    getattr(exp, name) for name in (
+        "Insert", "Update", "Delete", "Merge", "Create", "Drop", "Alter", "TruncateTable", "Command",
+        "Pragma", "Copy", "Set", "Use", "Transaction", "Commit", "Rollback", "Attach", "Detach",
+        "Into", "Lock", "LoadData", "Grant", "Revoke", "Analyze", "Export", "Install",
+    ) if hasattr(exp, name))
+
+# Functions with side effects or access to files, processes or the network.
+FORBIDDEN_FUNCTIONS = frozenset({
+    "load_extension", "readfile", "writefile", "edit", "fts3_tokenizer",  # SQLite
+    "pg_sleep", "pg_sleep_for", "pg_sleep_until", "pg_read_file", "pg_read_binary_file", "pg_ls_dir",
+    "pg_stat_file", "lo_import", "lo_export", "lo_unlink", "dblink", "dblink_exec", "nextval", "setval",
+    "pg_terminate_backend", "pg_cancel_backend", "pg_reload_conf", "pg_rotate_logfile", "set_config",
+    "pg_advisory_lock", "pg_advisory_xact_lock", "txid_current", "pg_notify", "query_to_xml",
+    "ts_stat", "ts_rewrite", "query_to_xmlschema", "query_to_xml_and_xmlschema",  # run SQL given as text
+    "read_csv", "read_csv_auto", "read_parquet", "read_json", "read_json_auto", "read_text", "read_blob",
+    "glob", "httpfs", "sqlite_scan", "postgres_scan", "install", "load",  # DuckDB
+})
+
+# PostgreSQL's administration, file, WAL, replication, lock and large-object functions: too
+# many to list one by one (pg_create_physical_replication_slot, pg_stat_reset, pg_switch_wal,
+# lo_create, pg_try_advisory_lock, ...), and some outlive the rolled-back transaction.
+FORBIDDEN_PREFIXES = ("pg_", "lo_", "dblink")
+
+
+class _QuietCommandFallback(logging.Filter):
+    """sqlglot warns when it parses an unsupported statement as a generic Command; we reject
+    those statements ourselves, with a reason, so the warning is only noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Falling back to parsing as a 'Command'" not in record.getMessage()
+
+
+logging.getLogger("sqlglot").addFilter(_QuietCommandFallback())
+
+
+class RejectedSQL(ValueError):
+    """Model-written SQL that is not one read-only statement; `reason` says why."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _function_names(tree: exp.Expression) -> set[str]:
+    names = set()
+    for node in tree.find_all(exp.Func):
+        name = node.sql_name() if not isinstance(node, exp.Anonymous) else node.name
+        names.add(str(name).lower())
+    return names
+
+
+def _unicode_escaped_identifier(sql: str, dialect: str) -> bool:
+    """Whether `sql` holds U&"..." (U, & and a quoted identifier with nothing between)."""
+    try:
+        tokens = sqlglot.tokenize(sql, read=dialect)
+    except SqlglotError:  # a tokenizer error is reported by the parser below
+        return False
+    for u, amp, ident in zip(tokens, tokens[1:], tokens[2:]):
+        if (u.text.upper() == "U" and amp.token_type == TokenType.AMP and ident.token_type == TokenType.IDENTIFIER
+                and u.end + 1 == amp.start and amp.end + 1 == ident.start):
+            return True
+    return False
+
+
+def check_read_only(sql: str, dialect: str = "sqlite") -> exp.Expression:
+    """The parsed statement if `sql` is exactly one read statement (SELECT, WITH ... SELECT,
+    UNION / INTERSECT / EXCEPT); otherwise RejectedSQL with the reason."""
+    if not sql or not sql.strip():
+        raise RejectedSQL("empty statement")
+    if _unicode_escaped_identifier(sql, dialect):
+        # PostgreSQL decodes U&"\0070g_sleep" to pg_sleep; sqlglot reads it as `U & "..."`
+        raise RejectedSQL('Unicode-escaped identifiers (U&"...") are not allowed')
+    try:
+        statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
+    except SqlglotError as exc:  # ParseError, TokenError, ...
+        first = str(exc).splitlines()[0]
+        raise RejectedSQL(f"not parseable as {dialect} SQL: {first}") from None
+    if len(statements) != 1:
+        raise RejectedSQL(f"exactly one statement is allowed, got {len(statements)}")
+    tree = statements[0]
+    if not isinstance(tree, exp.Query):
+        raise RejectedSQL(f"only read statements are allowed, got {tree.key.upper()}")
+    for node in tree.walk():
+        if isinstance(node, _FORBIDDEN_NODES):
+            raise RejectedSQL(f"{node.key.upper()} is not allowed inside a read statement")
+    banned = {name for name in _function_names(tree)
+              if name in FORBIDDEN_FUNCTIONS or name.startswith(FORBIDDEN_PREFIXES)}
+    if banned:
+        raise RejectedSQL(f"function {sorted(banned)[0]} is not allowed (side effects or outside access)")
+    return tree
