@@ -152,14 +152,53 @@ class RunFinished(Event):
     cache_hits: int
 
 
+
+
+class SqlExec(Event):
+    """One SQL statement run on the database: what it returned, or why it did not."""
+
+    type: Literal["sql_exec"] = "sql_exec"
+    candidate: int
+    sql: str
+    result_key: str | None = None
+    rows: int = 0
+    truncated: bool = False
+    error_class: str | None = None
+    error: str | None = None
+    elapsed_ms: float = 0.0
+
+
+class Vote(Event):
+    """A vote: groups of equivalent answers with their members, the winner and agreement."""
+
+    type: Literal["vote"] = "vote"
+    groups: list[dict[str, Any]]
+    failed: list[int] = Field(default_factory=list)
+    winner: str | None
+    agreement: float
+    tie: bool = False
+
+
+class Merge(Event):
+    """A merge-revise step: the two SQL it read and the SQL it wrote, and whether that held."""
+
+    type: Literal["merge"] = "merge"
+    inputs: list[dict[str, Any]]
+    output_sql: str
+    output_key: str | None = None
+    accepted: bool
+    reason: str = ""
+
+
 AnyEvent = Annotated[
     RunStarted | RunResumed | NodeStarted | NodeFinished | LLMCall | Retry | Critique | Verdict
-    | Refine | Fallback | BudgetEvent | ErrorEvent | Stop | RunFinished,
+    | Refine | Fallback | BudgetEvent | ErrorEvent | Stop | RunFinished | SqlExec | Vote | Merge,
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(AnyEvent)
 
-DECISION_TYPES = frozenset({"critique", "verdict", "refine", "fallback", "budget", "stop"})
+DECISION_TYPES = frozenset({"critique", "verdict", "refine", "fallback", "budget", "stop", "sql_exec", "vote",
+                            "merge"})
 
 
 def parse_event(data: dict[str, Any]) -> Event:

@@ -346,7 +346,7 @@ class ReplayResult(RunResult):
 
 def decisions(store: TraceStore, run_id: str) -> list[dict[str, Any]]:
     """The run's decision events without run-specific fields, for comparing runs."""
-    volatile = {"run_id", "seq", "ts", "elapsed_s"}
+    volatile = {"run_id", "seq", "ts", "elapsed_s", "elapsed_ms"}
     return [{k: v for k, v in event.items() if k not in volatile}
             for event in store.events(run_id, types=set(DECISION_TYPES))]
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.markup import escape
+from rich.table import Table
 
 from refinegraph.budget import Budget
 from refinegraph.cli import bench_cmds, trace_cmds
@@ -114,6 +115,56 @@ def resume_cmd(
     except (ModelUnavailable, TraceUnusable, TraceStoreError) as exc:
         fail(str(exc), 1)
     _report(result, as_json)
+
+
+@app.command("sql")
+def sql_cmd(
+    question: str = typer.Argument(..., help="A question about the database."),
+    db: str = typer.Option(..., "--db", help="SQLite path, postgresql://... (?schema=S), or duckdb:///path."),
+    graph: str = typer.Option("csc-sql", "--graph", help="sql-greedy, sql-sc or csc-sql."),
+    evidence: str | None = typer.Option(None, "--evidence", help="Extra knowledge (BIRD's evidence)."),
+    model: str | None = typer.Option(None, "--model", help="Play every role with this configured model."),
+    config: Path | None = typer.Option(None, "--config", help="TOML config."),
+    budget_tokens: int | None = typer.Option(None, "--budget-tokens", help="Token budget of the run."),
+    param: list[str] = typer.Option([], "--param", "-p", help="Graph parameter KEY=VALUE (e.g. n=8)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Answer QUESTION from a database: prints the SQL, the result table, then `run: <run_id>`."""
+    from refinegraph.tools.sql import connect
+
+    try:
+        get_graph(graph)
+        connect(db)
+        cfg = load_config(config)
+        if model:
+            cfg = cfg.with_model(model)
+        params = _params(param)
+        budget = Budget(max_tokens=budget_tokens)
+    except (UnknownGraph, ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    task = {"question": question, "db": db, **({"evidence": evidence} if evidence else {})}
+    try:
+        result = asyncio.run(run(graph, task, config=cfg, params=params, budget=budget, store=open_store()))
+    except RunFailed as exc:
+        _failed(exc, as_json)
+    except ConfigError as exc:
+        fail(str(exc))
+    except (ModelUnavailable, TraceStoreError) as exc:
+        fail(str(exc), 1)
+    state = result.state
+    if as_json:
+        print_json({"sql": state.get("sql"), "columns": state.get("columns", []), "rows": state.get("rows", []),
+                    "run_id": result.run_id, "stop_reason": result.stop_reason, "usage": result.usage,
+                    "model_calls": result.model_calls})
+        return
+    typer.echo(state.get("sql") or "(no SQL)")
+    table = Table(*state.get("columns", []))
+    for row in state.get("rows", [])[:50]:
+        table.add_row(*["NULL" if v is None else escape(str(v)) for v in row])
+    out.print(table)
+    err.print(f"stop: {result.stop_reason}  calls: {result.model_calls}  tokens: {result.usage['total_tokens']}",
+              highlight=False)
+    typer.echo(f"run: {result.run_id}")
 
 
 @app.command("graphs")

@@ -1,0 +1,167 @@
+"""Text-to-SQL: greedy, self-consistency by execution result, and CSC-SQL merge-revise.
+
+- sql-greedy: one query at temperature 0, executed.
+- sql-sc: n candidates executed; a vote over the sets of rows they return (failed
+  candidates get no vote; ties go to the earliest candidate's group); the winner's SQL.
+- csc-sql: as sql-sc, then, when the vote is not unanimous, a merge-revise step reads the
+  two most-voted queries with their (truncated) results and writes the final query. Ties
+  are merged too (the paper's code skips them and, on a tie, picks one group twice). The
+  merged query is executed; if it fails, the vote winner stands (a recorded fallback).
+
+Input: {"question": str, "db": URL or path, "evidence": optional str}. Output adds
+sql, columns, rows (capped), answer (a rendered table) and stop_reason.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+from pydantic import BaseModel, ConfigDict, Field
+
+from refinegraph.agents.sql_executor import execute_candidates
+from refinegraph.agents.sql_merger import merge_revise
+from refinegraph.agents.sql_writer import write_sql
+from refinegraph.context import RunContext
+from refinegraph.events import Stop, Vote
+from refinegraph.nodes import stops_on_budget, traced
+from refinegraph.registry import register_graph
+from refinegraph.tools.sql import ExecResult, connect, render_result, serialize_schema, vote_on_results
+
+
+class SqlParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = Field(8, ge=1, le=128)
+    temperature: float = Field(0.8, ge=0.0, le=2.0)
+    seed: int = 0
+    max_tokens: int = Field(256, ge=16)
+    timeout_s: float = Field(5.0, gt=0)
+    max_rows: int = Field(1000, ge=1)
+    schema_samples: int = Field(3, ge=0, le=10)
+
+
+class SqlState(TypedDict, total=False):
+    question: str
+    db: str
+    evidence: str
+    params: dict[str, Any]
+    schema: str
+    candidates: Annotated[list[dict[str, Any]], lambda old, new: new]
+    vote: dict[str, Any]
+    sql: str
+    columns: list[str]
+    rows: list[list[Any]]
+    answer: str | None
+    stop_reason: str
+
+
+def _as_result(candidate: dict[str, Any]) -> ExecResult:
+    """A stand-in result carrying the candidate's key, enough for the vote."""
+    if candidate["error_class"]:
+        return ExecResult(sql=candidate["sql"], error_class=candidate["error_class"], error=candidate["error"])
+    return ExecResult(sql=candidate["sql"], rows=[(candidate["key"],)])
+
+
+async def vote(state: SqlState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    outcome = vote_on_results([_as_result(c) for c in state["candidates"]])
+    groups = [{"key": state["candidates"][g.members[0]]["key"], "members": g.members, "votes": g.votes}
+              for g in outcome.groups]
+    runtime.context.emit(Vote(groups=groups, failed=outcome.failed, winner=groups[0]["key"] if groups else None,
+                              agreement=round(outcome.agreement, 4), tie=outcome.tied))
+    winner = state["candidates"][outcome.winner.members[0]]["sql"] if outcome.winner else None
+    update: dict[str, Any] = {"vote": {"groups": groups, "failed": outcome.failed}}
+    if winner is not None:
+        update["sql"] = winner
+    return update
+
+
+async def finish(state: SqlState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """Run the chosen SQL once more for its rows (read-only, so the same rows) and stop."""
+    reason = state.get("stop_reason") or "done"
+    sql = state.get("sql")
+    if sql is None:  # every candidate failed, or the budget stopped the writer
+        candidates = state.get("candidates", [])
+        reason = reason if reason != "done" else "no_valid_sql"
+        sql = candidates[0]["sql"] if candidates else None
+    columns, rows, answer = [], [], None
+    if sql is not None:
+        params = state["params"]
+        result = await connect(state["db"], timeout_s=params["timeout_s"], max_rows=params["max_rows"]).execute(sql)
+        if result.ok:
+            columns, rows = result.columns, [list(r) for r in result.rows]
+            answer = render_result(columns, result.rows, max_rows=50, max_chars=4000)
+    runtime.context.emit(Stop(reason=reason))
+    return {"sql": sql, "columns": columns, "rows": rows, "answer": answer, "stop_reason": reason}
+
+
+def _route_after_vote(merge: bool):
+    def route(state: SqlState) -> str:
+        groups = state.get("vote", {}).get("groups", [])
+        return "merge" if merge and len(groups) >= 2 and not state.get("stop_reason") else "finish"
+    return route
+
+
+def _build(params: dict[str, Any] | None, *, checkpointer: Any, name: str, vote_on: bool, merge: bool,
+           defaults: dict[str, Any], trace_nodes: bool = True) -> Any:
+    settings = SqlParams(**{**defaults, **(params or {})}).model_dump()
+    wrap = traced if trace_nodes else (lambda node_name, fn: fn)
+
+    async def start(state: SqlState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+        db = connect(state["db"], timeout_s=settings["timeout_s"], max_rows=settings["max_rows"])
+        return {"params": settings, "schema": serialize_schema(db, samples=settings["schema_samples"])}
+
+    graph = StateGraph(SqlState, context_schema=RunContext)
+    graph.add_node("start", start)
+    graph.add_node("writer", wrap("writer", stops_on_budget(write_sql)))
+    graph.add_node("executor", wrap("executor", execute_candidates))
+    graph.add_node("finish", wrap("finish", finish))
+    graph.add_edge(START, "start")
+    graph.add_edge("start", "writer")
+    graph.add_conditional_edges("writer", lambda s: "finish" if s.get("stop_reason") else "executor",
+                                ["executor", "finish"])
+    if vote_on:
+        graph.add_node("vote", wrap("vote", vote))
+        graph.add_edge("executor", "vote")
+        targets = ["finish"] + (["merge"] if merge else [])
+        graph.add_conditional_edges("vote", _route_after_vote(merge), targets)
+        if merge:
+            graph.add_node("merge", wrap("merge", stops_on_budget(merge_revise)))
+            graph.add_edge("merge", "finish")
+    else:
+        graph.add_node("pick", wrap("pick", _pick_first))
+        graph.add_edge("executor", "pick")
+        graph.add_edge("pick", "finish")
+    graph.add_edge("finish", END)
+    return graph.compile(checkpointer=checkpointer, name=name)
+
+
+async def _pick_first(state: SqlState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    candidate = state["candidates"][0]
+    return {"sql": candidate["sql"]} if not candidate["error_class"] else {}
+
+
+def build_sql_greedy(params: dict[str, Any] | None = None, *, checkpointer: Any = None, **kw: Any) -> Any:
+    return _build(params, checkpointer=checkpointer, name="sql-greedy", vote_on=False, merge=False,
+                  defaults={"n": 1, "temperature": 0.0}, **kw)
+
+
+def build_sql_sc(params: dict[str, Any] | None = None, *, checkpointer: Any = None, **kw: Any) -> Any:
+    return _build(params, checkpointer=checkpointer, name="sql-sc", vote_on=True, merge=False, defaults={}, **kw)
+
+
+def build_csc_sql(params: dict[str, Any] | None = None, *, checkpointer: Any = None, **kw: Any) -> Any:
+    return _build(params, checkpointer=checkpointer, name="csc-sql", vote_on=True, merge=True, defaults={}, **kw)
+
+
+def register() -> None:
+    register_graph("sql-greedy", build_sql_greedy, "Text-to-SQL: one query at temperature 0, executed",
+                   input_key="question")
+    register_graph("sql-sc", build_sql_sc, "Text-to-SQL: n candidates, vote by execution result",
+                   input_key="question")
+    register_graph("csc-sql", build_csc_sql,
+                   "Text-to-SQL: CSC-SQL, execution vote then merge-revise of the top two", input_key="question")
+
+
+register()

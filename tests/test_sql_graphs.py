@@ -1,0 +1,125 @@
+"""The SQL graphs' decisions on a real Spider database, with a scripted model (a test double)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from refinegraph import Budget, replay, run
+from refinegraph.cli.app import app
+from refinegraph.models import ScriptedModel
+from refinegraph.trace.verify import verify_run
+
+SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "spider_dev" / "database" / "concert_singer"
+pytestmark = pytest.mark.skipif(not SOURCE.is_dir(), reason=f"shared Spider databases not at {SOURCE}")
+
+COUNT = "SELECT COUNT(*) FROM singer"
+COUNT_OTHER_SPELLING = "select count(Singer_ID) from singer"
+NAMES = "SELECT Name FROM singer"
+BROKEN = "SELECT nope FROM singer"
+WRITE = "DELETE FROM singer"
+
+
+@pytest.fixture
+def db(tmp_path) -> str:
+    target = tmp_path / "concert_singer.sqlite"
+    shutil.copy(SOURCE / "concert_singer.sqlite", target)
+    return str(target)
+
+
+def scripted(candidates: list[str], merged: str | None = None) -> ScriptedModel:
+    writes = iter(candidates)
+
+    def respond(messages):
+        if messages[0]["content"].startswith("Two SQL queries"):
+            return f"```sql\n{merged}\n```"
+        return f"Here you go:\n```sql\n{next(writes)};\n```"
+    return ScriptedModel(respond, name="local")
+
+
+async def run_sql(graph, db, store, model, **kw):
+    return await run(graph, {"question": "How many singers do we have?", "db": db}, store=store,
+                     models={"local": model}, checkpoint=False, **kw)
+
+
+async def test_greedy_executes_one_query(db, store):
+    result = await run_sql("sql-greedy", db, store, scripted([COUNT]))
+    assert result.state["sql"] == COUNT and result.state["rows"] == [[6]]
+    execs = store.events(result.run_id, types={"sql_exec"})
+    assert len(execs) == 1 and execs[0]["rows"] == 1 and execs[0]["error_class"] is None
+
+
+async def test_sc_votes_by_result_not_by_text(db, store):
+    model = scripted([NAMES, COUNT, COUNT_OTHER_SPELLING, BROKEN, WRITE])
+    result = await run_sql("sql-sc", db, store, model, params={"n": 5})
+    assert result.state["rows"] == [[6]] and result.state["sql"] == COUNT
+    (vote,) = store.events(result.run_id, types={"vote"})
+    assert [g["members"] for g in vote["groups"]] == [[1, 2], [0]]
+    assert vote["failed"] == [3, 4] and vote["agreement"] == 0.4
+    classes = [e["error_class"] for e in store.events(result.run_id, types={"sql_exec"})]
+    assert classes == [None, None, None, "execution", "rejected"]
+
+
+async def test_sc_tie_goes_to_the_earliest_group(db, store):
+    result = await run_sql("sql-sc", db, store, scripted([NAMES, COUNT]), params={"n": 2})
+    (vote,) = store.events(result.run_id, types={"vote"})
+    assert vote["tie"] and result.state["sql"] == NAMES
+
+
+async def test_csc_merges_the_top_two_and_checks_the_merge(db, store):
+    model = scripted([NAMES, COUNT, COUNT], merged=COUNT_OTHER_SPELLING)
+    result = await run_sql("csc-sql", db, store, model, params={"n": 3})
+    (merge,) = store.events(result.run_id, types={"merge"})
+    assert merge["accepted"] and [i["sql"] for i in merge["inputs"]] == [COUNT, NAMES]
+    assert result.state["sql"] == COUNT_OTHER_SPELLING and result.state["rows"] == [[6]]
+    assert verify_run(store, result.run_id).ok
+
+
+async def test_csc_failed_merge_falls_back_to_the_vote_winner(db, store):
+    model = scripted([NAMES, COUNT, COUNT], merged="DROP TABLE singer")
+    result = await run_sql("csc-sql", db, store, model, params={"n": 3})
+    (merge,) = store.events(result.run_id, types={"merge"})
+    assert not merge["accepted"] and "rejected" in merge["reason"]
+    assert result.fallbacks == {"merge_failed": 1} and result.state["sql"] == COUNT
+
+
+async def test_csc_skips_the_merge_when_unanimous(db, store):
+    model = scripted([COUNT, COUNT_OTHER_SPELLING, COUNT])
+    result = await run_sql("csc-sql", db, store, model, params={"n": 3})
+    assert store.events(result.run_id, types={"merge"}) == [] and result.model_calls == 1
+
+
+async def test_all_candidates_failing_is_an_answerless_stop(db, store):
+    result = await run_sql("sql-sc", db, store, scripted([BROKEN, WRITE]), params={"n": 2})
+    assert result.stop_reason == "no_valid_sql" and result.answer is None
+
+
+async def test_budget_stop_and_replay(db, store):
+    result = await run_sql("csc-sql", db, store, scripted([NAMES, COUNT, COUNT]), params={"n": 3},
+                           budget=Budget(max_calls=1))
+    assert result.stop_reason == "budget" and result.state["sql"] == COUNT
+    replayed = await replay(result.run_id, store=store)
+    assert replayed.decisions_match and replayed.model_calls == 0
+
+
+def test_cli_sql_json(db, monkeypatch):
+    import refinegraph.cli.app as cli
+    real_run = cli.run
+
+    async def with_double(graph, task, **kw):
+        return await real_run(graph, task, **kw, models={"local": scripted([COUNT])})
+
+    monkeypatch.setattr(cli, "run", with_double)
+    out = CliRunner().invoke(app, ["sql", "How many singers?", "--db", db, "--graph", "sql-greedy", "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout)
+    assert data["sql"] == COUNT and data["rows"] == [[6]] and {"run_id", "stop_reason", "usage"} <= data.keys()
+
+
+def test_cli_sql_bad_database():
+    out = CliRunner().invoke(app, ["sql", "q", "--db", "mysql://x/y"])
+    assert out.exit_code == 2 and "unsupported database" in out.output
