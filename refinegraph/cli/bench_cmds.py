@@ -81,3 +81,96 @@ def _finish(table: Table, lines: list[str], out_dir: Path, report: dict, markdow
         out.print(line, highlight=False)
     json_path, md_path = write_report(out_dir, report, markdown)
     out.print(f"report: {json_path}  {md_path}", highlight=False)
+
+
+@app.command("spider")
+def spider_cmd(
+    data: Path = typer.Option(..., "--data", help="Spider or BIRD folder (dev.json + database/)."),
+    graphs: str = typer.Option("sql-greedy,sql-sc,csc-sql", "--graphs", help="Comma-separated SQL graphs."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="The first N questions."),
+    model: str | None = typer.Option(None, "--model", help="Configured model for every role."),
+    config: Path | None = typer.Option(None, "--config", help="TOML config."),
+    budget_tokens: int | None = typer.Option(6000, "--budget-tokens", min=1,
+                                             help="Token budget per question, the same for every method."),
+    param: list[str] = typer.Option([], "--param", "-p", help="Graph parameter KEY=VALUE for every graph."),
+    pool: Path | None = typer.Option(None, "--pool", help="Recorded candidates (pool file) instead of a model."),
+    systems: str | None = typer.Option(None, "--systems", help="With --pool: systems to vote over, in order."),
+    top: int | None = typer.Option(None, "--top", min=1,
+                                   help="With --pool: the K systems most accurate on these questions (an oracle "
+                                        "choice, as in the published counts)."),
+    out_dir: Path = typer.Option(Path("bench-reports/spider"), "--out", help="Report folder."),
+) -> None:
+    """Execution accuracy of the SQL graphs, per method at equal token budget, with a plot."""
+    import json
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from refinegraph.bench.spider import answer, load_questions, plot, summarize, write_outcomes
+    from refinegraph.cli.app import _params
+    from refinegraph.config import ConfigError, ModelSpec, load_config
+
+    try:
+        questions = load_questions(data, limit=limit)
+        cfg = load_config(config)
+        if model:
+            cfg = cfg.with_model(model)
+        params = _params(param)
+        methods = [g.strip() for g in graphs.split(",") if g.strip()]
+        if pool is not None:
+            chosen = _pool_systems(pool, data, systems, top, limit)
+            merger = model or cfg.model_for_role("merger")
+            cfg = cfg.model_copy(update={
+                "models": {**cfg.models, "pool": ModelSpec(backend="pool", pool_file=str(pool), pool_sources=chosen)},
+                "roles": {"default": "pool", "merger": merger}})
+            params = {**params, "n": len(chosen)}
+            methods = [m for m in methods if m != "sql-greedy"] or ["sql-sc"]
+    except (FileNotFoundError, ValueError, ConfigError) as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(2) from exc
+
+    outcomes = []
+
+    async def main() -> None:
+        with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=err) as progress:
+            task = progress.add_task("spider", total=len(questions) * len(methods))
+            for question in questions:
+                for method in methods:
+                    outcomes.append(await answer(question, method, cfg, params, budget_tokens))
+                    progress.advance(task)
+
+    asyncio.run(main())
+    summary = summarize(outcomes, methods)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_outcomes(out_dir, outcomes)
+    source = f"pool {pool.name} ({params['n']} systems)" if pool else f"model {cfg.model_for_role('solver')}"
+    title = f"{data.name}: {len(questions)} questions, {source}, budget {budget_tokens} tokens/question"
+    picture = plot(out_dir, summary, title)
+    report = {"title": title, "questions": len(questions), "methods": methods, "params": params,
+              "budget_tokens": budget_tokens, "summary": summary}
+    if pool is not None:
+        report["systems"] = cfg.models["pool"].pool_sources
+    (out_dir / "summary.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    table = Table(title=title)
+    for name in ("method", "EX", "mean tokens", "mean calls", "s/question", "EX per 1k tokens", "errors"):
+        table.add_column(name, justify="left" if name == "method" else "right")
+    for row in summary:
+        table.add_row(row["method"], f"{100 * row['ex']:.1f}%", f"{row['mean_tokens']:.0f}",
+                      f"{row['mean_calls']:.2f}", f"{row['mean_seconds']:.1f}",
+                      f"{row['ex_per_1k_tokens']:.3f}" if row["ex_per_1k_tokens"] is not None else "-",
+                      str(row["errors"]))
+    out.print(table)
+    out.print(f"report: {out_dir}/summary.json {out_dir}/questions.jsonl {picture or '(no plot: pip install matplotlib)'}",
+              highlight=False)
+
+
+def _pool_systems(pool: Path, data: Path, systems: str | None, top: int | None, limit: int | None) -> list[str]:
+    """The systems to vote over: named ones, or the `top` most accurate on these questions."""
+    from refinegraph.bench.spider_pool import score_pool, system_accuracy
+
+    if systems:
+        return [s.strip() for s in systems.split(",") if s.strip()]
+    if not top:
+        raise ValueError("with --pool, name --systems or give --top K")
+    accuracy = system_accuracy(score_pool(pool, data / "database", limit=limit))
+    return sorted(accuracy, key=lambda s: (-accuracy[s], s))[:top]

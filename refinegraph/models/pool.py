@@ -43,9 +43,13 @@ class PoolModel:
         self._used: dict[int, int] = defaultdict(int)
 
     def completions(self, entry: dict[str, Any]) -> list[str]:
-        """The entry's completions from the chosen sources, sources in the order given."""
-        sources = self.sources or sorted(entry["samples"])
-        return [text for source in sources for text in entry["samples"].get(source, [])]
+        """The entry's completions from the chosen sources, sources in the order given.
+
+        A chosen source with nothing recorded for this question answers "" (so one source
+        keeps one place, and an empty answer gets no vote downstream)."""
+        if not self.sources:
+            return [text for source in sorted(entry["samples"]) for text in entry["samples"][source]]
+        return [text for source in self.sources for text in (entry["samples"].get(source) or [""])]
 
     def find(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
         text = next((str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), "")

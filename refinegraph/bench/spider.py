@@ -1,0 +1,141 @@
+"""`refinegraph bench spider`: execution accuracy of the SQL graphs on Spider or BIRD.
+
+Reads the official layouts: Spider's `dev.json` (db_id, question, query) with
+`database/<db_id>/<db_id>.sqlite`, and BIRD's (db_id, question, SQL, evidence,
+difficulty) with `dev_databases/` or `database/`. Every method answers every question
+under the same per-question token budget; a prediction is right when its rows equal the
+gold query's rows as a set (as a list when the gold query orders them).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from refinegraph.budget import Budget
+from refinegraph.config import Config
+from refinegraph.runner import RunFailed, run
+from refinegraph.tools.sql import connect, orders_rows, results_match
+
+
+@dataclass
+class Question:
+    index: int
+    db_id: str
+    question: str
+    gold: str
+    db_path: str
+    evidence: str = ""
+    difficulty: str = ""
+
+
+def load_questions(data_dir: Path, *, split_file: str = "dev.json", limit: int | None = None) -> list[Question]:
+    """Spider's or BIRD's questions with the path of each one's SQLite database."""
+    data_dir = Path(data_dir)
+    path = data_dir / split_file
+    if not path.is_file():
+        raise FileNotFoundError(f"no {split_file} in {data_dir} (expected Spider's or BIRD's layout)")
+    folders = [data_dir / name for name in ("database", "dev_databases", "databases") if (data_dir / name).is_dir()]
+    if not folders:
+        raise FileNotFoundError(f"no database/ or dev_databases/ folder in {data_dir}")
+    questions = []
+    for index, item in enumerate(json.loads(path.read_text(encoding="utf-8"))):
+        if limit is not None and len(questions) >= limit:
+            break
+        db_path = next((f / item["db_id"] / f"{item['db_id']}.sqlite" for f in folders
+                        if (f / item["db_id"] / f"{item['db_id']}.sqlite").is_file()), None)
+        if db_path is None:
+            raise FileNotFoundError(f"no SQLite file for database {item['db_id']!r} under {data_dir}")
+        questions.append(Question(index, item["db_id"], item["question"], item.get("query") or item["SQL"],
+                                  str(db_path), item.get("evidence", ""), item.get("difficulty", "")))
+    return questions
+
+
+@dataclass
+class Outcome:
+    question: int
+    db_id: str
+    method: str
+    correct: bool
+    sql: str | None
+    stop_reason: str
+    tokens: int
+    calls: int
+    seconds: float
+    run_id: str
+    error: str | None = None
+
+
+async def answer(question: Question, method: str, config: Config, params: dict[str, Any],
+                 budget_tokens: int | None) -> Outcome:
+    """One method on one question, scored against the gold query's rows."""
+    task = {"question": question.question, "db": question.db_path,
+            **({"evidence": question.evidence} if question.evidence else {})}
+    started = time.perf_counter()
+    error = None
+    try:
+        result = await run(method, task, config=config, params=params, budget=Budget(max_tokens=budget_tokens))
+    except RunFailed as exc:
+        result, error = exc.result, str(exc.cause)[:300]
+    seconds = time.perf_counter() - started
+    sql = result.state.get("sql") if not error else None
+    correct = False
+    if sql:
+        db = connect(question.db_path, timeout_s=30.0, max_rows=100_000)
+        predicted, gold = db.execute_sync(sql), db.execute_sync(question.gold)
+        correct = predicted.ok and gold.ok and results_match(predicted.rows, gold.rows,
+                                                             ordered=orders_rows(question.gold))
+    return Outcome(question.index, question.db_id, method, correct, sql, result.stop_reason,
+                   result.usage["total_tokens"], result.model_calls, round(seconds, 3), result.run_id, error)
+
+
+def summarize(outcomes: list[Outcome], methods: list[str]) -> list[dict[str, Any]]:
+    """Per method: execution accuracy, mean tokens and calls per question, EX per 1k tokens."""
+    rows = []
+    for method in methods:
+        mine = [o for o in outcomes if o.method == method]
+        if not mine:
+            continue
+        accuracy = sum(o.correct for o in mine) / len(mine)
+        tokens = sum(o.tokens for o in mine) / len(mine)
+        rows.append({"method": method, "questions": len(mine), "ex": round(accuracy, 4),
+                     "mean_tokens": round(tokens, 1), "mean_calls": round(sum(o.calls for o in mine) / len(mine), 2),
+                     "mean_seconds": round(sum(o.seconds for o in mine) / len(mine), 2),
+                     "ex_per_1k_tokens": round(1000 * accuracy / tokens, 4) if tokens else None,
+                     "errors": sum(1 for o in mine if o.error)})
+    return rows
+
+
+def write_outcomes(out_dir: Path, outcomes: list[Outcome]) -> Path:
+    path = out_dir / "questions.jsonl"
+    with open(path, "w", encoding="utf-8") as handle:
+        for outcome in outcomes:
+            handle.write(json.dumps(asdict(outcome), ensure_ascii=False) + "\n")
+    return path
+
+
+def plot(out_dir: Path, summary: list[dict[str, Any]], title: str) -> Path | None:
+    """accuracy.png: execution accuracy against mean tokens per question, one point a method."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for row in summary:
+        axes.scatter(row["mean_tokens"], 100 * row["ex"], s=40)
+        axes.annotate(row["method"], (row["mean_tokens"], 100 * row["ex"]), textcoords="offset points",
+                      xytext=(5, 5))
+    axes.set_xlabel("mean tokens per question")
+    axes.set_ylabel("execution accuracy (%)")
+    axes.set_title(title, fontsize=9)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    path = out_dir / "accuracy.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
