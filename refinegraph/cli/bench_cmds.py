@@ -160,8 +160,8 @@ def spider_cmd(
                       f"{row['ex_per_1k_tokens']:.3f}" if row["ex_per_1k_tokens"] is not None else "-",
                       str(row["errors"]))
     out.print(table)
-    out.print(f"report: {out_dir}/summary.json {out_dir}/questions.jsonl {picture or '(no plot: pip install matplotlib)'}",
-              highlight=False)
+    plot_note = picture or "(no plot: pip install matplotlib)"
+    out.print(f"report: {out_dir}/summary.json {out_dir}/questions.jsonl {plot_note}", highlight=False)
 
 
 def _pool_systems(pool: Path, data: Path, systems: str | None, top: int | None, limit: int | None) -> list[str]:
