@@ -23,7 +23,7 @@ async def merge_revise(state: dict[str, Any], runtime: Runtime[RunContext]) -> d
     first, second = vote["groups"][0], vote["groups"][1]
     a, b = state["candidates"][first["members"][0]], state["candidates"][second["members"][0]]
     messages = load_prompt("sql_merger").render(
-        schema=state["schema"], question=state["question"], evidence=evidence_line(state),
+        schema=state["schema"], question=state["question"], evidence=evidence_line(state), dialect=state["dialect"],
         sql_a=a["sql"], result_a=a["preview"], votes_a=first["votes"],
         sql_b=b["sql"], result_b=b["preview"], votes_b=second["votes"], total=len(state["candidates"]))
     samples = await ctx.sample("merger", messages, temperature=0.0, max_tokens=params["max_tokens"],

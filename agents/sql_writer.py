@@ -20,7 +20,7 @@ async def write_sql(state: dict[str, Any], runtime: Runtime[RunContext]) -> dict
     params = state["params"]
     n = params["n"]
     messages = load_prompt("sql_writer").render(schema=state["schema"], question=state["question"],
-                                                evidence=evidence_line(state))
+                                                evidence=evidence_line(state), dialect=state["dialect"])
     samples = await runtime.context.sample(
         "solver", messages, n=n, temperature=params["temperature"] if n > 1 else 0.0,
         max_tokens=params["max_tokens"], seed=params["seed"])

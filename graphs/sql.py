@@ -29,6 +29,8 @@ from refinegraph.nodes import stops_on_budget, traced
 from refinegraph.registry import register_graph
 from refinegraph.tools.sql import ExecResult, connect, render_result, serialize_schema, vote_on_results
 
+DIALECT_NAMES = {"sqlite": "SQLite", "postgres": "PostgreSQL", "duckdb": "DuckDB"}
+
 
 class SqlParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -48,6 +50,7 @@ class SqlState(TypedDict, total=False):
     evidence: str
     params: dict[str, Any]
     schema: str
+    dialect: str
     candidates: Annotated[list[dict[str, Any]], lambda old, new: new]
     vote: dict[str, Any]
     sql: str
@@ -110,7 +113,8 @@ def _build(params: dict[str, Any] | None, *, checkpointer: Any, name: str, vote_
 
     async def start(state: SqlState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         db = connect(state["db"], timeout_s=settings["timeout_s"], max_rows=settings["max_rows"])
-        return {"params": settings, "schema": serialize_schema(db, samples=settings["schema_samples"])}
+        return {"params": settings, "schema": serialize_schema(db, samples=settings["schema_samples"]),
+                "dialect": DIALECT_NAMES[db.engine]}
 
     graph = StateGraph(SqlState, context_schema=RunContext)
     graph.add_node("start", start)

@@ -123,3 +123,26 @@ def test_cli_sql_json(db, monkeypatch):
 def test_cli_sql_bad_database():
     out = CliRunner().invoke(app, ["sql", "q", "--db", "mysql://x/y"])
     assert out.exit_code == 2 and "unsupported database" in out.output
+
+
+async def test_the_same_questions_through_the_same_graphs_on_postgresql(db, store):
+    """A Spider database loaded into a PostgreSQL schema of its own answers like SQLite."""
+    from test_sql_engines import build_pg_schema, drop_pg_schema, pg_dsn, pg_url, unique_schema
+
+    dsn = pg_dsn()  # skips with its reason when REFINEGRAPH_PG_DSN is unset
+    schema = unique_schema("rg_graphs")
+    build_pg_schema(dsn, schema, Path(db))
+    try:
+        questions = [COUNT, "SELECT Name FROM singer WHERE Age > 30 ORDER BY Name",
+                     "SELECT Country, COUNT(*) FROM singer GROUP BY Country"]
+        for sql in questions:
+            for graph in ("sql-greedy", "csc-sql"):
+                n = {"n": 3} if graph == "csc-sql" else {}
+                on_sqlite = await run_sql(graph, db, store, scripted([sql] * 3), params=n)
+                on_pg = await run_sql(graph, pg_url(schema), store, scripted([sql] * 3), params=n)
+                assert on_pg.stop_reason == "done", on_pg.state
+                assert sorted(map(tuple, on_pg.state["rows"])) == sorted(map(tuple, on_sqlite.state["rows"]))
+        prompt = store.events(on_pg.run_id, types={"llm_call"})[0]
+        assert "PostgreSQL" in json.dumps(store.get_blob(prompt["request_blob"]))
+    finally:
+        drop_pg_schema(dsn, schema)
