@@ -5,15 +5,31 @@ from __future__ import annotations
 
 from typing import Any
 
+import sqlglot
 from langgraph.runtime import Runtime
+from sqlglot import exp
+from sqlglot.errors import SqlglotError
 
 from refinegraph.agents.sql_executor import record
 from refinegraph.agents.sql_writer import evidence_line
 from refinegraph.context import RunContext
 from refinegraph.events import Merge
 from refinegraph.prompts import load_prompt
-from refinegraph.tools.sql import connect, result_key
+from refinegraph.tools.sql import connect, result_key, serialize_schema
 from refinegraph.tools.sql.extract import extract_sql
+
+
+def tables_of(*queries: str, dialect: str) -> list[str] | None:
+    """The tables the queries read (the merge prompt's schema is pruned to them), or None
+    when a query cannot be parsed (then the whole schema is shown)."""
+    names: set[str] = set()
+    for sql in queries:
+        try:
+            tree = sqlglot.parse_one(sql, read=dialect)
+        except SqlglotError:
+            return None
+        names |= {table.name for table in tree.find_all(exp.Table) if table.name}
+    return sorted(names) or None
 
 
 async def merge_revise(state: dict[str, Any], runtime: Runtime[RunContext]) -> dict[str, Any]:
@@ -22,14 +38,16 @@ async def merge_revise(state: dict[str, Any], runtime: Runtime[RunContext]) -> d
     vote = state["vote"]
     first, second = vote["groups"][0], vote["groups"][1]
     a, b = state["candidates"][first["members"][0]], state["candidates"][second["members"][0]]
+    db = connect(state["db"], timeout_s=params["timeout_s"], max_rows=params["max_rows"])
+    schema = serialize_schema(db, tables=tables_of(a["sql"], b["sql"], dialect=db.dialect),
+                              samples=params["schema_samples"]) or state["schema"]
     messages = load_prompt("sql_merger").render(
-        schema=state["schema"], question=state["question"], evidence=evidence_line(state), dialect=state["dialect"],
+        schema=schema, question=state["question"], evidence=evidence_line(state), dialect=state["dialect"],
         sql_a=a["sql"], result_a=a["preview"], votes_a=first["votes"],
         sql_b=b["sql"], result_b=b["preview"], votes_b=second["votes"], total=len(state["candidates"]))
     samples = await ctx.sample("merger", messages, temperature=0.0, max_tokens=params["max_tokens"],
                                seed=params["seed"])
     merged_sql = extract_sql(samples.texts[0])
-    db = connect(state["db"], timeout_s=params["timeout_s"], max_rows=params["max_rows"])
     result = await db.execute(merged_sql)
     record(runtime, len(state["candidates"]), result)
     inputs = [{"sql": a["sql"], "key": a["key"], "votes": first["votes"]},

@@ -146,3 +146,44 @@ async def test_the_same_questions_through_the_same_graphs_on_postgresql(db, stor
         assert "PostgreSQL" in json.dumps(store.get_blob(prompt["request_blob"]))
     finally:
         drop_pg_schema(dsn, schema)
+
+
+async def test_merge_prompt_shows_only_the_tables_both_queries_read(db, store):
+    model = scripted([NAMES, "SELECT Name FROM stadium", "SELECT Name FROM stadium"], merged=COUNT)
+    result = await run_sql("csc-sql", db, store, model, params={"n": 3})
+    merge_call = store.events(result.run_id, types={"llm_call"})[-1]
+    prompt = store.get_blob(merge_call["request_blob"])["messages"][-1]["content"]
+    assert 'CREATE TABLE "singer"' in prompt and 'CREATE TABLE "stadium"' in prompt
+    assert 'CREATE TABLE "concert"' not in prompt
+
+
+HOSTILE_CANDIDATES = [
+    "DROP TABLE singer", "UPDATE singer SET Age = 0", "INSERT INTO singer (Name) VALUES ('x')",
+    "SELECT 1; DELETE FROM singer", "WITH d AS (DELETE FROM singer RETURNING *) SELECT * FROM d",
+    "ATTACH DATABASE '/tmp/x.db' AS x", "PRAGMA writable_schema = 1", "SELECT load_extension('x')",
+    "/* harmless */ DELETE FROM singer -- really", "CREATE TABLE t AS SELECT * FROM singer",
+]
+
+
+async def test_hostile_candidates_are_recorded_and_write_nothing(db, store):
+    import hashlib
+    before = hashlib.sha256(Path(db).read_bytes()).hexdigest()
+    result = await run_sql("csc-sql", db, store, scripted([*HOSTILE_CANDIDATES, COUNT], merged=COUNT),
+                           params={"n": len(HOSTILE_CANDIDATES) + 1})
+    execs = store.events(result.run_id, types={"sql_exec"})[:len(HOSTILE_CANDIDATES)]
+    # Only the first statement of a reply is ever taken: "SELECT 1; DELETE ..." runs as "SELECT 1".
+    assert execs[3]["sql"] == "SELECT 1" and execs[3]["error_class"] is None
+    others = execs[:3] + execs[4:]
+    assert [e["error_class"] for e in others] == ["rejected"] * len(others) and all(e["error"] for e in others)
+    assert result.state["sql"] == COUNT and hashlib.sha256(Path(db).read_bytes()).hexdigest() == before
+
+
+def test_bird_layout_is_read(tmp_path):
+    from refinegraph.bench.spider import load_questions
+    (tmp_path / "dev_databases" / "concert_singer").mkdir(parents=True)
+    shutil.copy(SOURCE / "concert_singer.sqlite", tmp_path / "dev_databases" / "concert_singer")
+    (tmp_path / "dev.json").write_text(json.dumps([{"db_id": "concert_singer", "question": "How many singers?",
+                                                    "SQL": COUNT, "evidence": "singer is a table",
+                                                    "difficulty": "simple"}]))
+    (question,) = load_questions(tmp_path)
+    assert question.gold == COUNT and question.evidence == "singer is a table" and question.difficulty == "simple"
