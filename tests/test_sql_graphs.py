@@ -187,3 +187,17 @@ def test_bird_layout_is_read(tmp_path):
                                                     "difficulty": "simple"}]))
     (question,) = load_questions(tmp_path)
     assert question.gold == COUNT and question.evidence == "singer is a table" and question.difficulty == "simple"
+
+
+@pytest.mark.parametrize("reply, sql", [
+    ("Here is the query: SELECT 1", "SELECT 1"),
+    ("```sql\nSELECT a FROM b;\n```\nThis counts rows.", "SELECT a FROM b"),
+    ("Let me create a query: SELECT 2; DROP TABLE x", "SELECT 2"),
+    ("CREATE TABLE t AS SELECT * FROM singer", "CREATE TABLE t AS SELECT * FROM singer"),
+    ("INSERT INTO x SELECT 1", "INSERT INTO x SELECT 1"),
+    ("delete from t where x in (select 1)", "delete from t where x in (select 1)"),
+    ("SELECT 'a;b' FROM t; SELECT 2", "SELECT 'a;b' FROM t"),
+])
+def test_extract_sql_keeps_what_the_model_wrote(reply, sql):
+    from refinegraph.tools.sql.extract import extract_sql
+    assert extract_sql(reply) == sql
