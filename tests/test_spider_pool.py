@@ -33,3 +33,26 @@ def test_vote_over_the_best_nine_and_over_all(scored):
     ranked = sorted(accuracy, key=lambda s: -accuracy[s])
     assert vote_accuracy(scored, ranked[:9]) == pytest.approx(0.852, abs=0.005)
     assert vote_accuracy(scored, ranked) == pytest.approx(0.795, abs=0.005)
+
+
+def test_bench_spider_through_the_pool_backend(tmp_path):
+    """`bench spider --pool` runs sql-sc's vote over chosen systems through the graph."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from refinegraph.cli.app import app
+
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, [
+        "bench", "spider", "--data", str(SHARED / "spider_dev"), "--pool", str(POOL), "--limit", "6",
+        "--systems", "HyperSQL,SuperSQL,DIN_SQL_GPT4", "--graphs", "sql-sc,csc-sql", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert [row["method"] for row in summary["summary"]] == ["sql-sc", "csc-sql"]
+    assert summary["systems"] == ["HyperSQL", "SuperSQL", "DIN_SQL_GPT4"] and summary["params"]["n"] == 3
+    sc = summary["summary"][0]
+    assert sc["questions"] == 6 and sc["ex"] >= 0.75 and sc["mean_tokens"] == 0
+    lines = [json.loads(line) for line in (out / "questions.jsonl").read_text().splitlines()]
+    assert len(lines) == 12 and all(line["run_id"] for line in lines)
+    assert (out / "accuracy.png").stat().st_size > 1000
