@@ -13,7 +13,7 @@ from rich.table import Table
 from refinegraph.budget import Budget
 from refinegraph.cli import bench_cmds, trace_cmds
 from refinegraph.cli.common import err, fail, open_store, out, print_json, resolve_run
-from refinegraph.config import ConfigError, load_config
+from refinegraph.config import Config, ConfigError, load_config
 from refinegraph.models import ModelUnavailable
 from refinegraph.registry import UnknownGraph, get_graph, list_graphs
 from refinegraph.runner import RunFailed, RunNotResumable, RunResult, TraceUnusable, resume, run
@@ -63,24 +63,33 @@ def run_cmd(
     in its trace), 2 the request was wrong (unknown graph or model, bad config or params).
     """
     try:
-        get_graph(graph)
-        cfg = load_config(config)
-        if model:
-            cfg = cfg.with_model(model)
-        params = _params(param)
+        cfg, params = _prepare(graph, config, model, param)
         budget = Budget(max_tokens=budget_tokens, max_calls=budget_calls, max_seconds=budget_seconds)
     except (UnknownGraph, ValueError) as exc:
         fail(str(exc))
-    store = open_store()
+    _report(_run_or_exit(graph, task, cfg, params, budget, as_json), as_json)
+
+
+def _prepare(graph: str, config: Path | None, model: str | None, param: list[str]) -> tuple[Config, dict]:
+    """The graph checked, the config loaded (with --model applied) and --param parsed."""
+    get_graph(graph)
+    cfg = load_config(config)
+    if model:
+        cfg = cfg.with_model(model)
+    return cfg, _params(param)
+
+
+def _run_or_exit(graph: str, task: str | dict, cfg: Config, params: dict, budget: Budget,
+                 as_json: bool) -> RunResult:
+    """The run's result, or a clear message and the documented exit code."""
     try:
-        result = asyncio.run(run(graph, task, config=cfg, params=params, budget=budget, store=store))
+        return asyncio.run(run(graph, task, config=cfg, params=params, budget=budget, store=open_store()))
     except RunFailed as exc:
         _failed(exc, as_json)
     except ConfigError as exc:
         fail(str(exc))
     except (ModelUnavailable, TraceStoreError) as exc:
         fail(str(exc), 1)
-    _report(result, as_json)
 
 
 def _params(pairs: list[str]) -> dict:
@@ -133,24 +142,13 @@ def sql_cmd(
     from refinegraph.tools.sql import connect
 
     try:
-        get_graph(graph)
+        cfg, params = _prepare(graph, config, model, param)
         connect(db)
-        cfg = load_config(config)
-        if model:
-            cfg = cfg.with_model(model)
-        params = _params(param)
         budget = Budget(max_tokens=budget_tokens)
     except (UnknownGraph, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     task = {"question": question, "db": db, **({"evidence": evidence} if evidence else {})}
-    try:
-        result = asyncio.run(run(graph, task, config=cfg, params=params, budget=budget, store=open_store()))
-    except RunFailed as exc:
-        _failed(exc, as_json)
-    except ConfigError as exc:
-        fail(str(exc))
-    except (ModelUnavailable, TraceStoreError) as exc:
-        fail(str(exc), 1)
+    result = _run_or_exit(graph, task, cfg, params, budget, as_json)
     state = result.state
     if as_json:
         print_json({"sql": state.get("sql"), "columns": state.get("columns", []), "rows": state.get("rows", []),
