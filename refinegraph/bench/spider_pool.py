@@ -23,6 +23,7 @@ class Scored:
     """One question: its gold result and each system's result, each marked right or wrong."""
 
     db_id: str
+    question: str
     results: dict[str, ExecResult]
     right: dict[str, bool]
 
@@ -38,8 +39,9 @@ def _matcher(gold: ExecResult, ordered: bool):
 
 
 def score_pool(pool_file: Path, database_dir: Path, *, timeout_s: float = 5.0,
-               limit: int | None = None) -> list[Scored]:
-    """Every system's result on every question of the pool, executed once per distinct SQL."""
+               limit: int | None = None, questions: set[str] | None = None) -> list[Scored]:
+    """Every system's result on every question of the pool (or on the `questions` named, or
+    the first `limit`), executed once per distinct SQL."""
     databases: dict[str, Any] = {}
     executed: dict[tuple[str, str], ExecResult] = {}
 
@@ -53,14 +55,17 @@ def score_pool(pool_file: Path, database_dir: Path, *, timeout_s: float = 5.0,
 
     scored = []
     with open(pool_file, encoding="utf-8") as lines:
-        for number, line in enumerate(lines):
-            if limit is not None and number >= limit:
+        for line in lines:
+            if limit is not None and len(scored) >= limit:
                 break
             entry = json.loads(line)
+            if questions is not None and entry["question"] not in questions:
+                continue
             gold = execute(entry["db_id"], entry["gold"])
             right = _matcher(gold, orders_rows(entry["gold"]))
             results = {system: execute(entry["db_id"], sqls[0]) for system, sqls in entry["samples"].items() if sqls}
-            scored.append(Scored(entry["db_id"], results, {s: right(r) for s, r in results.items()}))
+            scored.append(Scored(entry["db_id"], entry["question"], results,
+                                 {s: right(r) for s, r in results.items()}))
     return scored
 
 

@@ -117,7 +117,7 @@ def spider_cmd(
         params = _params(param)
         methods = [g.strip() for g in graphs.split(",") if g.strip()]
         if pool is not None:
-            chosen = _pool_systems(pool, data, systems, top, limit)
+            chosen = _pool_systems(pool, data, systems, top, {q.question for q in questions})
             merger = model or cfg.model_for_role("merger")
             cfg = cfg.model_copy(update={
                 "models": {**cfg.models, "pool": ModelSpec(backend="pool", pool_file=str(pool), pool_sources=chosen)},
@@ -164,7 +164,7 @@ def spider_cmd(
     out.print(f"report: {out_dir}/summary.json {out_dir}/questions.jsonl {plot_note}", highlight=False)
 
 
-def _pool_systems(pool: Path, data: Path, systems: str | None, top: int | None, limit: int | None) -> list[str]:
+def _pool_systems(pool: Path, data: Path, systems: str | None, top: int | None, questions: set[str]) -> list[str]:
     """The systems to vote over: named ones, or the `top` most accurate on these questions."""
     from refinegraph.bench.spider_pool import score_pool, system_accuracy
 
@@ -172,5 +172,5 @@ def _pool_systems(pool: Path, data: Path, systems: str | None, top: int | None, 
         return [s.strip() for s in systems.split(",") if s.strip()]
     if not top:
         raise ValueError("with --pool, name --systems or give --top K")
-    accuracy = system_accuracy(score_pool(pool, data / "database", limit=limit))
+    accuracy = system_accuracy(score_pool(pool, data / "database", questions=questions))
     return sorted(accuracy, key=lambda s: (-accuracy[s], s))[:top]
