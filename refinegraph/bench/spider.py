@@ -10,6 +10,7 @@ gold query's rows as a set (as a list when the gold query orders them).
 from __future__ import annotations
 
 import json
+import textwrap
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -132,7 +133,7 @@ def plot(out_dir: Path, summary: list[dict[str, Any]], title: str) -> Path | Non
                       xytext=(5, 5))
     axes.set_xlabel("mean tokens per question")
     axes.set_ylabel("execution accuracy (%)")
-    axes.set_title(title, fontsize=9)
+    axes.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=9)
     axes.grid(alpha=0.3)
     figure.tight_layout()
     path = out_dir / "accuracy.png"

@@ -98,6 +98,8 @@ def spider_cmd(
     top: int | None = typer.Option(None, "--top", min=1,
                                    help="With --pool: the K systems most accurate on these questions (an oracle "
                                         "choice, as in the published counts)."),
+    concurrency: int = typer.Option(1, "--concurrency", min=1,
+                                    help="Runs at once (the embedded server batches up to its 8 slots)."),
     out_dir: Path = typer.Option(Path("bench-reports/spider"), "--out", help="Report folder."),
 ) -> None:
     """Execution accuracy of the SQL graphs, per method at equal token budget, with a plot."""
@@ -131,13 +133,18 @@ def spider_cmd(
     outcomes = []
 
     async def main() -> None:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(question, method):
+            async with gate:
+                outcome = await answer(question, method, cfg, params, budget_tokens)
+            progress.advance(task)
+            return outcome
+
         with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=err) as progress:
             task = progress.add_task("spider", total=len(questions) * len(methods))
-            for question in questions:
-                for method in methods:
-                    outcomes.append(await answer(question, method, cfg, params, budget_tokens))
-                    progress.advance(task)
+            outcomes.extend(await asyncio.gather(*[one(q, m) for q in questions for m in methods]))
 
     asyncio.run(main())
     summary = summarize(outcomes, methods)
