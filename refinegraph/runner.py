@@ -11,7 +11,6 @@ import contextlib
 import os
 import socket
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -383,10 +382,6 @@ async def replay(run_id: str, *, store: TraceStore | None = None) -> ReplayResul
     return ReplayResult(**result.model_dump(), replay_of=original,
                         decisions_match=decisions(store, original) == decisions(store, new_id),
                         answer_matches=original_answer == result.answer)
-
-
-def fallback_counts(store: TraceStore, run_id: str) -> Counter:
-    return Counter(e["kind"] for e in store.events(run_id, types={"fallback"}))
 
 
 __all__ = ["RunResult", "RunFailed", "RunNotResumable", "TraceUnusable", "run", "resume", "replay",

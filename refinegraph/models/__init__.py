@@ -10,7 +10,6 @@ from refinegraph.models.base import (
     ModelError,
     ModelUnavailable,
     Samples,
-    SamplingParams,
     Usage,
 )
 from refinegraph.models.local import LocalModel
@@ -27,7 +26,6 @@ __all__ = [
     "PoolError",
     "PoolModel",
     "Samples",
-    "SamplingParams",
     "ScriptedModel",
     "Usage",
     "build_model",

@@ -44,18 +44,6 @@ class Samples(BaseModel):
     model_id: str = ""
 
 
-class SamplingParams(BaseModel):
-    """Everything besides the messages that decides what a call returns."""
-
-    n: int = 1
-    temperature: float = 0.0
-    max_tokens: int = 512
-    seed: int | None = None
-    stop: list[str] | None = None
-    response_format: dict[str, Any] | None = None
-    logprobs: bool = False
-
-
 @runtime_checkable
 class Model(Protocol):
     """An async chat model. Backends differ in transport, never in this signature."""
