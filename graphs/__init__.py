@@ -1,3 +1,11 @@
 """The methods, each a builder that returns a compiled LangGraph graph and registers itself."""
 
-from refinegraph.graphs import self_refine, sql  # noqa: F401  (each registers its graphs)
+from refinegraph.graphs import (  # noqa: F401  (each registers its graphs)
+    acar,
+    best_of_n,
+    consistency,
+    magicore,
+    self_refine,
+    sets,
+    sql,
+)

@@ -6,9 +6,11 @@ Every call goes: budget check -> replay cache -> backend with retries -> usage c
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +24,9 @@ from refinegraph.models.base import Model, ModelError, ModelUnavailable, Samples
 from refinegraph.retry import call_with_retries
 
 current_node: contextvars.ContextVar[str | None] = contextvars.ContextVar("refinegraph_node", default=None)
+role_overrides: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("refinegraph_roles",
+                                                                                      default=None)
+"""Roles re-bound for the current task and the tasks it starts (see RunContext.playing)."""
 
 
 class ReplayMiss(RuntimeError):
@@ -68,9 +73,24 @@ class RunContext:
 
     # -- models ---------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def playing(self, model: str, *roles: str) -> Iterator[None]:
+        """Within this block (and the tasks it starts), `model` plays `roles` (all roles when
+        none are named): how ACAR runs one mode graph once per model."""
+        if model not in self.models:
+            raise KeyError(f"unknown model {model!r}; known models: {', '.join(sorted(self.models))}")
+        bound = {**(role_overrides.get() or {}), **({r: model for r in roles} if roles else {"*": model})}
+        token = role_overrides.set(bound)
+        try:
+            yield
+        finally:
+            role_overrides.reset(token)
+
     def model_name(self, role: str) -> str:
         """The model that plays `role` (the `default` role's model when none is named)."""
-        name = self.roles.get(role) or self.roles.get("default")
+        overrides = role_overrides.get() or {}
+        name = (overrides.get(role) or overrides.get("*") or self.roles.get(role)
+                or self.roles.get("default"))
         if name is None or name not in self.models:
             raise KeyError(f"no model for role {role!r}; known models: {', '.join(sorted(self.models))}")
         return name

@@ -152,8 +152,6 @@ class RunFinished(Event):
     cache_hits: int
 
 
-
-
 class SqlExec(Event):
     """One SQL statement run on the database: what it returned, or why it did not."""
 
@@ -190,15 +188,83 @@ class Merge(Event):
     reason: str = ""
 
 
+class SamplingCheck(Event):
+    """After each batch of an adaptive sampler: the counts so far and whether to stop."""
+
+    type: Literal["sampling_check"] = "sampling_check"
+    samples: int
+    counts: list[int]
+    leader: str | None
+    rule: str
+    posterior: float | None = None
+    threshold: float | None = None
+    stop: bool
+    reason: str = ""
+
+
+class Score(Event):
+    """A reward score of one candidate: its outcome and, where scored, each step."""
+
+    type: Literal["score"] = "score"
+    candidate: int
+    outcome: float | None
+    steps: list[float] = Field(default_factory=list)
+    scorer: str
+    parsed_with: str = ""
+
+
+class Difficulty(Event):
+    """MAgICoRe's easy/hard decision and the two signals it rests on."""
+
+    type: Literal["difficulty"] = "difficulty"
+    label: Literal["easy", "hard"]
+    iteration: int = 0
+    majority_reward: float | None
+    confidence: float
+    thresholds: dict[str, float]
+
+
+class Judge(Event):
+    """A judge choosing among candidate answers."""
+
+    type: Literal["judge"] = "judge"
+    options: list[str]
+    chosen: str | None
+    reason: str = ""
+    parsed_with: str = ""
+
+
+class Route(Event):
+    """ACAR's routing: probes, their answers, sigma and the mode (phase "decided"); then
+    the same with the models' answers, cost and winner (phase "final")."""
+
+    type: Literal["route"] = "route"
+    phase: Literal["decided", "final"]
+    probe_model: str
+    probes: int
+    probe_answers: list[str | None]
+    sigma: float
+    thresholds: list[float]
+    probe_temperature: float
+    probe_seed: int | None
+    mode: Literal["one", "two", "three"]
+    models: list[str]
+    model_answers: dict[str, str | None] = Field(default_factory=dict)
+    tokens: int = 0
+    cost_usd: float | None = None
+    winner: str | None = None
+
+
 AnyEvent = Annotated[
     RunStarted | RunResumed | NodeStarted | NodeFinished | LLMCall | Retry | Critique | Verdict
-    | Refine | Fallback | BudgetEvent | ErrorEvent | Stop | RunFinished | SqlExec | Vote | Merge,
+    | Refine | Fallback | BudgetEvent | ErrorEvent | Stop | RunFinished | SqlExec | Vote | Merge
+    | SamplingCheck | Score | Difficulty | Judge | Route,
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(AnyEvent)
 
 DECISION_TYPES = frozenset({"critique", "verdict", "refine", "fallback", "budget", "stop", "sql_exec", "vote",
-                            "merge"})
+                            "merge", "sampling_check", "score", "difficulty", "judge", "route"})
 
 
 def parse_event(data: dict[str, Any]) -> Event:

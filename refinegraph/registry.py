@@ -29,14 +29,17 @@ class GraphSpec:
     """build(params: dict, *, checkpointer=None) -> compiled LangGraph graph"""
     description: str
     input_key: str = "task"
+    uses_models: Callable[[dict[str, Any], Any], list[str]] | None = None
+    """uses_models(params, config) -> model names the graph calls besides its roles' (ACAR)."""
 
 
 _graphs: dict[str, GraphSpec] = {}
 _loaded = False
 
 
-def register_graph(name: str, build: Builder, description: str, input_key: str = "task") -> None:
-    _graphs[name] = GraphSpec(name, build, description, input_key)
+def register_graph(name: str, build: Builder, description: str, input_key: str = "task",
+                   uses_models: Callable[[dict[str, Any], Any], list[str]] | None = None) -> None:
+    _graphs[name] = GraphSpec(name, build, description, input_key, uses_models)
 
 
 def _load() -> None:

@@ -128,11 +128,18 @@ def clear_compiled_graphs() -> None:
     _compiled.clear()
 
 
-def _build_models(config: Config, roles: dict[str, str], supplied: dict[str, Model] | None) -> dict[str, Model]:
-    """A backend for every model a role names (`supplied` ones win, e.g. a test double)."""
+def _model_names(graph: str, roles: dict[str, str], params: dict[str, Any], config: Config) -> list[str]:
+    """Every model the run may call: those its roles name and those its graph asks for."""
+    spec = get_graph(graph)
+    extra = spec.uses_models(params, config) if spec.uses_models else []
+    return sorted(set(roles.values()) | set(extra))
+
+
+def _build_models(config: Config, names: list[str], supplied: dict[str, Model] | None) -> dict[str, Model]:
+    """A backend for every model named (`supplied` ones win, e.g. a test double)."""
     supplied = supplied or {}
     built = {}
-    for name in sorted(set(roles.values())):
+    for name in names:
         built[name] = supplied[name] if name in supplied else build_model(name, config.spec(name))
     return built
 
@@ -213,7 +220,7 @@ async def run(graph: str, task: str | dict[str, Any], *, config: Config | None =
     params = params or {}
     compiled_graph(graph, params)
     roles = dict(config.roles)
-    built = _build_models(config, roles, models)
+    built = _build_models(config, _model_names(graph, roles, params, config), models)
     budget = budget or Budget()
     run_id = run_id or uuid.uuid4().hex
     if trace:
@@ -308,7 +315,7 @@ async def resume(run_id: str, *, config: Config | None = None, models: dict[str,
                               "pass force=True (--force) if that process is gone")
     config = config or load_config()
     roles = started["roles"]
-    built = _build_models(config, roles, models)
+    built = _build_models(config, sorted(set(roles.values()) | set(started["models"])), models)
     ctx = RunContext(run_id=run_id, models=built, roles=roles, writer=TraceWriter(store, run_id),
                      budget=Budget(**{f"max_{k}": v for k, v in started["budget"].items()}),
                      cache=ReplayCache.from_trace(store, run_id), config=config, charge_cache_hits=False)
@@ -363,7 +370,7 @@ async def replay(run_id: str, *, store: TraceStore | None = None) -> ReplayResul
     roles = started["roles"]
     models: dict[str, Model] = {
         name: ReplayModel(name, started["models"].get(name, {}).get("supports_json_schema", True))
-        for name in set(roles.values())}
+        for name in set(roles.values()) | set(started["models"])}
     limits = {f"max_{k}": v for k, v in started["budget"].items() if k != "seconds"}
     new_id = uuid.uuid4().hex
     key = get_graph(started["graph"]).input_key
