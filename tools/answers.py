@@ -30,6 +30,7 @@ _NUMBER = r"[-+−]?\s?[$€£]?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s?/\s
 _NUMBER_RE = re.compile(_NUMBER)
 _ANSWER_IS = re.compile(r"(?:answer\s*(?:is|:|=)|####)", re.IGNORECASE)
 _BOXED = re.compile(r"\\boxed\s*\{((?:[^{}]|\{[^{}]*\})*)\}")
+_LATEX_FRACTION = re.compile(r"\\[dt]?frac\s*\{\s*([^{}]+?)\s*\}\s*\{\s*([^{}]+?)\s*\}")
 
 
 def normalize_number(raw: str) -> str | None:
@@ -54,6 +55,7 @@ def _numbers(text: str) -> list[str]:
 
 def extract_number(text: str) -> str | None:
     """The final numeric answer of a completion, canonical (see the module docstring)."""
+    text = _LATEX_FRACTION.sub(r"\1/\2", text)
     boxed = _BOXED.findall(text)
     if boxed:
         found = _numbers(boxed[-1])

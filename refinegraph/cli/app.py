@@ -30,8 +30,9 @@ def _report(result: RunResult, as_json: bool) -> None:
         print_json(result.model_dump())
     else:
         typer.echo(result.answer or "")
+        cost = f"  cost: ${result.cost_usd:.6f}" if result.cost_usd is not None else ""
         err.print(f"stop: {result.stop_reason}  calls: {result.model_calls}  "
-                  f"tokens: {result.usage['total_tokens']}", highlight=False)
+                  f"tokens: {result.usage['total_tokens']}{cost}", highlight=False)
         typer.echo(f"run: {result.run_id}")
 
 
