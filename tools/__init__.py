@@ -1,1 +1,2 @@
-"""What nodes use besides models: structured-output parsing (more tools come with later methods)."""
+"""What nodes use besides models: answers (extraction, equivalence), voting, stopping rules,
+reward scoring, structured-output parsing, and sql/ (safe execution, schema, comparison)."""
