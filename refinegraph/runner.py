@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field, ValidationError
 from refinegraph import __version__
 from refinegraph.budget import Budget, BudgetExceeded
 from refinegraph.cache import ReplayCache
-from refinegraph.config import Config, ConfigError, home, load_config
+from refinegraph.config import Config, ConfigError, ModelSpec, home, load_config
 from refinegraph.context import ReplayMiss, RunContext
 from refinegraph.events import DECISION_TYPES, ErrorEvent, RunFinished, RunResumed, RunStarted
 from refinegraph.models import Model, ModelError, ModelUnavailable, build_model
@@ -344,6 +344,14 @@ class ReplayModel:
         return None
 
 
+def _recorded_prices(models: dict[str, dict[str, Any]], roles: dict[str, str]) -> Config:
+    """The recorded models' prices, so a replay reports (and decides on) the same cost."""
+    specs = {name: ModelSpec(price_input_per_mtok=entry.get("price_input_per_mtok"),
+                             price_output_per_mtok=entry.get("price_output_per_mtok"))
+             for name, entry in models.items()}
+    return Config(models=specs or {"local": ModelSpec()}, roles=roles)
+
+
 class ReplayResult(RunResult):
     replay_of: str
     decisions_match: bool
@@ -378,7 +386,8 @@ async def replay(run_id: str, *, store: TraceStore | None = None) -> ReplayResul
     writer.create_run(started["graph"], str(started["input"].get(key, started["input"])), replay_of=original,
                       owner=_owner())
     ctx = RunContext(run_id=new_id, models=models, roles=roles, writer=writer,
-                     budget=Budget(**limits), cache=ReplayCache.from_trace(store, original), replay_only=True)
+                     budget=Budget(**limits), cache=ReplayCache.from_trace(store, original), replay_only=True,
+                     config=_recorded_prices(started["models"], roles))
     ctx.emit(RunStarted(graph=started["graph"], input=started["input"], params=started["params"],
                         roles=roles, models=started["models"], budget=started["budget"],
                         replay_of=original, version=__version__))

@@ -124,3 +124,14 @@ async def test_on_the_embedded_model(store, graph, params):
     assert result.usage["completion_tokens"] == sum(sum(c["choice_tokens"]) for c in calls)
     replayed = await replay(result.run_id, store=store)
     assert replayed.model_calls == 0 and replayed.decisions_match
+
+
+async def test_replay_reports_the_recorded_cost(store):
+    from refinegraph.config import Config, ModelSpec
+
+    config = Config(models={"local": ModelSpec(price_input_per_mtok=1.0, price_output_per_mtok=4.0)})
+    original = await run("self-consistency", QUESTION, params={"n": 3}, config=config,
+                         models={"local": cycling("The answer is 12.")}, store=store)
+    assert original.cost_usd and original.cost_usd > 0
+    replayed = await replay(original.run_id, store=store)
+    assert replayed.cost_usd == original.cost_usd and replayed.decisions_match
