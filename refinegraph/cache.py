@@ -43,6 +43,8 @@ class ReplayCache:
         self._entries: dict[str, CachedSample] = {}
         self.refusals: list[dict[str, Any]] = []
         """Budget events of the recorded run: a replay refuses where the original was refused."""
+        self.failures: dict[str, dict[str, Any]] = {}
+        """Model calls that failed for good, by their first sample key: a replay fails them alike."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -69,11 +71,15 @@ class ReplayCache:
     @classmethod
     def from_trace(cls, store: Any, run_id: str) -> ReplayCache:
         """Every sample the run's llm_call events recorded (blobs checked against their digest),
-        and the budget refusals it recorded, in order."""
+        the budget refusals it recorded, in order, and the calls that failed."""
         cache = cls()
-        for event in store.events(run_id, types={"llm_call", "budget"}):
+        for event in store.events(run_id, types={"llm_call", "budget", "error"}):
             if event["type"] == "budget":
                 cache.refusals.append(event)
+                continue
+            if event["type"] == "error":
+                if event.get("cache_keys"):
+                    cache.failures[event["cache_keys"][0]] = event
                 continue
             response = store.get_blob(event["response_blob"])
             cache.put_call(event["cache_keys"], response["texts"], response["finish_reasons"],

@@ -56,7 +56,8 @@ class ModelSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["local", "openai", "vllm", "pool"] = "local"
+    backend: Literal["local", "openai", "vllm", "pool", "reward"] = "local"
+    """reward: a reward model behind vLLM's /pooling endpoint (base_url, model), for scorers."""
     base_url: str | None = None
     model: str | None = None
     api_key_env: str | None = None
@@ -74,6 +75,9 @@ class ModelSpec(BaseModel):
     """backend "pool": a file of recorded outputs (see refinegraph.models.pool)."""
     pool_sources: list[str] | None = None
     """backend "pool": which recorded models to serve, in order (default: all, sorted)."""
+    pool_order: Literal["recorded", "shuffle"] = "recorded"
+    """backend "pool": serve completions as recorded, or in a permutation seeded by pool_seed."""
+    pool_seed: int = 0
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
 
 

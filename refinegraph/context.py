@@ -116,10 +116,18 @@ class RunContext:
         keys = sample_keys(call, occurrence, n)
         cached = [self.cache.get(k) for k in keys]
         hit = all(c is not None for c in cached)
+        failure = self.cache.failures.get(keys[0]) if self.replay_only and not hit else None
+        if failure is not None:  # the original's call failed for good: so does the replay's
+            self.occurrences[call] += 1
+            self.emit(ErrorEvent(error_class=failure["error_class"], message=failure["message"],
+                                 cache_keys=keys, attempts=failure.get("attempts", 0)))
+            attempts = failure.get("attempts", 0)
+            raw = failure["message"].removeprefix(f"model {name!r} after {attempts} attempt(s): ")
+            raise ModelError(name, failure["error_class"], raw, attempts)
         if hit and not self.charge_cache_hits:
             allowed = max_tokens  # already paid for: a resumed run re-serves it, whatever is left
         else:
-            allowed = self._admit(name, n, max_tokens, messages, min_tokens, recorded=hit)
+            allowed = self.admit(name, n, max_tokens, messages, min_tokens, recorded=hit)
         self.occurrences[call] += 1
         params = {**requested, "max_tokens": allowed}
         started = time.perf_counter()
@@ -128,7 +136,7 @@ class RunContext:
             source, attempts = "cache", 0
             self.cache_hits += 1
         else:
-            samples, attempts = await self._call_backend(model, name, messages, n=n, params=params)
+            samples, attempts = await self._call_backend(model, name, messages, n=n, params=params, keys=keys)
             source = "backend"
             if not samples.usage_reported:
                 self.fallback("usage_missing", f"model {name!r} reported no token usage: counted as 0")
@@ -159,7 +167,7 @@ class RunContext:
         ))
         return samples
 
-    def _admit(self, name: str, n: int, max_tokens: int, messages: list[dict[str, Any]], min_tokens: int,
+    def admit(self, name: str, n: int, max_tokens: int, messages: list[dict[str, Any]], min_tokens: int,
                *, recorded: bool) -> int:
         """The budget's answer for this call: the max_tokens it may use, or BudgetExceeded.
 
@@ -187,7 +195,7 @@ class RunContext:
             raise
 
     async def _call_backend(self, model: Model, name: str, messages: list[dict[str, Any]], *,
-                            n: int, params: dict[str, Any]) -> tuple[Samples, int]:
+                            n: int, params: dict[str, Any], keys: list[str]) -> tuple[Samples, int]:
         spec = self.config.models.get(name)
         policy = spec.retry if spec else RetryPolicy()
 
@@ -213,7 +221,8 @@ class RunContext:
             raise
         except Exception as exc:  # every backend failure becomes one typed, recorded error
             self.emit(ErrorEvent(error_class=type(exc).__name__,
-                                 message=f"model {name!r} after {attempts} attempt(s): {exc}"[:2000]))
+                                 message=f"model {name!r} after {attempts} attempt(s): {exc}"[:2000],
+                                 cache_keys=keys, attempts=attempts))
             raise ModelError(name, type(exc).__name__, str(exc), attempts) from exc
 
     def _cost(self, name: str, usage: Usage) -> float | None:

@@ -134,6 +134,9 @@ class ErrorEvent(Event):
     type: Literal["error"] = "error"
     error_class: str
     message: str
+    cache_keys: list[str] = Field(default_factory=list)
+    """For a model call that failed for good: its sample keys, so a replay fails it alike."""
+    attempts: int = 0
 
 
 class Stop(Event):

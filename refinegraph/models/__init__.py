@@ -15,6 +15,7 @@ from refinegraph.models.base import (
 from refinegraph.models.local import LocalModel
 from refinegraph.models.openai_backend import OpenAIModel
 from refinegraph.models.pool import PoolError, PoolModel
+from refinegraph.models.reward_server import RewardServerModel
 from refinegraph.models.scripted import ScriptedModel
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "OpenAIModel",
     "PoolError",
     "PoolModel",
+    "RewardServerModel",
     "Samples",
     "ScriptedModel",
     "Usage",
@@ -47,11 +49,16 @@ def build_model(name: str, spec: ModelSpec) -> Model:
                            max_n=spec.max_n, timeout=spec.timeout_s,
                            supports_json_schema=spec.supports_json_schema,
                            count_tokens=spec.count_tokens, extra_body=spec.extra_body)
+    if spec.backend == "reward":
+        if not spec.base_url or not spec.model:
+            raise ConfigError(f"model {name!r}: the reward backend needs base_url and model")
+        api_key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
+        return RewardServerModel(name, spec.base_url, spec.model, api_key=api_key, timeout=spec.timeout_s)
     if spec.backend == "pool":
         if not spec.pool_file:
             raise ConfigError(f"model {name!r}: the pool backend needs pool_file")
         try:
-            return PoolModel(name, spec.pool_file, spec.pool_sources)
+            return PoolModel(name, spec.pool_file, spec.pool_sources, order=spec.pool_order, seed=spec.pool_seed)
         except FileNotFoundError as exc:
             raise ConfigError(f"model {name!r}: {exc}") from None
     raise ConfigError(f"model {name!r}: the {spec.backend!r} backend is not available in this build; "
