@@ -55,7 +55,8 @@ def test_bench_spider_through_the_pool_backend(tmp_path):
     first_six = {q["question"] for q in json.loads((SHARED / "spider_dev" / "dev.json").read_text())[:6]}
     direct = vote_accuracy(score_pool(POOL, SHARED / "spider_dev" / "database", questions=first_six),
                            ["HyperSQL", "SuperSQL", "DIN_SQL_GPT4"])
-    assert sc["questions"] == 6 and sc["ex"] == pytest.approx(direct, abs=1e-3) and sc["mean_tokens"] == 0
+    assert sc["questions"] == 6 and sc["ex"] == pytest.approx(direct, abs=1e-3)
+    assert sc["mean_tokens"] > 0  # estimated from the recorded text
     lines = [json.loads(line) for line in (out / "questions.jsonl").read_text().splitlines()]
     assert len(lines) == 12 and all(line["run_id"] for line in lines)
     assert (out / "accuracy.png").stat().st_size > 1000

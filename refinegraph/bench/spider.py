@@ -10,12 +10,13 @@ gold query's rows as a set (as a list when the gold query orders them).
 from __future__ import annotations
 
 import json
-import textwrap
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from refinegraph.bench import common as _common
 from refinegraph.budget import Budget
 from refinegraph.config import Config
 from refinegraph.runner import RunFailed, run
@@ -93,50 +94,8 @@ async def answer(question: Question, method: str, config: Config, params: dict[s
                    result.usage["total_tokens"], result.model_calls, round(seconds, 3), result.run_id, error)
 
 
-def summarize(outcomes: list[Outcome], methods: list[str]) -> list[dict[str, Any]]:
-    """Per method: execution accuracy, mean tokens and calls per question, EX per 1k tokens."""
-    rows = []
-    for method in methods:
-        mine = [o for o in outcomes if o.method == method]
-        if not mine:
-            continue
-        accuracy = sum(o.correct for o in mine) / len(mine)
-        tokens = sum(o.tokens for o in mine) / len(mine)
-        rows.append({"method": method, "questions": len(mine), "ex": round(accuracy, 4),
-                     "mean_tokens": round(tokens, 1), "mean_calls": round(sum(o.calls for o in mine) / len(mine), 2),
-                     "mean_seconds": round(sum(o.seconds for o in mine) / len(mine), 2),
-                     "ex_per_1k_tokens": round(1000 * accuracy / tokens, 4) if tokens else None,
-                     "errors": sum(1 for o in mine if o.error)})
-    return rows
-
-
-def write_outcomes(out_dir: Path, outcomes: list[Outcome]) -> Path:
-    path = out_dir / "questions.jsonl"
-    with open(path, "w", encoding="utf-8") as handle:
-        for outcome in outcomes:
-            handle.write(json.dumps(asdict(outcome), ensure_ascii=False) + "\n")
-    return path
-
-
-def plot(out_dir: Path, summary: list[dict[str, Any]], title: str) -> Path | None:
-    """accuracy.png: execution accuracy against mean tokens per question, one point a method."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    figure, axes = plt.subplots(figsize=(6, 4))
-    for row in summary:
-        axes.scatter(row["mean_tokens"], 100 * row["ex"], s=40)
-        axes.annotate(row["method"], (row["mean_tokens"], 100 * row["ex"]), textcoords="offset points",
-                      xytext=(5, 5))
-    axes.set_xlabel("mean tokens per question")
-    axes.set_ylabel("execution accuracy (%)")
-    axes.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=9)
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    path = out_dir / "accuracy.png"
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+summarize = partial(_common.summarize, score="ex")
+"""Per method: execution accuracy ("ex"), mean tokens and calls per question, EX per 1k tokens."""
+plot = partial(_common.plot, y="ex", ylabel="execution accuracy (%)")
+"""accuracy.png: execution accuracy against mean tokens per question, one point a method."""
+write_outcomes = _common.write_outcomes
