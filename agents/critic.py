@@ -15,11 +15,7 @@ from pydantic import BaseModel, Field, field_validator
 from refinegraph.context import RunContext
 from refinegraph.events import Critique
 from refinegraph.prompts import load_prompt
-from refinegraph.tools.structured import (
-    StructuredOutputError,
-    parse_structured,
-    response_format_for,
-)
+from refinegraph.tools.structured import response_format_for, sample_structured
 
 
 class CriticVerdict(BaseModel):
@@ -63,19 +59,15 @@ async def critique(state: dict[str, Any], runtime: Runtime[RunContext]) -> dict[
     params = state.get("params", {})
     index = len(state["candidates"]) - 1
     candidate = state["candidates"][index]
-    constrained = ctx.supports_json_schema("critic")
     messages = load_prompt("critic").render(task=state["task"], answer=candidate["text"])
-    samples = await ctx.sample("critic", messages, temperature=0.0,
-                               max_tokens=params.get("critic_max_tokens", 256), seed=params.get("seed", 0),
-                               response_format=RESPONSE_FORMAT if constrained else None,
-                               min_tokens=MIN_VERDICT_TOKENS)
-    reply = samples.texts[0]
-    try:
-        verdict, parsed_with = parse_structured(reply, CriticVerdict, constrained=constrained)
-    except StructuredOutputError as exc:
-        ctx.fallback("critic_unparseable", f"no valid verdict in the critic's reply: {exc}", reply)
+    asked = await sample_structured(ctx, "critic", messages, CriticVerdict, response_format=RESPONSE_FORMAT,
+                                    max_tokens=params.get("critic_max_tokens", 256), seed=params.get("seed", 0),
+                                    min_tokens=MIN_VERDICT_TOKENS)
+    verdict, parsed_with = asked.value, asked.parsed_with
+    if verdict is None:
+        ctx.fallback("critic_unparseable", f"no valid verdict in the critic's reply: {asked.error}", asked.reply)
         record = {"candidate": index, "score": None, "done": False, "criteria": {}, "edits": [],
-                  "feedback": reply.strip()[:1500], "parsed_with": "fallback"}
+                  "feedback": asked.reply.strip()[:1500], "parsed_with": "fallback"}
     else:
         record = {"candidate": index, "score": float(verdict.score), "done": verdict.verdict == "done",
                   "criteria": {"correctness": verdict.correctness, "completeness": verdict.completeness,

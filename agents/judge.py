@@ -15,7 +15,7 @@ from refinegraph.context import RunContext
 from refinegraph.events import Judge
 from refinegraph.models.base import ModelError
 from refinegraph.prompts import load_prompt
-from refinegraph.tools.structured import StructuredOutputError, parse_structured, response_format_for
+from refinegraph.tools.structured import response_format_for, sample_structured
 
 MAX_SOLUTION_CHARS = 1500
 MIN_JUDGE_TOKENS = 16
@@ -42,23 +42,19 @@ async def judge_answers(ctx: RunContext, task: str, options: list[dict[str, Any]
                         seed: int | None) -> int | None:
     """Index (0-based) of the chosen option, or None after a recorded fallback; emits `judge`."""
     labels = [str(o["answer"]) for o in options]
-    constrained = ctx.supports_json_schema("judge")
     messages = load_prompt("judge").render(task=task, options=render_options(options))
     try:
-        samples = await ctx.sample("judge", messages, temperature=0.0, max_tokens=max_tokens, seed=seed,
-                                   response_format=RESPONSE_FORMAT if constrained else None,
-                                   min_tokens=MIN_JUDGE_TOKENS)
+        asked = await sample_structured(ctx, "judge", messages, JudgeChoice, response_format=RESPONSE_FORMAT,
+                                        max_tokens=max_tokens, seed=seed, min_tokens=MIN_JUDGE_TOKENS)
     except ModelError as exc:
         ctx.fallback("judge_failed", f"the judge model failed: {exc}")
         ctx.emit(Judge(options=labels, chosen=None, reason="judge model failed", parsed_with="fallback"))
         return None
-    reply = samples.texts[0]
-    try:
-        choice, parsed_with = parse_structured(reply, JudgeChoice, constrained=constrained)
-        if choice.choice > len(options):
-            raise StructuredOutputError(f"choice {choice.choice} but only {len(options)} options")
-    except StructuredOutputError as exc:
-        ctx.fallback("judge_unparseable", f"no valid choice in the judge's reply: {exc}", reply)
+    choice, parsed_with, error = asked.value, asked.parsed_with, asked.error
+    if choice is not None and choice.choice > len(options):
+        choice, error = None, f"choice {choice.choice} but only {len(options)} options"
+    if choice is None:
+        ctx.fallback("judge_unparseable", f"no valid choice in the judge's reply: {error}", asked.reply)
         ctx.emit(Judge(options=labels, chosen=None, reason="", parsed_with="fallback"))
         return None
     index = choice.choice - 1

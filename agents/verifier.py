@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field, field_validator
 from refinegraph.context import RunContext
 from refinegraph.events import Verdict
 from refinegraph.prompts import load_prompt
-from refinegraph.tools.structured import StructuredOutputError, parse_structured, response_format_for
+from refinegraph.tools.structured import response_format_for, sample_structured
 
 _TRUE = {"true", "yes", "correct", "1"}
 _FALSE = {"false", "no", "incorrect", "wrong", "0"}
@@ -51,16 +51,12 @@ MIN_VERDICT_TOKENS = 24
 async def verify_solution(ctx: RunContext, task: str, solution: str, *, subject: str, max_tokens: int,
                           seed: int | None) -> dict[str, Any]:
     """Verdict on `solution` as {"correct": bool|None, "reason", "parsed_with"}; emits `verdict`."""
-    constrained = ctx.supports_json_schema("verifier")
     messages = load_prompt("verifier").render(task=task, solution=solution)
-    samples = await ctx.sample("verifier", messages, temperature=0.0, max_tokens=max_tokens, seed=seed,
-                               response_format=RESPONSE_FORMAT if constrained else None,
-                               min_tokens=MIN_VERDICT_TOKENS)
-    reply = samples.texts[0]
-    try:
-        verdict, parsed_with = parse_structured(reply, VerifierVerdict, constrained=constrained)
-    except StructuredOutputError as exc:
-        ctx.fallback("verifier_unparseable", f"no valid verdict on {subject}: {exc}", reply)
+    asked = await sample_structured(ctx, "verifier", messages, VerifierVerdict, response_format=RESPONSE_FORMAT,
+                                    max_tokens=max_tokens, seed=seed, min_tokens=MIN_VERDICT_TOKENS)
+    verdict, parsed_with = asked.value, asked.parsed_with
+    if verdict is None:
+        ctx.fallback("verifier_unparseable", f"no valid verdict on {subject}: {asked.error}", asked.reply)
         record: dict[str, Any] = {"correct": None, "reason": "", "parsed_with": "fallback"}
     else:
         record = {"correct": verdict.correct, "reason": verdict.reason.strip(), "parsed_with": parsed_with}

@@ -49,7 +49,7 @@ from refinegraph.context import RunContext
 from refinegraph.events import Route, Stop, Vote
 from refinegraph.nodes import stops_on_budget, traced
 from refinegraph.registry import register_graph
-from refinegraph.tools.answers import display, get_projection, validate_kind
+from refinegraph.tools.answers import AnswerKind, display, get_projection
 from refinegraph.tools.voting import VoteOutcome, majority_vote
 
 MODE_ROLES = ("model1", "model2", "model3")
@@ -74,15 +74,7 @@ class ACARParams(BaseModel):
     judge_max_tokens: int = Field(128, ge=16)
     max_tokens: int = Field(256, ge=8)
     """The probes' max_tokens (the mode graph takes its own in mode_params)."""
-    answer: str = "number"
-
-    @field_validator("answer")
-    @classmethod
-    def _known(cls, value: str) -> str:
-        try:
-            return validate_kind(value)
-        except KeyError as exc:
-            raise ValueError(str(exc)) from None
+    answer: AnswerKind = "number"
 
     @field_validator("thresholds")
     @classmethod

@@ -20,14 +20,14 @@ from typing import Annotated, Any, Literal, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from refinegraph.agents.sampler import sample_answers
 from refinegraph.context import RunContext
 from refinegraph.events import SamplingCheck, Stop, Vote
 from refinegraph.nodes import stops_on_budget, traced
 from refinegraph.registry import register_graph
-from refinegraph.tools.answers import display, validate_kind
+from refinegraph.tools.answers import AnswerKind, display
 from refinegraph.tools.stopping import posterior_check, window_check
 from refinegraph.tools.voting import majority_vote
 
@@ -39,16 +39,8 @@ class AnswerParams(BaseModel):
 
     seed: int = 0
     max_tokens: int = Field(256, ge=8)
-    answer: str = "number"
+    answer: AnswerKind = "number"
     """The answer type to vote on: number, choice, date, text, or a registered projection."""
-
-    @field_validator("answer")
-    @classmethod
-    def _known(cls, value: str) -> str:
-        try:
-            return validate_kind(value)
-        except KeyError as exc:
-            raise ValueError(str(exc)) from None
 
 
 class SamplingParams(AnswerParams):

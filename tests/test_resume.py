@@ -46,10 +46,10 @@ async def test_crash_in_a_later_node_resumes_without_repeating_calls(store, monk
 
 
 async def test_crash_inside_a_node_after_its_call_is_served_from_the_trace(store, monkeypatch):
-    from refinegraph.agents import critic
+    from refinegraph.tools import structured
 
     model = scripted_by_role([verdict(9, done=True)])
-    real_parse = critic.parse_structured
+    real_parse = structured.parse_structured
     calls = {"n": 0}
 
     def parse_then_crash(*args, **kwargs):
@@ -58,7 +58,7 @@ async def test_crash_inside_a_node_after_its_call_is_served_from_the_trace(store
             raise Injected("crash after the model answered, before the verdict was recorded")
         return real_parse(*args, **kwargs)
 
-    monkeypatch.setattr(critic, "parse_structured", parse_then_crash)
+    monkeypatch.setattr(structured, "parse_structured", parse_then_crash)
     with pytest.raises(RunFailed) as failed:
         await run("self-refine", "task", store=store, models={"local": model})
     run_id = failed.value.result.run_id

@@ -65,10 +65,10 @@ async def test_identical_sampling_calls_are_independent_draws(store):
 
 
 async def test_resume_under_a_binding_token_budget_does_not_repay(store, monkeypatch):
-    from refinegraph.agents import critic
+    from refinegraph.tools import structured
 
     model = scripted_by_role([verdict(9, done=True)])
-    real_parse, calls = critic.parse_structured, {"n": 0}
+    real_parse, calls = structured.parse_structured, {"n": 0}
 
     def parse_then_crash(*args, **kwargs):
         calls["n"] += 1
@@ -76,7 +76,7 @@ async def test_resume_under_a_binding_token_budget_does_not_repay(store, monkeyp
             raise Crash("after the critic's call")
         return real_parse(*args, **kwargs)
 
-    monkeypatch.setattr(critic, "parse_structured", parse_then_crash)
+    monkeypatch.setattr(structured, "parse_structured", parse_then_crash)
     budget = Budget(max_tokens=600)  # the critic's 256 requested tokens are capped
     with pytest.raises(RunFailed) as failed:
         await run("self-refine", "t " * 150, store=store, models={"local": model}, budget=budget)

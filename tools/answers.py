@@ -23,6 +23,9 @@ import string
 from collections.abc import Callable
 from decimal import Decimal
 from fractions import Fraction
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 Projection = Callable[[str], str | None]
 
@@ -162,12 +165,22 @@ def display(key: str | None, kind: str = "number") -> str | None:
     return str(Decimal(value.numerator) / Decimal(value.denominator))
 
 
+def _known_kind(kind: str) -> str:
+    if kind not in _projections:
+        raise ValueError(f"unknown answer type {kind!r}; known: {', '.join(sorted(_projections))}")
+    return kind
+
+
+AnswerKind = Annotated[str, AfterValidator(_known_kind)]
+"""A graph parameter naming a projection, checked when the graph is built."""
+
+
 def validate_kind(kind: str) -> str:
     """`kind` if it names a projection (for pydantic validators), else a clear error."""
     get_projection(kind)
     return kind
 
 
-__all__ = ["Projection", "display", "equivalent", "extract_choice", "extract_date", "extract_number",
+__all__ = ["AnswerKind", "Projection", "display", "equivalent", "extract_choice", "extract_date", "extract_number",
            "extract_text", "get_projection", "normalize_number", "normalize_text", "project",
            "projection_names", "register_projection", "validate_kind"]

@@ -44,7 +44,7 @@ from pydantic import BaseModel, Field, field_validator
 from refinegraph.context import RunContext
 from refinegraph.models.base import ModelError
 from refinegraph.prompts import load_prompt
-from refinegraph.tools.structured import StructuredOutputError, parse_structured, response_format_for
+from refinegraph.tools.structured import response_format_for, sample_structured
 
 MAX_STEPS = 12
 """Steps shown to a judge or reviewer; longer solutions are grouped into this many."""
@@ -159,16 +159,13 @@ class JudgeScorer:
     async def score(self, ctx: RunContext, task: str, solution: str) -> Scores:
         label = f"judge:{ctx.model_name(self.role)}"
         steps = split_steps(solution)
-        constrained = ctx.supports_json_schema(self.role)
         messages = load_prompt("reward").render(task=task, steps=numbered_steps(steps), count=len(steps))
-        samples = await ctx.sample(self.role, messages, temperature=0.0, max_tokens=self.max_tokens, seed=self.seed,
-                                   response_format=JUDGE_FORMAT if constrained else None,
-                                   min_tokens=MIN_JUDGE_TOKENS)
-        reply = samples.texts[0]
-        try:
-            parsed, parsed_with = parse_structured(reply, JudgeReply, constrained=constrained)
-        except StructuredOutputError as exc:
-            ctx.fallback("reward_unparseable", f"no valid scores in the reward judge's reply: {exc}", reply)
+        asked = await sample_structured(ctx, self.role, messages, JudgeReply, response_format=JUDGE_FORMAT,
+                                        max_tokens=self.max_tokens, seed=self.seed, min_tokens=MIN_JUDGE_TOKENS)
+        parsed, parsed_with = asked.value, asked.parsed_with
+        if parsed is None:
+            ctx.fallback("reward_unparseable", f"no valid scores in the reward judge's reply: {asked.error}",
+                         asked.reply)
             return Scores(outcome=None, steps=[], parsed_with="fallback", scorer=label)
         return Scores(outcome=round(parsed.score / 10, 6), steps=[round(s / 10, 6) for s in parsed.steps],
                       parsed_with=parsed_with, scorer=label)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Literal, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -89,3 +90,31 @@ def parse_structured(text: str, model: type[T], *, constrained: bool) -> tuple[T
             errors.append(str(exc).splitlines()[0])
     reason = errors[0] if errors else "no JSON object in the reply"
     raise StructuredOutputError(reason)
+
+
+@dataclass
+class StructuredReply(Generic[T]):
+    """A structured call's outcome: the object (None when unreadable), how it was read
+    ("json_schema", "tolerant" or "fallback"), the raw reply, and why it was unreadable."""
+
+    value: T | None
+    parsed_with: str
+    reply: str
+    error: str = ""
+
+
+async def sample_structured(ctx: Any, role: str, messages: list[dict[str, Any]], model: type[T], *,
+                            response_format: dict[str, Any], max_tokens: int, seed: int | None,
+                            min_tokens: int) -> StructuredReply[T]:
+    """One temperature-0 call for a `model` object: constrained by json_schema where the
+    role's backend supports it, read tolerantly otherwise. The caller records the fallback
+    (its kind and substitute are its own) when `value` is None."""
+    constrained = ctx.supports_json_schema(role)
+    samples = await ctx.sample(role, messages, temperature=0.0, max_tokens=max_tokens, seed=seed,
+                               response_format=response_format if constrained else None, min_tokens=min_tokens)
+    reply = samples.texts[0]
+    try:
+        value, parsed_with = parse_structured(reply, model, constrained=constrained)
+    except StructuredOutputError as exc:
+        return StructuredReply(None, "fallback", reply, str(exc))
+    return StructuredReply(value, parsed_with, reply)
