@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from refinegraph.budget import Budget
-from refinegraph.cli import bench_allocation, bench_cmds, bench_methods, trace_cmds  # noqa: F401
+from refinegraph.cli import bench_allocation, bench_cmds, bench_methods, serve_cmd, trace_cmds  # noqa: F401
 from refinegraph.cli.common import err, fail, open_store, out, print_json, resolve_run
 from refinegraph.config import Config, ConfigError, load_config
 from refinegraph.models import ModelUnavailable

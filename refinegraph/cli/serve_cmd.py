@@ -1,0 +1,1 @@
+"""Placeholder: `refinegraph serve` (issue 5) registers here."""
