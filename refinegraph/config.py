@@ -22,6 +22,14 @@ config at all every role uses the embedded `local` model. Example:
     [roles]
     default = "local"
     critic = "gpt"
+
+    [pipelines.math-sc]           # what `refinegraph serve` exposes (see refinegraph.server)
+    graph = "self-consistency"
+    params = {n = 5}
+    budget = {tokens = 4000}      # the default and the ceiling of a request's budget
+
+    [server]
+    api_key_env = "REFINEGRAPH_API_KEY"
 """
 
 from __future__ import annotations
@@ -56,7 +64,7 @@ class ModelSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["local", "openai", "vllm", "pool", "reward"] = "local"
+    backend: Literal["local", "openai", "vllm", "pool", "reward", "langchain"] = "local"
     """reward: a reward model behind vLLM's /pooling endpoint (base_url, model), for scorers."""
     base_url: str | None = None
     model: str | None = None
@@ -78,7 +86,58 @@ class ModelSpec(BaseModel):
     pool_order: Literal["recorded", "shuffle"] = "recorded"
     """backend "pool": serve completions as recorded, or in a permutation seeded by pool_seed."""
     pool_seed: int = 0
+    langchain_class: str | None = None
+    """backend "langchain": the chat model class, "package.module:ClassName" (or dotted), e.g.
+    "langchain_openai:ChatOpenAI" (see refinegraph.models.langchain_backend)."""
+    langchain_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """backend "langchain": keyword arguments for the class (model, base_url, api_key, ...)."""
+    langchain_native_n: bool = False
+    """backend "langchain": send n in one request (models with an `n` field, e.g. ChatOpenAI)."""
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+
+
+class BudgetSpec(BaseModel):
+    """A run's budget as configured (None = unlimited); a pipeline's is also its ceiling."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tokens: int | None = Field(None, ge=0)
+    calls: int | None = Field(None, ge=0)
+    seconds: float | None = Field(None, ge=0)
+
+
+class PipelineSpec(BaseModel):
+    """A named pipeline that `refinegraph serve` exposes as an OpenAI "model": a graph,
+    its params, its budget (default and maximum of a request) and its roles."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    graph: str
+    description: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    roles: dict[str, str] = Field(default_factory=dict)
+    """Replaces the config's [roles] for this pipeline when given (empty: the config's)."""
+    db: str | None = None
+    """SQL graphs: the database (fixed; a request may then not name another)."""
+
+
+class ServerSettings(BaseModel):
+    """`refinegraph serve`'s [server] table."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_key_env: str | None = None
+    """When set, requests need `Authorization: Bearer <value of this variable>`."""
+    max_concurrent_runs: int = Field(8, ge=1, le=1024)
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+    max_messages: int = Field(64, ge=1)
+    max_message_chars: int = Field(32_000, ge=1)
+    allow_request_db: bool = True
+    """Whether a request may name the database of a SQL pipeline that fixes none."""
+    checkpoint: bool = True
 
 
 class Config(BaseModel):
@@ -88,6 +147,9 @@ class Config(BaseModel):
 
     models: dict[str, ModelSpec] = Field(default_factory=lambda: {"local": ModelSpec()})
     roles: dict[str, str] = Field(default_factory=lambda: {"default": "local"})
+    pipelines: dict[str, PipelineSpec] = Field(default_factory=dict)
+    """What `refinegraph serve` exposes (none: one pipeline per registered graph)."""
+    server: ServerSettings = Field(default_factory=ServerSettings)
     source: str | None = None
 
     @model_validator(mode="after")
@@ -140,4 +202,9 @@ def load_config(path: str | Path | None = None) -> Config:
         if name not in config.models:
             raise ConfigError(f"{path}: role {role!r} names unknown model {name!r}; "
                               f"known models: {', '.join(sorted(config.models))}")
+    for pipeline, spec in config.pipelines.items():
+        for role, name in spec.roles.items():
+            if name not in config.models:
+                raise ConfigError(f"{path}: pipeline {pipeline!r}: role {role!r} names unknown model {name!r}; "
+                                  f"known models: {', '.join(sorted(config.models))}")
     return config

@@ -23,6 +23,7 @@ app = typer.Typer(help="Verify-and-refine LLM agents with auditable decision tra
                   no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(trace_cmds.app, name="trace")
 app.add_typer(bench_cmds.app, name="bench")
+serve_cmd.register(app)
 
 
 def _report(result: RunResult, as_json: bool) -> None:

@@ -1,0 +1,181 @@
+"""The FastAPI app: auth, body limits, /v1/models, /v1/chat/completions.
+
+Status codes: 401 missing or wrong bearer token (when `[server] api_key_env` is set);
+413 body over `server.max_body_bytes`; 404 unknown pipeline (the message lists the
+known ones); 400 malformed JSON, wrong types, bad params, budget over the pipeline's,
+empty messages; 502 the run itself failed (a model or back end), naming its run id.
+No run is recorded for a request refused with a 4xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+
+from refinegraph.budget import Budget
+from refinegraph.config import Config, ConfigError, load_config
+from refinegraph.models import Model
+from refinegraph.runner import RunFailed, RunResult, default_store, run
+from refinegraph.server.errors import ApiError, error_response, install_handlers, validation_message
+from refinegraph.server.pipelines import ModelPool, Pipeline, PreparedRun, load_pipelines, prepare
+from refinegraph.server.responses import completion_body, failure_extra
+from refinegraph.server.schemas import ChatRequest
+from refinegraph.server.streaming import stream_run
+from refinegraph.trace.store import TraceStore
+
+log = logging.getLogger("refinegraph.server")
+RUN_HEADER = "x-refinegraph-run-id"
+
+
+class Server:
+    """What the routes share: pipelines, models, store, the run semaphore, the key."""
+
+    def __init__(self, config: Config, models: dict[str, Model] | None, store: TraceStore | None):
+        self.config = config
+        self.settings = config.server
+        self.pipelines: dict[str, Pipeline] = load_pipelines(config)
+        self.pool = ModelPool(config, models)
+        self.owns_store = store is None
+        self.store = store or default_store()
+        self.created = int(time.time())
+        self.semaphore = asyncio.Semaphore(self.settings.max_concurrent_runs)
+        self.api_key: str | None = None
+        if self.settings.api_key_env:
+            self.api_key = os.environ.get(self.settings.api_key_env)
+            if not self.api_key:
+                raise ConfigError(f"[server] api_key_env names {self.settings.api_key_env}, which is not set "
+                                  "(or empty): set it, or remove api_key_env to serve without auth")
+
+    def check_auth(self, request: Request) -> None:
+        if self.api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(401, "missing bearer token: send 'Authorization: Bearer <key>'", code="missing_api_key",
+                           headers={"www-authenticate": "Bearer"})
+        if not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
+            raise ApiError(401, "invalid API key", code="invalid_api_key", headers={"www-authenticate": "Bearer"})
+
+    async def read_body(self, request: Request) -> ChatRequest:
+        """The body parsed and validated, read no further than the size limit."""
+        limit = self.settings.max_body_bytes
+        too_large = ApiError(413, f"request body over {limit} bytes", code="request_too_large")
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise too_large
+        body = bytearray()
+        async for part in request.stream():
+            body += part
+            if len(body) > limit:
+                raise too_large
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "the body must be a JSON object", code="invalid_json")
+        try:
+            return ChatRequest.model_validate(data)
+        except ValidationError as exc:
+            raise ApiError(400, validation_message(exc), code="invalid_request") from None
+
+    def pipeline(self, name: str) -> Pipeline:
+        if name not in self.pipelines:
+            raise ApiError(404, f"unknown model {name!r}: it names no pipeline of this server; known: "
+                                f"{', '.join(sorted(self.pipelines))}", param="model", code="model_not_found")
+        return self.pipelines[name]
+
+    def prepare(self, request: ChatRequest) -> PreparedRun:
+        pipeline = self.pipeline(request.model)
+        s = self.settings
+        try:
+            return prepare(pipeline, request, max_messages=s.max_messages, max_chars=s.max_message_chars,
+                           allow_request_db=s.allow_request_db)
+        except (ValueError, TypeError, KeyError) as exc:  # an unforeseen check: still the request's fault
+            log.warning("request refused by an unexpected validation path", exc_info=exc)
+            raise ApiError(400, str(exc), code="invalid_request") from None
+
+    def models_for(self, prepared: PreparedRun) -> dict[str, Model]:
+        try:
+            return self.pool.get(prepared.model_names)
+        except ConfigError as exc:  # e.g. a model whose API key variable is unset: not the request's fault
+            log.error("cannot build a model: %s", exc)
+            raise ApiError(502, f"a model of pipeline {prepared.pipeline.name!r} is unavailable: {exc}",
+                           code="model_unavailable") from None
+
+    async def execute(self, prepared: PreparedRun, models: dict[str, Model], run_id: str) -> RunResult:
+        """Run under the concurrency bound, on the shared model backends."""
+        async with self.semaphore:
+            return await run(prepared.pipeline.spec.graph, prepared.graph_input, config=prepared.pipeline.config,
+                             params=prepared.params, budget=Budget(**prepared.limits), models=models, store=self.store,
+                             checkpoint=self.settings.checkpoint, run_id=run_id)
+
+
+def create_app(config: Config | None = None, *, models: dict[str, Model] | None = None,
+               store: TraceStore | None = None) -> FastAPI:
+    """The server for `config` (default: load_config()). `models` overrides backends by
+    name (test doubles); `store` is the trace store (default: $REFINEGRAPH_HOME's)."""
+    server = Server(config or load_config(), models, store)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await server.pool.aclose()
+        if server.owns_store:
+            server.store.close()
+
+    app = FastAPI(title="refinegraph", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.server = server
+    install_handlers(app)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "pipelines": len(server.pipelines)}
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> dict[str, Any]:
+        server.check_auth(request)
+        return {"object": "list", "data": [p.card(server.created) for _, p in sorted(server.pipelines.items())]}
+
+    @app.get("/v1/models/{name}")
+    async def get_model(name: str, request: Request) -> dict[str, Any]:
+        server.check_auth(request)
+        return server.pipeline(name).card(server.created)
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(request: Request) -> JSONResponse | StreamingResponse:
+        server.check_auth(request)
+        body = await server.read_body(request)
+        prepared = server.prepare(body)
+        models = server.models_for(prepared)
+        run_id = uuid.uuid4().hex
+        created = int(time.time())
+        headers = {RUN_HEADER: run_id}
+        if body.stream:
+            stream = stream_run(server.execute(prepared, models, run_id), server.store, run_id, body.model, created)
+            return StreamingResponse(stream, media_type="text/event-stream",
+                                     headers={**headers, "cache-control": "no-cache"})
+        try:
+            result = await server.execute(prepared, models, run_id)
+        except RunFailed as exc:
+            log.warning("run %s failed: %s", run_id, exc.cause)
+            # the runner already retried the model; a client retry would only record another failed run
+            return error_response(ApiError(502, f"run {run_id} failed: {exc.cause}", code="run_failed",
+                                           headers={**headers, "x-should-retry": "false"},
+                                           extra=failure_extra(run_id, exc.result)))
+        return JSONResponse(completion_body(result, body.model, created), headers=headers)
+
+    return app

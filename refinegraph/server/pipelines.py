@@ -1,0 +1,182 @@
+"""Pipelines (named graph + params + budget + roles) and turning a request into a run.
+
+A request's `model` picks a declared pipeline by its exact name. Without `[pipelines]`
+in the config, every registered graph is served under its own name, with the config's
+roles (the embedded model when there is no config).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from refinegraph.config import BudgetSpec, Config, ConfigError, PipelineSpec
+from refinegraph.models import Model, build_model
+from refinegraph.registry import UnknownGraph, get_graph, list_graphs
+from refinegraph.runner import compiled_graph
+from refinegraph.server.errors import ApiError
+from refinegraph.server.schemas import ChatRequest
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    name: str
+    spec: PipelineSpec
+    config: Config
+    """The server's config with this pipeline's roles in force."""
+    description: str = ""
+
+    def card(self, created: int) -> dict[str, Any]:
+        """Its /v1/models entry."""
+        return {"id": self.name, "object": "model", "created": created, "owned_by": "refinegraph",
+                "refinegraph": {"graph": self.spec.graph, "description": self.description,
+                                "params": self.spec.params, "budget": self.spec.budget.model_dump(),
+                                "roles": self.config.roles}}
+
+
+def load_pipelines(config: Config) -> dict[str, Pipeline]:
+    """The pipelines to serve, checked now (graph known, params valid) so a bad config fails at start."""
+    specs = config.pipelines or {g.name: PipelineSpec(graph=g.name) for g in list_graphs()}
+    pipelines = {}
+    for name, spec in specs.items():
+        try:
+            graph = get_graph(spec.graph)
+        except UnknownGraph as exc:
+            raise ConfigError(f"pipeline {name!r}: {exc}") from None
+        try:
+            compiled_graph(spec.graph, spec.params)
+        except ConfigError as exc:
+            raise ConfigError(f"pipeline {name!r}: {exc}") from None
+        roles = {"default": config.model_for_role("default"), **spec.roles} if spec.roles else dict(config.roles)
+        for role, model in roles.items():
+            if model not in config.models:
+                raise ConfigError(f"pipeline {name!r}: role {role!r} names unknown model {model!r}; "
+                                  f"known models: {', '.join(sorted(config.models))}")
+        cfg = config.model_copy(update={"roles": roles})
+        pipelines[name] = Pipeline(name, spec, cfg, spec.description or graph.description)
+    return pipelines
+
+
+class ModelPool:
+    """One backend per model name for the server's life: runs share it (the embedded
+    model's server starts once), and it is closed at shutdown. Supplied ones (test
+    doubles) are used as given and never closed."""
+
+    def __init__(self, config: Config, supplied: dict[str, Model] | None = None):
+        self.config = config
+        self.supplied = dict(supplied or {})
+        self.built: dict[str, Model] = {}
+
+    def get(self, names: set[str]) -> dict[str, Model]:
+        out = {}
+        for name in sorted(names):
+            if name in self.supplied:
+                out[name] = self.supplied[name]
+            else:
+                if name not in self.built:
+                    self.built[name] = build_model(name, self.config.spec(name))
+                out[name] = self.built[name]
+        return out
+
+    async def aclose(self) -> None:
+        for model in self.built.values():
+            await model.aclose()
+        self.built.clear()
+
+
+@dataclass
+class PreparedRun:
+    pipeline: Pipeline
+    graph_input: dict[str, Any]
+    params: dict[str, Any]
+    limits: dict[str, Any]
+    """Budget(**limits) is made when the run starts, so time queued for a slot is not charged."""
+    model_names: set[str] = field(default_factory=set)
+
+
+def task_of(request: ChatRequest, max_messages: int, max_chars: int) -> str:
+    """The last user message's text: the run's input (earlier messages are not used)."""
+    if not request.messages:
+        raise ApiError(400, "messages is empty: send at least one user message", param="messages")
+    if len(request.messages) > max_messages:
+        raise ApiError(400, f"too many messages ({len(request.messages)}); this server takes at most {max_messages}",
+                       param="messages")
+    texts = []
+    for i, message in enumerate(request.messages):
+        try:
+            text = message.text()
+        except ValueError as exc:
+            raise ApiError(400, f"messages.{i}: {exc}", param=f"messages.{i}.content") from None
+        if len(text) > max_chars:
+            raise ApiError(400, f"messages.{i} has {len(text)} characters; this server takes at most {max_chars}",
+                           param=f"messages.{i}.content")
+        texts.append((message.role, text))
+    users = [text for role, text in texts if role == "user"]
+    if not users:
+        raise ApiError(400, "no user message: the last user message is the task", param="messages")
+    if not users[-1].strip():
+        raise ApiError(400, "the last user message is empty", param="messages")
+    return users[-1]
+
+
+def _budget(pipeline: Pipeline, asked: BudgetSpec) -> dict[str, Any]:
+    """The request's budget within the pipeline's: each limit defaults to it and may not exceed it."""
+    ceiling = pipeline.spec.budget
+    limits = {}
+    for key in ("tokens", "calls", "seconds"):
+        cap, want = getattr(ceiling, key), getattr(asked, key)
+        if want is not None and cap is not None and want > cap:
+            raise ApiError(400, f"budget.{key}={want} exceeds pipeline {pipeline.name!r}'s maximum of {cap}",
+                           param=f"refinegraph.budget.{key}", code="budget_too_large")
+        limits[f"max_{key}"] = want if want is not None else cap
+    return limits
+
+
+def _sql_input(pipeline: Pipeline, request: ChatRequest, allow_request_db: bool) -> dict[str, Any]:
+    extra = request.refinegraph
+    if extra.db is not None and pipeline.spec.db is not None:
+        raise ApiError(400, f"pipeline {pipeline.name!r} has its database fixed by the server; do not send db",
+                       param="refinegraph.db")
+    if extra.db is not None and not allow_request_db:
+        raise ApiError(400, "this server does not let a request name its database (server.allow_request_db)",
+                       param="refinegraph.db")
+    db = pipeline.spec.db or extra.db
+    if not db:
+        raise ApiError(400, f"pipeline {pipeline.name!r} runs SQL graph {pipeline.spec.graph!r}: send the database "
+                            'as "refinegraph": {"db": "path-or-url"}', param="refinegraph.db")
+    from refinegraph.tools.sql import connect
+
+    try:
+        connect(db)
+    except (ValueError, FileNotFoundError) as exc:
+        raise ApiError(400, f"database {db!r}: {exc}", param="refinegraph.db") from None
+    return {"db": db, **({"evidence": extra.evidence} if extra.evidence else {})}
+
+
+def prepare(pipeline: Pipeline, request: ChatRequest, *, max_messages: int, max_chars: int,
+            allow_request_db: bool) -> PreparedRun:
+    """Everything checked before a run is recorded: input, params, budget, database."""
+    if request.n not in (None, 1):
+        raise ApiError(400, f"n={request.n}: a pipeline returns one answer; sample inside it with "
+                            'refinegraph.params (e.g. {"n": 5})', param="n")
+    task = task_of(request, max_messages, max_chars)
+    spec = get_graph(pipeline.spec.graph)
+    graph_input: dict[str, Any] = {spec.input_key: task}
+    if spec.input_key == "question":
+        graph_input.update(_sql_input(pipeline, request, allow_request_db))
+    elif request.refinegraph.db is not None or request.refinegraph.evidence is not None:
+        raise ApiError(400, f"db and evidence apply to SQL graphs only; pipeline {pipeline.name!r} runs "
+                            f"{pipeline.spec.graph!r}", param="refinegraph")
+    params = {**pipeline.spec.params, **request.refinegraph.params}
+    try:
+        compiled_graph(pipeline.spec.graph, params)
+    except ConfigError as exc:
+        raise ApiError(400, str(exc), param="refinegraph.params", code="bad_params") from None
+    names = set(pipeline.config.roles.values())
+    if spec.uses_models:
+        names |= set(spec.uses_models(params, pipeline.config))
+    unknown = sorted(n for n in names if n not in pipeline.config.models)
+    if unknown:
+        raise ApiError(400, f"these params name models the server does not define: {', '.join(unknown)}",
+                       param="refinegraph.params")
+    return PreparedRun(pipeline, graph_input, params, _budget(pipeline, request.refinegraph.budget), names)

@@ -1,0 +1,36 @@
+"""Chat-completion bodies built from a RunResult: usage sums every call the run made."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from refinegraph.runner import RunResult
+
+
+def usage_of(result: RunResult) -> dict[str, Any]:
+    u = result.usage
+    return {"prompt_tokens": u.get("prompt_tokens", 0), "completion_tokens": u.get("completion_tokens", 0),
+            "total_tokens": u.get("total_tokens", 0),
+            "prompt_tokens_details": {"cached_tokens": u.get("cached_prompt_tokens", 0)}}
+
+
+def metadata_of(result: RunResult, pipeline: str) -> dict[str, Any]:
+    """The top-level `refinegraph` object (the openai client keeps it in `model_extra`)."""
+    return {"run_id": result.run_id, "pipeline": pipeline, "graph": result.graph, "stop_reason": result.stop_reason,
+            "model_calls": result.model_calls, "cache_hits": result.cache_hits, "retries": result.retries,
+            "fallbacks": result.fallbacks, "cost_usd": result.cost_usd}
+
+
+def completion_body(result: RunResult, pipeline: str, created: int) -> dict[str, Any]:
+    return {"id": f"chatcmpl-{result.run_id}", "object": "chat.completion", "created": created, "model": pipeline,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.answer or ""},
+                         "logprobs": None, "finish_reason": "stop"}],
+            "usage": usage_of(result), "refinegraph": metadata_of(result, pipeline)}
+
+
+def failure_extra(run_id: str, result: RunResult | None) -> dict[str, Any]:
+    """What an error body says about the failed run (its trace names the failure)."""
+    extra: dict[str, Any] = {"run_id": run_id}
+    if result is not None:
+        extra.update(model_calls=result.model_calls, usage=result.usage)
+    return extra

@@ -1,0 +1,65 @@
+"""The request body of /v1/chat/completions, as far as refinegraph reads it.
+
+OpenAI's sampling fields (temperature, top_p, max_tokens, seed, ...) are accepted and
+ignored: the pipeline decides how its models sample. Per-request graph parameters come
+in the `refinegraph` object (the openai client's `extra_body={"refinegraph": {...}}`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+
+from refinegraph.config import BudgetSpec
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str | None = None
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: StrictStr | list[TextPart] | None = None
+
+    def text(self) -> str:
+        """The message's text (text parts joined; other parts, e.g. images, are refused)."""
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        kinds = {part.type for part in self.content} - {"text"}
+        if kinds:
+            raise ValueError(f"only text content is supported, got parts of type {', '.join(sorted(kinds))}")
+        return "".join(part.text or "" for part in self.content)
+
+
+class RefinegraphExtra(BaseModel):
+    """What a request may set for its run; unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    params: dict[str, Any] = Field(default_factory=dict)
+    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    db: StrictStr | None = None
+    evidence: StrictStr | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool | None = None
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr
+    messages: list[Message]
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    n: int | None = None
+    refinegraph: RefinegraphExtra = Field(default_factory=RefinegraphExtra)

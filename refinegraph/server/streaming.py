@@ -1,0 +1,88 @@
+"""`stream=true`: the run's trace events as they are written, then the answer, as SSE.
+
+Every line is `data: <chat.completion.chunk>`; the official openai client parses them all:
+
+1. `delta = {"role": "assistant", "content": ""}`, `refinegraph = {"run_id": ...}`;
+2. one chunk per trace event (node_started, llm_call, vote, route, verdict, ... in trace
+   order), `delta = {"content": ""}` and the event in `refinegraph.event`;
+3. the answer: `delta = {"content": answer}`;
+4. `delta = {}`, `finish_reason = "stop"`, `usage` (the whole run) and the run's
+   metadata in `refinegraph`;
+5. `data: [DONE]`.
+
+A run that fails sends `data: {"error": {...}}` (the openai client raises APIError) and
+ends. Events are read from the trace store every POLL_S: the trace writer commits a
+node's events at its next model call, so progress arrives at that grain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any
+
+from refinegraph.runner import RunFailed, RunResult
+from refinegraph.server.errors import error_body
+from refinegraph.server.responses import failure_extra, metadata_of, usage_of
+from refinegraph.trace.store import TraceStore
+
+POLL_S = 0.1
+log = logging.getLogger("refinegraph.server")
+
+
+def _sse(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+class ChunkMaker:
+    def __init__(self, run_id: str, pipeline: str, created: int):
+        self.base = {"id": f"chatcmpl-{run_id}", "object": "chat.completion.chunk", "created": created,
+                     "model": pipeline}
+
+    def __call__(self, delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> str:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return _sse({**self.base, "choices": [choice], **extra})
+
+
+async def stream_run(run: Awaitable[RunResult], store: TraceStore, run_id: str, pipeline: str,
+                     created: int) -> AsyncIterator[str]:
+    """SSE lines for one run; the run is cancelled if the client goes away (its trace
+    then stays unsealed and `refinegraph resume` can finish it)."""
+    chunk = ChunkMaker(run_id, pipeline, created)
+    task = asyncio.ensure_future(run)
+    sent = 0
+    try:
+        yield chunk({"role": "assistant", "content": ""}, refinegraph={"run_id": run_id})
+        while True:
+            done = task.done()
+            events = store.events(run_id)
+            for event in events[sent:]:
+                yield chunk({"content": ""}, refinegraph={"event": event})
+            sent = len(events)
+            if done:
+                break
+            await asyncio.wait({task}, timeout=POLL_S)
+        try:
+            result = task.result()
+        except RunFailed as exc:
+            log.warning("run %s failed: %s", run_id, exc.cause)
+            yield _sse(error_body(502, f"run {run_id} failed: {exc.cause}", code="run_failed",
+                                  **failure_extra(run_id, exc.result)))
+            return
+        except Exception as exc:  # noqa: BLE001 - a server bug: logged, and the client told, not left hanging
+            log.exception("run %s: internal error", run_id)
+            yield _sse(error_body(500, f"internal error ({type(exc).__name__}); see the server log",
+                                  **failure_extra(run_id, None)))
+            return
+        if result.answer:
+            yield chunk({"content": result.answer})
+        yield chunk({}, "stop", usage=usage_of(result), refinegraph=metadata_of(result, pipeline))
+        yield "data: [DONE]\n\n"
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
