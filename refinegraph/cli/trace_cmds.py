@@ -1,9 +1,10 @@
-"""`refinegraph trace ...`: list, show, verify, export and replay recorded runs."""
+"""`refinegraph trace ...`: list, show, verify, export, replay and render (html) recorded runs."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import typer
 from rich.markup import escape
@@ -112,3 +113,24 @@ def replay_cmd(run: str = typer.Argument(..., help="Run id (or a unique prefix).
                   f"decisions_match={result.decisions_match} answer_matches={result.answer_matches}")
         typer.echo(f"run: {result.run_id}")
     raise typer.Exit(0 if result.decisions_match and result.answer_matches else 1)
+
+
+@app.command("html")
+def html_cmd(run: str = typer.Argument(..., help="Run id (or a unique prefix)."),
+             output: str = typer.Option(None, "-o", "--output",
+                                        help="The page to write (default: run-<id>.html here; - for stdout).")) -> None:
+    """One self-contained HTML page of the run: steps, model calls, decisions, chain status."""
+    from refinegraph.trace.html import render_run
+
+    store = open_store()
+    run_id = resolve_run(store, run)
+    page = render_run(store, run_id)
+    if output == "-":
+        typer.echo(page, nl=False)
+        return
+    path = Path(output or f"run-{run_id[:12]}.html")
+    try:
+        path.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot write {path}: {exc}", 1)
+    err.print(f"wrote {escape(str(path))}", highlight=False)

@@ -17,11 +17,12 @@ When an event is committed, in one transaction with the blobs it references:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -255,6 +256,23 @@ def _owner_alive(owner: str | None) -> bool:
     return True
 
 
+EventObserver = Callable[["TraceWriter", Event], None]
+OBSERVERS: list[EventObserver] = []
+"""Called with (writer, event) after each event is chained (and committed, where it commits
+at once): how refinegraph.trace.otel follows runs live. Set REFINEGRAPH_OTEL=1 to add its
+exporter. An observer that raises is logged; it never breaks the run."""
+
+_log = logging.getLogger(__name__)
+
+
+def _observers_from_env() -> None:
+    """REFINEGRAPH_OTEL=1: export every traced run as OpenTelemetry spans as it happens."""
+    if os.environ.get("REFINEGRAPH_OTEL", "").strip().lower() in {"1", "true", "yes", "on"}:
+        from refinegraph.trace.otel import enable_live
+
+        enable_live()
+
+
 class TraceWriter:
     """Appends one run's events to its chain, setting seq, time and hashes.
 
@@ -271,6 +289,7 @@ class TraceWriter:
         self._events: list[tuple[str, int, str, str, str, str]] = []
         self._blobs: list[tuple[str, bytes]] = []
         self._statements: list[tuple[str, tuple]] = []
+        _observers_from_env()
 
     def create_run(self, graph: str, input_preview: str, *, replay_of: str | None = None,
                    owner: str | None = None) -> None:
@@ -292,6 +311,11 @@ class TraceWriter:
         self.written += 1
         if event.type in COMMIT_NOW or (event.node is None and event.type not in SEALING):  # type: ignore[attr-defined]
             self.flush()
+        for observer in tuple(OBSERVERS):
+            try:
+                observer(self, event)
+            except Exception:  # noqa: BLE001 - telemetry must not break the run; logged with its traceback
+                _log.warning("trace observer %r failed on event %s", observer, event.seq, exc_info=True)
         return event
 
     def put_blob(self, value: Any) -> str:
