@@ -12,6 +12,7 @@ from refinegraph.models.base import (
     Samples,
     Usage,
 )
+from refinegraph.models.langchain_backend import LangChainModel, build_langchain_model
 from refinegraph.models.local import LocalModel
 from refinegraph.models.openai_backend import OpenAIModel
 from refinegraph.models.pool import PoolError, PoolModel
@@ -19,6 +20,7 @@ from refinegraph.models.reward_server import RewardServerModel
 from refinegraph.models.scripted import ScriptedModel
 
 __all__ = [
+    "LangChainModel",
     "LocalModel",
     "Model",
     "ModelError",
@@ -54,6 +56,11 @@ def build_model(name: str, spec: ModelSpec) -> Model:
             raise ConfigError(f"model {name!r}: the reward backend needs base_url and model")
         api_key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
         return RewardServerModel(name, spec.base_url, spec.model, api_key=api_key, timeout=spec.timeout_s)
+    if spec.backend == "langchain":
+        api_key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
+        if spec.api_key_env and api_key is None:
+            raise ConfigError(f"model {name!r}: environment variable {spec.api_key_env} is not set")
+        return build_langchain_model(name, spec, api_key)
     if spec.backend == "pool":
         if not spec.pool_file:
             raise ConfigError(f"model {name!r}: the pool backend needs pool_file")
