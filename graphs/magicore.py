@@ -42,7 +42,7 @@ from refinegraph.budget import BudgetExceeded
 from refinegraph.context import RunContext
 from refinegraph.events import Difficulty, Refine, Stop, Vote
 from refinegraph.graphs.best_of_n import ScorerParams
-from refinegraph.nodes import stops_on_budget, traced
+from refinegraph.nodes import stopped_or, stops_on_budget, traced
 from refinegraph.registry import register_graph
 from refinegraph.tools.answers import display, get_projection
 from refinegraph.tools.voting import majority_vote
@@ -230,9 +230,6 @@ def build_magicore(params: dict[str, Any] | None = None, *, checkpointer: Any = 
         attempted = list(state.get("attempted", [])) + [r["from"] for r in state["reviews"]]
         return {"candidates": made, "fresh": fresh, "attempted": attempted, "iteration": iteration,
                 "reviews": [], **update}
-
-    def stopped_or(next_node: str) -> Any:
-        return lambda s: "finish" if s.get("stop_reason") else next_node
 
     graph = StateGraph(MagicoreState, context_schema=RunContext)
     graph.add_node("start", start)

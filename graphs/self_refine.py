@@ -23,7 +23,7 @@ from refinegraph.agents.refiner import refine
 from refinegraph.agents.solver import solve
 from refinegraph.context import RunContext
 from refinegraph.events import Stop
-from refinegraph.nodes import stops_on_budget, traced
+from refinegraph.nodes import stopped_or, stops_on_budget, traced
 from refinegraph.registry import register_graph
 
 
@@ -84,12 +84,6 @@ async def finish(state: SelfRefineState, runtime: Runtime[RunContext]) -> dict[s
     return {"answer": answer, "chosen": chosen if chosen is not None else -1, "stop_reason": reason}
 
 
-def _stopped_or(next_node: str):
-    def route(state: SelfRefineState) -> str:
-        return "finish" if state.get("stop_reason") else next_node
-    return route
-
-
 def build_self_refine(params: dict[str, Any] | None = None, *, checkpointer: Any = None,
                       trace_nodes: bool = True) -> Any:
     """The compiled Self-Refine graph. Input: {"task": str}; output adds answer, stop_reason."""
@@ -108,10 +102,10 @@ def build_self_refine(params: dict[str, Any] | None = None, *, checkpointer: Any
     graph.add_node("finish", wrap("finish", finish))
     graph.add_edge(START, "start")
     graph.add_edge("start", "solver")
-    graph.add_conditional_edges("solver", _stopped_or("critic"), ["critic", "finish"])
-    graph.add_conditional_edges("critic", _stopped_or("decide"), ["decide", "finish"])
-    graph.add_conditional_edges("decide", _stopped_or("refiner"), ["refiner", "finish"])
-    graph.add_conditional_edges("refiner", _stopped_or("critic"), ["critic", "finish"])
+    graph.add_conditional_edges("solver", stopped_or("critic"), ["critic", "finish"])
+    graph.add_conditional_edges("critic", stopped_or("decide"), ["decide", "finish"])
+    graph.add_conditional_edges("decide", stopped_or("refiner"), ["refiner", "finish"])
+    graph.add_conditional_edges("refiner", stopped_or("critic"), ["critic", "finish"])
     graph.add_edge("finish", END)
     return graph.compile(checkpointer=checkpointer, name="self-refine")
 

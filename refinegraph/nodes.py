@@ -53,3 +53,12 @@ def stops_on_budget(fn: NodeFn) -> NodeFn:
             return {"stop_reason": "budget"}
 
     return node
+
+
+def stopped_or(next_node: str) -> Callable[[Any], str]:
+    """A conditional edge: to "finish" once a node has set stop_reason, else to `next_node`."""
+
+    def route(state: Any) -> str:
+        return "finish" if state.get("stop_reason") else next_node
+
+    return route
