@@ -57,10 +57,12 @@ def plot(out_dir: Path, summary: list[dict[str, Any]], title: str, *, y: str = "
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    figure, axes = plt.subplots(figsize=(6, 4))
-    for row in summary:
-        axes.scatter(row[x], 100 * row[y], s=40)
-        axes.annotate(row["method"], (row[x], 100 * row[y]), textcoords="offset points", xytext=(5, 5))
+    figure, axes = plt.subplots(figsize=(7, 4.2))
+    markers = "osD^vP*Xhp<>"
+    for index, row in enumerate(summary):  # a legend, not labels: methods often share a point
+        axes.scatter(row[x], 100 * row[y], s=55, marker=markers[index % len(markers)], label=row["method"],
+                     alpha=0.85)
+    axes.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=9)
