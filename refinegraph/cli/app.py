@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from refinegraph.budget import Budget
-from refinegraph.cli import bench_allocation, bench_cmds, bench_methods, serve_cmd, trace_cmds  # noqa: F401
+from refinegraph.cli import batch_cmd, bench_allocation, bench_cmds, bench_methods, serve_cmd, trace_cmds  # noqa: F401
 from refinegraph.cli.common import err, fail, open_store, out, print_json, resolve_run
 from refinegraph.config import Config, ConfigError, load_config
 from refinegraph.models import ModelUnavailable
@@ -24,6 +24,7 @@ app = typer.Typer(help="Verify-and-refine LLM agents with auditable decision tra
 app.add_typer(trace_cmds.app, name="trace")
 app.add_typer(bench_cmds.app, name="bench")
 serve_cmd.register(app)
+batch_cmd.register(app)
 
 
 def _report(result: RunResult, as_json: bool) -> None:
