@@ -61,7 +61,7 @@ RUN_COLUMNS = ("run_id", "graph", "input_preview", "created_at", "status", "stop
 
 def run_ids(store: TraceStore) -> list[str]:
     """Every run id the store holds, oldest first."""
-    return [row["run_id"] for row in store._query("SELECT run_id FROM runs ORDER BY created_at")]
+    return [row["run_id"] for row in store.all_runs()]
 
 
 def _open(source: TraceStore | str | Path) -> tuple[TraceStore, bool]:
@@ -106,7 +106,7 @@ def merge_stores(sources: Iterable[TraceStore | str | Path], target: TraceStore 
 def _plan_store(store: TraceStore, target: TraceStore, on_conflict: str, report: MergeReport,
                 statements: list, events: list, blobs: dict[str, bytes], planned: set[str]) -> None:
     """Add one source's runs to the pending transaction (conflicts raise before any write)."""
-    for row in store._query("SELECT * FROM runs ORDER BY created_at"):
+    for row in store.all_runs():
         run_id = row["run_id"]
         source_rows = store.raw_events(run_id)
         if run_id in planned:

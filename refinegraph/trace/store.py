@@ -164,6 +164,10 @@ class TraceStore:
             raise KeyError(f"{prefix!r} names {len(rows)} runs; give more of the id")
         return rows[0]["run_id"]
 
+    def all_runs(self) -> list[dict[str, Any]]:
+        """Every run row, oldest first (merging stores walks them all)."""
+        return self._query("SELECT * FROM runs ORDER BY created_at")
+
     def runs(self, limit: int = 50) -> list[dict[str, Any]]:
         return self._query(
             "SELECT r.*, (SELECT COUNT(*) FROM events e WHERE e.run_id=r.run_id) AS events "
