@@ -127,7 +127,7 @@ class RunContext:
         if hit and not self.charge_cache_hits:
             allowed = max_tokens  # already paid for: a resumed run re-serves it, whatever is left
         else:
-            allowed = self.admit(name, n, max_tokens, messages, min_tokens, recorded=hit)
+            allowed = self._admit(name, n, max_tokens, messages, min_tokens, recorded=hit)
         self.occurrences[call] += 1
         params = {**requested, "max_tokens": allowed}
         started = time.perf_counter()
@@ -167,7 +167,7 @@ class RunContext:
         ))
         return samples
 
-    def admit(self, name: str, n: int, max_tokens: int, messages: list[dict[str, Any]], min_tokens: int,
+    def _admit(self, name: str, n: int, max_tokens: int, messages: list[dict[str, Any]], min_tokens: int,
                *, recorded: bool) -> int:
         """The budget's answer for this call: the max_tokens it may use, or BudgetExceeded.
 
