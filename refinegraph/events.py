@@ -38,6 +38,9 @@ class RunStarted(Event):
 class RunResumed(Event):
     type: Literal["run_resumed"] = "run_resumed"
     recorded_calls: int
+    from_checkpoint: bool = True
+    """False: the run had stopped before its first step was checkpointed (no node had
+    started), so it starts again from its recorded input under the same id."""
 
 
 class NodeStarted(Event):

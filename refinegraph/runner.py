@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
+from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from pydantic import BaseModel, Field, ValidationError
 
@@ -27,6 +29,7 @@ from refinegraph.events import DECISION_TYPES, ErrorEvent, RunFinished, RunResum
 from refinegraph.models import Model, ModelError, ModelUnavailable, build_model
 from refinegraph.models.base import Usage
 from refinegraph.registry import get_graph
+from refinegraph.sqlite_files import BUSY_TIMEOUT_S, prepare_once
 from refinegraph.trace.chain import canonical_json
 from refinegraph.trace.store import NullWriter, TraceStore, TraceWriter
 from refinegraph.trace.verify import verify_run
@@ -97,9 +100,18 @@ async def _checkpointer(enabled: bool, path: Path | None, flush: Any) -> AsyncIt
     if not enabled:
         yield None
         return
-    async with TraceFirstSaver.from_conn_string(str(_checkpoint_path(path))) as saver:
+    async with _saver(_checkpoint_path(path)) as saver:
         saver.flush = flush
         yield saver
+
+
+@contextlib.asynccontextmanager
+async def _saver(path: Path) -> AsyncIterator[TraceFirstSaver]:
+    """A checkpointer on `path`, its schema made under the setup lock (concurrent runs and
+    processes open the same file: see refinegraph.sqlite_files)."""
+    prepare_once(path, lambda conn: SqliteSaver(conn).setup())
+    async with aiosqlite.connect(str(path), timeout=BUSY_TIMEOUT_S) as conn:
+        yield TraceFirstSaver(conn)
 
 
 _compiled: dict[tuple[str, str], Any] = {}
@@ -296,7 +308,9 @@ async def resume(run_id: str, *, config: Config | None = None, models: dict[str,
 
     Finished steps are not run again (checkpoint); model calls that finished inside the
     step that was interrupted are served from the run's own trace (replay cache). A run
-    still owned by a live process on this host is refused unless `force`.
+    stopped before its first checkpoint (no node had started) starts again from its
+    recorded input under the same id. A run still owned by a live process on this host
+    is refused unless `force`.
     """
     store = store or default_store()
     run_id = store.find_run(run_id)
@@ -306,10 +320,11 @@ async def resume(run_id: str, *, config: Config | None = None, models: dict[str,
     if row["replay_of"]:  # type: ignore[index]
         raise RunNotResumable(f"run {run_id} is a replay; replay {row['replay_of']} again instead")  # type: ignore[index]
     started = _recorded(store, run_id, "resume")
-    async with TraceFirstSaver.from_conn_string(str(_checkpoint_path(checkpoint_path))) as saver:
-        if await saver.aget_tuple({"configurable": {"thread_id": run_id}}) is None:
-            raise RunNotResumable(f"run {run_id} has no checkpoint to resume from "
-                                  "(it ran without one, or its checkpoint file is gone)")
+    async with _saver(_checkpoint_path(checkpoint_path)) as saver:
+        checkpointed = await saver.aget_tuple({"configurable": {"thread_id": run_id}}) is not None
+    if not checkpointed and store.events(run_id, types={"node_started", "run_finished"}):
+        raise RunNotResumable(f"run {run_id} has no checkpoint to resume from "
+                              "(it ran without one, or its checkpoint file is gone)")
     if not store.claim_run(run_id, row["owner"], _owner(), force=force):  # type: ignore[index]
         raise RunNotResumable(f"run {run_id} is still running in process {row['owner']}; "  # type: ignore[index]
                               "pass force=True (--force) if that process is gone")
@@ -320,10 +335,10 @@ async def resume(run_id: str, *, config: Config | None = None, models: dict[str,
                      budget=Budget(**{f"max_{k}": v for k, v in started["budget"].items()}),
                      cache=ReplayCache.from_trace(store, run_id), config=config, charge_cache_hits=False)
     recorded = _restore(ctx, store, run_id)
-    ctx.emit(RunResumed(recorded_calls=recorded))
+    ctx.emit(RunResumed(recorded_calls=recorded, from_checkpoint=checkpointed))
     try:
-        return await _execute(ctx, started["graph"], None, started["params"], checkpoint=True,
-                              checkpoint_path=checkpoint_path)
+        return await _execute(ctx, started["graph"], None if checkpointed else started["input"], started["params"],
+                              checkpoint=True, checkpoint_path=checkpoint_path)
     finally:
         await _close(built, models)
 

@@ -151,3 +151,50 @@ def test_hard_crash_leaves_a_trace_that_resumes(store, rg_home):
 def await_resume(run_id, store, model):
     import asyncio
     return asyncio.run(resume(run_id, store=store, models={"local": model}))
+
+
+class PowerCut(BaseException):
+    """A hard stop (as kill -9 would be): nothing below it handles or records it."""
+
+
+async def test_a_run_stopped_before_its_first_checkpoint_resumes_under_the_same_id(store, monkeypatch):
+    import contextlib
+
+    from refinegraph import runner
+
+    model = scripted_by_role([verdict(9, done=True)])
+    real = runner._checkpointer
+
+    @contextlib.asynccontextmanager
+    async def dies_on_open(*args, **kwargs):
+        raise PowerCut("killed between run_started and the first checkpoint")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(runner, "_checkpointer", dies_on_open)
+    with pytest.raises(PowerCut):
+        await run("self-refine", "task", store=store, models={"local": model}, run_id="early-crash")
+    assert store.run("early-crash")["status"] == "running" and model.counters["solver"] == 0
+
+    monkeypatch.setattr(runner, "_checkpointer", real)
+    result = await resume("early-crash", store=store, models={"local": model}, force=True)
+    assert (result.run_id, result.stop_reason, result.answer) == ("early-crash", "done", "solver answer 1")
+    resumed = store.events("early-crash", types={"run_resumed"})
+    assert [(e["recorded_calls"], e["from_checkpoint"]) for e in resumed] == [(0, False)]
+    report = verify_run(store, "early-crash")
+    assert report.ok and report.sealed
+
+
+async def test_a_run_that_ran_steps_without_a_checkpoint_is_still_refused(store, monkeypatch):
+    from refinegraph.runner import RunNotResumable
+
+    async def crashing_decide(state, runtime):
+        raise Injected("crash after the critic's call")
+
+    model = scripted_by_role([verdict(4), verdict(9, done=True)])
+    monkeypatch.setattr(self_refine, "decide", crashing_decide)
+    clear_compiled_graphs()
+    with pytest.raises(RunFailed):
+        await run("self-refine", "task", store=store, models={"local": model}, checkpoint=False, run_id="no-ckpt")
+    clear_compiled_graphs()
+    with pytest.raises(RunNotResumable, match="no checkpoint"):
+        await resume("no-ckpt", store=store, models={"local": model})

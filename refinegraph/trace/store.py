@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from refinegraph.events import Event, utcnow
+from refinegraph.sqlite_files import BUSY_TIMEOUT_S, prepare_once
 from refinegraph.trace.chain import canonical_json, content_digest, event_body, event_hash, genesis_hash
 
 SCHEMA = """
@@ -87,19 +88,22 @@ class TraceStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         try:
+            prepare_once(self.path, self._create_schema)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                       timeout=30.0)
-            self._db.execute("PRAGMA journal_mode=WAL")
+                                       timeout=BUSY_TIMEOUT_S)
             self._db.execute("PRAGMA synchronous=NORMAL")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            tables = self._db.execute("SELECT COUNT(*) FROM sqlite_master WHERE type='table'").fetchone()[0]
-            if tables and version != SCHEMA_VERSION:
-                raise TraceStoreError(f"{self.path}: not a refinegraph trace store of schema {SCHEMA_VERSION} "
-                                      f"(found user_version {version}); use another REFINEGRAPH_HOME")
-            self._db.executescript(SCHEMA)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise TraceStoreError(f"{self.path}: not a usable trace store: {exc}") from exc
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        """The tables and triggers, once per process (see refinegraph.sqlite_files)."""
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE type='table'").fetchone()[0]
+        if tables and version != SCHEMA_VERSION:
+            raise TraceStoreError(f"{self.path}: not a refinegraph trace store of schema {SCHEMA_VERSION} "
+                                  f"(found user_version {version}); use another REFINEGRAPH_HOME")
+        conn.executescript(SCHEMA)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
         with self._lock:
