@@ -130,6 +130,13 @@ def test_bad_pipeline_config_fails_at_start(store):
     with pytest.raises(ConfigError, match="unknown model 'gpt'"):
         create_app(Config.model_validate({"pipelines": {"x": {"graph": "greedy", "roles": {"default": "gpt"}}}}),
                    store=store)
+    # ACAR's params name the models it routes to: one the config lacks fails here, not per request.
+    acar = {"graph": "acar", "params": {"models": ["local", "gpt4"]}}
+    with pytest.raises(ConfigError, match="pipeline 'x'.*calls models the config does not define: gpt4"):
+        create_app(Config.model_validate({"pipelines": {"x": acar}}), store=store)
+    with pytest.raises(ConfigError, match="does not define: big"):
+        create_app(Config.model_validate({"pipelines": {"x": {"graph": "acar", "params": {"probe_model": "big"}}}}),
+                   store=store)
 
 
 def test_example_config_loads_and_serves(store, monkeypatch):

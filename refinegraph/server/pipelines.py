@@ -8,7 +8,7 @@ roles (the embedded model when there is no config).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from refinegraph.config import BudgetSpec, Config, ConfigError, PipelineSpec
 from refinegraph.models import Model, build_model
@@ -16,6 +16,9 @@ from refinegraph.registry import UnknownGraph, get_graph, list_graphs
 from refinegraph.runner import compiled_graph
 from refinegraph.server.errors import ApiError
 from refinegraph.server.schemas import ChatRequest
+
+if TYPE_CHECKING:
+    from refinegraph.tools.sql import Database
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,11 @@ def load_pipelines(config: Config) -> dict[str, Pipeline]:
                 raise ConfigError(f"pipeline {name!r}: role {role!r} names unknown model {model!r}; "
                                   f"known models: {', '.join(sorted(config.models))}")
         cfg = config.model_copy(update={"roles": roles})
+        called = graph.uses_models(spec.params, cfg) if graph.uses_models else []
+        unknown = sorted(set(called) - set(config.models))
+        if unknown:
+            raise ConfigError(f"pipeline {name!r}: graph {spec.graph!r} with these params calls models the config "
+                              f"does not define: {', '.join(unknown)}; known models: {', '.join(sorted(config.models))}")
         pipelines[name] = Pipeline(name, spec, cfg, spec.description or graph.description)
     return pipelines
 
@@ -132,6 +140,26 @@ def _budget(pipeline: Pipeline, asked: BudgetSpec) -> dict[str, Any]:
     return limits
 
 
+def _check_readable(database: Database) -> None:
+    """A SQLite or DuckDB file that its engine can read: any other file (/etc/passwd) would
+    otherwise be refused only inside the run, which would then be recorded as failed. A
+    PostgreSQL server that is down is a back end failure (502), not the request's fault."""
+    if database.engine == "sqlite":
+        import sqlite3
+
+        try:
+            database.introspect("SELECT COUNT(*) FROM sqlite_master")
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(f"not a readable SQLite database: {exc}") from None
+    elif database.engine == "duckdb":
+        import duckdb
+
+        try:
+            database.introspect("SELECT 1")
+        except duckdb.Error as exc:
+            raise ValueError(f"not a readable DuckDB database: {exc}") from None
+
+
 def _sql_input(pipeline: Pipeline, request: ChatRequest, allow_request_db: bool) -> dict[str, Any]:
     extra = request.refinegraph
     if extra.db is not None and pipeline.spec.db is not None:
@@ -147,8 +175,8 @@ def _sql_input(pipeline: Pipeline, request: ChatRequest, allow_request_db: bool)
     from refinegraph.tools.sql import connect
 
     try:
-        connect(db)
-    except (ValueError, FileNotFoundError) as exc:
+        _check_readable(connect(db))
+    except (ValueError, OSError) as exc:  # OSError: also a path too long for the file system
         raise ApiError(400, f"database {db!r}: {exc}", param="refinegraph.db") from None
     return {"db": db, **({"evidence": extra.evidence} if extra.evidence else {})}
 
