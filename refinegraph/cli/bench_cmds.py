@@ -72,6 +72,39 @@ def sampling_cmd(
     _finish(table, ratio_lines(report), out_dir, report, markdown(report))
 
 
+@app.command("vllm")
+def vllm_cmd(
+    model_dir: str = typer.Option(..., "--model-dir", help="A Hugging Face model folder or id vLLM can load "
+                                                           "(scripts/vllm-cpu-env.sh converts the embedded model)."),
+    n: int = typer.Option(8, "--n", min=1, help="Samples in one request."),
+    max_tokens: int = typer.Option(64, "--max-tokens", min=1, help="max_tokens of each sample."),
+    repeats: int = typer.Option(3, "--repeats", min=1, help="Repeats per backend."),
+    backends: str = typer.Option("local,vllm,vllm-server", "--backends",
+                                 help="Comma-separated: local (llama.cpp), vllm (engine), vllm-server."),
+    engine_arg: list[str] = typer.Option(["max_model_len=2048", "enforce_eager=true"], "--engine-arg",
+                                         help="vLLM engine argument KEY=VALUE (also passed to the server)."),
+    out_dir: Path = typer.Option(Path("bench-reports/vllm"), "--out", help="Folder for report.json/.md."),
+) -> None:
+    """vLLM's engine in-process and vLLM's server (load time, tokens/s, memory), llama.cpp beside."""
+    from refinegraph.bench.vllm import HEADER, markdown, rows, vllm_bench
+    from refinegraph.cli.app import _params
+
+    engine_args = _params(engine_arg)
+    server_args = tuple(arg for key, value in engine_args.items()
+                        for arg in ((f"--{key.replace('_', '-')}",) if value is True else
+                                    () if value is False else (f"--{key.replace('_', '-')}", str(value))))
+    chosen = tuple(b.strip() for b in backends.split(",") if b.strip())
+    err.print(f"n={n}, max_tokens={max_tokens}, {repeats} repeats on {', '.join(chosen)} ...")
+    report = asyncio.run(vllm_bench(model_dir, out_dir, n=n, max_tokens=max_tokens, repeats=repeats,
+                                    engine_args=engine_args, server_args=server_args, backends=chosen))
+    table = Table(title=f"{model_dir}: n={n} in one request, max_tokens={max_tokens}, median of {repeats}")
+    for name in HEADER:
+        table.add_column(name, justify="left" if name == "backend" else "right")
+    for row in rows(report):
+        table.add_row(*[str(c) for c in row])
+    _finish(table, [], out_dir, report, markdown(report))
+
+
 def _finish(table: Table, lines: list[str], out_dir: Path, report: dict, markdown: str) -> None:
     """Print the table and the figures' lines, then write report.json and report.md."""
     from refinegraph.bench.report import write_report

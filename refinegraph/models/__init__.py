@@ -18,6 +18,7 @@ from refinegraph.models.openai_backend import OpenAIModel
 from refinegraph.models.pool import PoolError, PoolModel
 from refinegraph.models.reward_server import RewardServerModel
 from refinegraph.models.scripted import ScriptedModel
+from refinegraph.models.vllm_backend import VLLMEngineModel
 
 __all__ = [
     "LangChainModel",
@@ -32,6 +33,7 @@ __all__ = [
     "Samples",
     "ScriptedModel",
     "Usage",
+    "VLLMEngineModel",
     "build_model",
 ]
 
@@ -68,5 +70,8 @@ def build_model(name: str, spec: ModelSpec) -> Model:
             return PoolModel(name, spec.pool_file, spec.pool_sources, order=spec.pool_order, seed=spec.pool_seed)
         except FileNotFoundError as exc:
             raise ConfigError(f"model {name!r}: {exc}") from None
-    raise ConfigError(f"model {name!r}: the {spec.backend!r} backend is not available in this build; "
-                      "point the openai backend at a vLLM server instead (see README)")
+    if spec.backend == "vllm":
+        if not spec.model:
+            raise ConfigError(f"model {name!r}: the vllm backend needs model (a path or a model id)")
+        return VLLMEngineModel(name, model=spec.model, engine_args=spec.engine_args)
+    raise ConfigError(f"model {name!r}: unknown backend {spec.backend!r}")
