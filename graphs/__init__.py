@@ -3,6 +3,7 @@
 from refinegraph.graphs import (  # noqa: F401  (each registers its graphs)
     acar,
     best_of_n,
+    code_filter,
     consistency,
     magicore,
     self_refine,

@@ -172,6 +172,30 @@ class SqlExec(Event):
     elapsed_ms: float = 0.0
 
 
+class CodeExec(Event):
+    """One program run in the code sandbox (tools.code): how it ended and why, never an exception."""
+
+    type: Literal["code_exec"] = "code_exec"
+    candidate: int
+    status: Literal["ok", "error", "timeout", "memory", "output_limit", "killed", "sandbox_unavailable"]
+    passed: bool
+    """Whether the candidate passed its tests (the program exited 0)."""
+    isolation: Literal["bwrap", "rlimits", "none"]
+    exit_code: int | None = None
+    signal: int | None = None
+    message: str = ""
+    program_blob: str = ""
+    program_digest: str = ""
+    stdout: str = ""
+    """The first 2000 characters; the digest covers all that was captured."""
+    stderr: str = ""
+    """The last 2000 characters (where a traceback ends)."""
+    stdout_digest: str = ""
+    stderr_digest: str = ""
+    truncated: bool = False
+    elapsed_ms: float = 0.0
+
+
 class Vote(Event):
     """A vote: groups of equivalent answers with their members, the winner and agreement."""
 
@@ -264,13 +288,13 @@ class Route(Event):
 AnyEvent = Annotated[
     RunStarted | RunResumed | NodeStarted | NodeFinished | LLMCall | Retry | Critique | Verdict
     | Refine | Fallback | BudgetEvent | ErrorEvent | Stop | RunFinished | SqlExec | Vote | Merge
-    | SamplingCheck | Score | Difficulty | Judge | Route,
+    | SamplingCheck | Score | Difficulty | Judge | Route | CodeExec,
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(AnyEvent)
 
 DECISION_TYPES = frozenset({"critique", "verdict", "refine", "fallback", "budget", "stop", "sql_exec", "vote",
-                            "merge", "sampling_check", "score", "difficulty", "judge", "route"})
+                            "merge", "sampling_check", "score", "difficulty", "judge", "route", "code_exec"})
 
 
 def parse_event(data: dict[str, Any]) -> Event:

@@ -1,0 +1,235 @@
+"""Running model-written Python: contained in time, memory, processes, files and network.
+
+`run_python` never raises for what the program does: every ending is a CodeResult
+with a status and a message. Isolation "auto" uses bubblewrap where it works and
+otherwise rlimits alone (a cleared environment and its own folder, but the host's
+network and files, within the user's rights), saying so in `isolation_note`; "strict"
+refuses to run without bubblewrap; "rlimits" asks for the weaker mode on purpose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import selectors
+import signal as signals
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any, Literal
+
+from refinegraph.tools.code.bwrap import WORK_DIR, bwrap_argv, environment, find_bwrap, probe
+from refinegraph.tools.code.identity import Identity, sandbox_identity
+from refinegraph.tools.code.limits import Limits, launcher_argv
+from refinegraph.tools.code.result import CodeResult
+from refinegraph.tools.code.workdir import work_folder
+
+IsolationMode = Literal["auto", "strict", "rlimits"]
+INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap)"
+LINGER_S = 0.2
+"""After the program exits, how long its pipes may stay open (held by processes it left)."""
+_MEMORY = re.compile(r"^(MemoryError\b|.*\[Errno 12\]|.*Cannot allocate memory|Fatal Python error: .*memory)")
+
+
+def run_python(source: str, *, stdin: str = "", timeout_s: float = 5, memory_mb: int = 256,
+               max_output_bytes: int = 64_000, max_processes: int = 16, files: dict[str, str] | None = None,
+               isolation: IsolationMode = "auto") -> CodeResult:
+    """Run `source` as a Python program in the sandbox and say how it ended.
+
+    `files` are put beside it in the work folder (relative names); a bad name is the
+    caller's error (ValueError), not the program's.
+    """
+    limits = Limits(timeout_s=timeout_s, memory_mb=memory_mb, max_output_bytes=max_output_bytes,
+                    max_processes=max_processes)
+    identity = sandbox_identity()
+    if isinstance(identity, str):
+        return CodeResult(status="sandbox_unavailable", isolation="none", message=identity)
+    mode, note = _choose(isolation, identity)
+    if mode is None:
+        return CodeResult(status="sandbox_unavailable", isolation="none", message=note)
+    try:
+        with work_folder(identity, source, files) as folder:
+            if mode == "bwrap":
+                argv = bwrap_argv(find_bwrap() or "bwrap", str(folder), identity, limits)
+                cwd, env = None, environment(WORK_DIR)
+            else:
+                argv, cwd, env = launcher_argv(identity.python, limits), str(folder), environment(str(folder))
+            run = _supervise(argv, cwd=cwd, env=env, identity=identity, limits=limits, stdin=stdin)
+            return _result(run, limits, mode, note, str(folder))
+    except OSError as exc:  # the machine's doing (no disk space, no interpreter), not the program's
+        return CodeResult(status="sandbox_unavailable", isolation="none",
+                          message=f"could not start the sandbox: {type(exc).__name__}: {exc}")
+
+
+async def arun_python(source: str, **options: Any) -> CodeResult:
+    """run_python off the event loop (the graph runs in asyncio)."""
+    return await asyncio.to_thread(run_python, source, **options)
+
+
+def _choose(isolation: IsolationMode, identity: Identity) -> tuple[str | None, str]:
+    """(mode, note): the isolation to use and, where weaker than bwrap, why."""
+    if isolation == "rlimits":
+        return "rlimits", "rlimits only, as asked (no network or filesystem isolation)"
+    bwrap = find_bwrap()
+    problem = probe(bwrap, identity) if bwrap else f"bubblewrap (bwrap) is not on the PATH; {INSTALL_HINT}"
+    if problem is None:
+        return "bwrap", ""
+    if isolation == "strict":
+        return None, f"strict isolation needs bubblewrap and it is unavailable: {problem}"
+    return "rlimits", f"rlimits only (no network or filesystem isolation): {problem}"
+
+
+@dataclass
+class _Run:
+    stdout: bytearray = field(default_factory=bytearray)
+    stderr: bytearray = field(default_factory=bytearray)
+    overflow: str | None = None
+    """The stream that went past max_output_bytes, if one did."""
+    timed_out: bool = False
+    returncode: int | None = None
+    seconds: float = 0.0
+
+
+def _supervise(argv: list[str], *, cwd: str | None, env: dict[str, str], identity: Identity, limits: Limits,
+               stdin: str) -> _Run:
+    """Start the program in its own session, feed stdin, collect capped output, and kill
+    its whole process group at the deadline, on overflow, or once it has exited."""
+    run = _Run()
+    started = time.monotonic()
+    deadline = started + limits.timeout_s
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=cwd, env=env, start_new_session=True, close_fds=True, **identity.popen_kwargs())
+    pending = memoryview(stdin.encode("utf-8"))
+    buffers = {proc.stdout: ("stdout", run.stdout), proc.stderr: ("stderr", run.stderr)}
+    try:
+        with selectors.DefaultSelector() as selector:
+            for stream in buffers:
+                os.set_blocking(stream.fileno(), False)
+                selector.register(stream, selectors.EVENT_READ)
+            if pending:
+                os.set_blocking(proc.stdin.fileno(), False)
+                selector.register(proc.stdin, selectors.EVENT_WRITE)
+            else:
+                proc.stdin.close()
+            exited_at = None
+            while selector.get_map() and run.overflow is None:
+                now = time.monotonic()
+                if now >= deadline:
+                    run.timed_out = True
+                    break
+                if proc.poll() is not None:
+                    exited_at = exited_at or now
+                    if now - exited_at > LINGER_S:
+                        break
+                for key, _ in selector.select(timeout=min(deadline - now, 0.1)):
+                    if key.fileobj is proc.stdin:
+                        pending = _feed(selector, proc.stdin, pending)
+                    else:
+                        _drain(selector, key.fileobj, *buffers[key.fileobj], limits.max_output_bytes, run)
+        if not run.timed_out and run.overflow is None:  # its pipes closed: let it (and bwrap) exit
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0))
+            except subprocess.TimeoutExpired:
+                run.timed_out = True
+    finally:
+        _kill_group(proc)
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if not stream.closed:
+                stream.close()
+    run.returncode = proc.returncode
+    run.seconds = time.monotonic() - started
+    return run
+
+
+def _feed(selector: selectors.BaseSelector, stream: IO[bytes], pending: memoryview) -> memoryview:
+    try:
+        written = os.write(stream.fileno(), pending[:65536])
+    except (BrokenPipeError, BlockingIOError) as exc:  # the program closed stdin, or is not reading yet
+        written = 0 if isinstance(exc, BlockingIOError) else len(pending)
+    pending = pending[written:]
+    if not pending:
+        selector.unregister(stream)
+        stream.close()
+    return pending
+
+
+def _drain(selector: selectors.BaseSelector, stream: IO[bytes], name: str, buffer: bytearray, cap: int,
+           run: _Run) -> None:
+    try:
+        chunk = os.read(stream.fileno(), 65536)
+    except BlockingIOError:
+        return
+    if not chunk:
+        selector.unregister(stream)
+        return
+    room = cap - len(buffer)
+    buffer += chunk[:max(room, 0)]
+    if len(chunk) > room:
+        run.overflow = name
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the program's process group (under bwrap: bwrap, whose death takes its pid
+    namespace, every process the program made, with it), then reap."""
+    try:
+        os.killpg(proc.pid, signals.SIGKILL)
+    except ProcessLookupError:  # the group is gone already: nothing left to stop
+        pass
+    proc.wait()
+
+
+def _text(data: bytearray, folder: str) -> str:
+    return data.decode("utf-8", errors="replace").replace(folder, WORK_DIR)
+
+
+def _signal_of(returncode: int, mode: str, killed_by_us: bool) -> int | None:
+    if returncode < 0:
+        return None if killed_by_us else -returncode
+    if mode == "bwrap" and 128 < returncode <= 128 + 64:
+        return returncode - 128
+    return None
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return f"{signals.Signals(number).name} ({number})"
+    except ValueError:
+        return f"signal {number}"
+
+
+def _result(run: _Run, limits: Limits, mode: str, note: str, folder: str) -> CodeResult:
+    stdout, stderr = _text(run.stdout, folder), _text(run.stderr, folder)
+    stopped_by_us = run.timed_out or run.overflow is not None
+    code = run.returncode if run.returncode is not None else -signals.SIGKILL
+    sig = _signal_of(code, mode, stopped_by_us)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    last = lines[-1].strip() if lines else ""
+    if run.overflow is not None:
+        status = "output_limit"
+        message = (f"stopped: wrote more than {limits.max_output_bytes} bytes to {run.overflow} "
+                   f"(max_output_bytes); the process tree was killed")
+    elif run.timed_out:
+        status = "timeout"
+        message = (f"stopped at the {limits.timeout_s:g} s wall-clock limit (timeout_s); "
+                   f"the process tree was killed")
+    elif sig == signals.SIGXCPU:
+        status = "timeout"
+        message = f"killed by SIGXCPU: used up its {limits.cpu_s} s of CPU time (RLIMIT_CPU)"
+    elif sig is not None:
+        status = "killed"
+        message = f"killed by {_signal_name(sig)}"
+    elif code != 0 and any(_MEMORY.match(line.strip()) for line in lines[-3:]):
+        status = "memory"
+        message = f"ran out of memory under the {limits.memory_mb} MiB address-space limit (RLIMIT_AS): {last}"
+    elif code != 0:
+        status = "error"
+        message = f"exited with code {code}" + (f": {last[:300]}" if last else "")
+    else:
+        status = "ok"
+        message = "exited 0"
+    return CodeResult(status=status, isolation=mode, message=message, exit_code=None if code < 0 else code,
+                      signal=sig if sig is not None else (signals.SIGKILL if stopped_by_us else None),
+                      stdout=stdout, stderr=stderr, stdout_truncated=run.overflow == "stdout",
+                      stderr_truncated=run.overflow == "stderr", duration_s=round(run.seconds, 4),
+                      isolation_note=note)
