@@ -1,9 +1,10 @@
 """The FastAPI app: auth, body limits, /v1/models, /v1/chat/completions.
 
 Status codes: 401 missing or wrong bearer token (when `[server] api_key_env` is set);
-413 body over `server.max_body_bytes`; 404 unknown pipeline (the message lists the
-known ones); 400 malformed JSON, wrong types, bad params, budget over the pipeline's,
-empty messages; 502 the run itself failed (a model or back end), naming its run id.
+413 body over `server.max_body_bytes`; 415 a content type other than JSON; 404 unknown
+pipeline (the message lists the known ones); 400 malformed JSON (also NaN, integers past
+64 bits, lone surrogates, nesting past 64 levels), wrong types, bad params, budget over the
+pipeline's, empty messages; 502 the run itself failed (a model or back end), naming its run id.
 No run is recorded for a request refused with a 4xx.
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 import os
 import time
@@ -28,6 +28,8 @@ from refinegraph.budget import Budget
 from refinegraph.config import Config, ConfigError, load_config
 from refinegraph.models import Model
 from refinegraph.runner import RunFailed, RunResult, default_store, run
+from refinegraph.server import openapi as docs
+from refinegraph.server.body import parse_json_object, read_limited
 from refinegraph.server.errors import ApiError, error_response, install_handlers, validation_message
 from refinegraph.server.pipelines import ModelPool, Pipeline, PreparedRun, load_pipelines, prepare
 from refinegraph.server.responses import completion_body, failure_extra
@@ -69,23 +71,9 @@ class Server:
             raise ApiError(401, "invalid API key", code="invalid_api_key", headers={"www-authenticate": "Bearer"})
 
     async def read_body(self, request: Request) -> ChatRequest:
-        """The body parsed and validated, read no further than the size limit."""
-        limit = self.settings.max_body_bytes
-        too_large = ApiError(413, f"request body over {limit} bytes", code="request_too_large")
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise too_large
-        body = bytearray()
-        async for part in request.stream():
-            body += part
-            if len(body) > limit:
-                raise too_large
-        try:
-            data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from None
-        if not isinstance(data, dict):
-            raise ApiError(400, "the body must be a JSON object", code="invalid_json")
+        """The body parsed and validated, read no further than the size limit (see body.py)."""
+        body = await read_limited(request, self.settings.max_body_bytes)
+        data = parse_json_object(body, request.headers.get("content-type"))
         try:
             return ChatRequest.model_validate(data)
         except ValidationError as exc:
@@ -140,22 +128,31 @@ def create_app(config: Config | None = None, *, models: dict[str, Model] | None 
                   openapi_url=None)
     app.state.server = server
     install_handlers(app)
+    auth = docs.security(server.api_key is not None)
+    docs.install_openapi(app, pipelines=list(server.pipelines), max_messages=server.settings.max_messages,
+                    max_chars=server.settings.max_message_chars, auth=bool(auth))
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=docs.Health)
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "pipelines": len(server.pipelines)}
 
-    @app.get("/v1/models")
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request) -> JSONResponse:
+        server.check_auth(request)  # it names the pipelines, as /v1/models does
+        return JSONResponse(app.openapi())
+
+    @app.get("/v1/models", response_model=None, responses=docs.MODELS_RESPONSES, openapi_extra=auth)
     async def list_models(request: Request) -> dict[str, Any]:
         server.check_auth(request)
         return {"object": "list", "data": [p.card(server.created) for _, p in sorted(server.pipelines.items())]}
 
-    @app.get("/v1/models/{name}")
+    @app.get("/v1/models/{name}", response_model=None, responses=docs.MODEL_RESPONSES, openapi_extra=auth)
     async def get_model(name: str, request: Request) -> dict[str, Any]:
         server.check_auth(request)
         return server.pipeline(name).card(server.created)
 
-    @app.post("/v1/chat/completions", response_model=None)
+    @app.post("/v1/chat/completions", response_model=None, responses=docs.CHAT_RESPONSES,
+              openapi_extra={**docs.CHAT_OPERATION, **auth})
     async def chat_completions(request: Request) -> JSONResponse | StreamingResponse:
         server.check_auth(request)
         body = await server.read_body(request)

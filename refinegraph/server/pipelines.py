@@ -60,7 +60,8 @@ def load_pipelines(config: Config) -> dict[str, Pipeline]:
         unknown = sorted(set(called) - set(config.models))
         if unknown:
             raise ConfigError(f"pipeline {name!r}: graph {spec.graph!r} with these params calls models the config "
-                              f"does not define: {', '.join(unknown)}; known models: {', '.join(sorted(config.models))}")
+                              f"does not define: {', '.join(unknown)}; "
+                              f"known models: {', '.join(sorted(config.models))}")
         pipelines[name] = Pipeline(name, spec, cfg, spec.description or graph.description)
     return pipelines
 

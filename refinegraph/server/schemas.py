@@ -1,7 +1,8 @@
 """The request body of /v1/chat/completions, as far as refinegraph reads it.
 
 OpenAI's sampling fields (temperature, top_p, max_tokens, seed, ...) are accepted and
-ignored: the pipeline decides how its models sample. Per-request graph parameters come
+ignored: the pipeline decides how its models sample. What is read is validated strictly,
+as JSON types (`"n": "1"`, `"stream": 1`, `"tokens": "500"` are refused, not coerced). Per-request graph parameters come
 in the `refinegraph` object (the openai client's `extra_body={"refinegraph": {...}}`).
 """
 
@@ -15,14 +16,14 @@ from refinegraph.config import BudgetSpec
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     type: str
     text: str | None = None
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: StrictStr | list[TextPart] | None = None
@@ -37,25 +38,31 @@ class Message(BaseModel):
         return "".join(part.text or "" for part in self.content)
 
 
+class RequestBudget(BudgetSpec):
+    """A request's budget: JSON numbers only ("500" is refused, not read as 500)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
 class RefinegraphExtra(BaseModel):
     """What a request may set for its run; unknown keys are refused."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     params: dict[str, Any] = Field(default_factory=dict)
-    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    budget: RequestBudget = Field(default_factory=RequestBudget)
     db: StrictStr | None = None
     evidence: StrictStr | None = None
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     include_usage: bool | None = None
 
 
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: StrictStr
     messages: list[Message]

@@ -1,0 +1,908 @@
+"""`refinegraph bench reliability`, the server's parts: its API fuzzed, and the server under load.
+
+fuzz_section: schemathesis generates requests from the server's own OpenAPI document (its
+coverage cases, then hypothesis-generated positive and negative ones), sent in-process
+(ASGI) with the right key, and each sent again with a missing or wrong key; then hand-written
+hostile requests go over a real uvicorn socket, where a lying Content-Length or a chunked body
+means something. The models are scripted (a test double): runs are instant and healthy, so a
+502 is a finding as much as a 5xx. After every request the trace store is counted: a 200
+records exactly one run, anything else none.
+
+load_section: `refinegraph serve` as its own process on the embedded model (SmolLM2 on
+llama.cpp, in that process), so the memory sampled from /proc is the server's alone; clients
+are the official AsyncOpenAI client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from refinegraph.bench.reliability_common import Section
+from refinegraph.config import Config
+from refinegraph.models import ScriptedModel
+from refinegraph.trace.store import TraceStore
+from refinegraph.trace.verify import verify_run
+
+CHAT = "/v1/chat/completions"
+BASE = "http://rg.fuzz"
+KEY_ENV = "REFINEGRAPH_FUZZ_KEY"
+BODY_LIMIT = 64 * 1024
+FUZZ_REPLY = "3 times 4 is 12. The answer is 12.\n```sql\nSELECT COUNT(*) FROM items\n```"
+QUESTION = "What is 3 times 4?"
+log = logging.getLogger("refinegraph.bench")
+
+
+# -- what every request is checked against ----------------------------------------------
+
+
+@dataclass
+class Tally:
+    """Every request sent, what came back, and what it did to the trace store."""
+
+    statuses: Counter[int] = field(default_factory=Counter)
+    requests: int = 0
+    hostile: int = 0
+    """Requests built to be refused: negative cases, wrong or missing keys, hand-written ones."""
+    schemathesis_cases: int = 0
+    coverage_cases: int = 0
+    auth_twins: int = 0
+    handwritten: int = 0
+    concurrent_bad: int = 0
+    server_errors: list[str] = field(default_factory=list)
+    bad_gateway: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    runs_without_auth: int = 0
+    runs_by_refused: list[str] = field(default_factory=list)
+    ok_without_run: list[str] = field(default_factory=list)
+    responses_200: int = 0
+    conformance: Counter[str] = field(default_factory=Counter)
+    conformance_examples: list[str] = field(default_factory=list)
+    transport_errors: list[str] = field(default_factory=list)
+    handwritten_results: dict[str, int] = field(default_factory=dict)
+    """Each hand-written request's status (0: the connection closed without one)."""
+
+    def note(self, bucket: list[str], text: str) -> None:
+        if len(bucket) < 20:
+            bucket.append(text)
+
+
+class ErrorLogs(logging.Handler):
+    """ERROR records of the server and uvicorn while fuzzing: a crash a client never saw."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(f"{record.name}: {record.getMessage()[:200]}")
+
+
+@contextlib.contextmanager
+def capture_errors() -> Iterator[ErrorLogs]:
+    handler = ErrorLogs()
+    loggers = [logging.getLogger(name) for name in ("refinegraph.server", "uvicorn.error", "uvicorn")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+
+
+@contextlib.contextmanager
+def env_var(name: str, value: str) -> Iterator[None]:
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def run_count(store: TraceStore) -> int:
+    return len(store.all_runs())
+
+
+class Probe:
+    """Sends one request at a time, so each one's effect on the trace store is its own."""
+
+    def __init__(self, http: httpx.AsyncClient, store: TraceStore, tally: Tally):
+        self.http, self.store, self.tally = http, store, tally
+
+    async def send(self, label: str, method: str, url: str, *, headers: dict[str, Any] | None = None,
+                   content: bytes | None = None, params: Any = None, expect: set[int] | None = None,
+                   authorized: bool = True) -> httpx.Response | None:
+        """Send, then check: no 5xx, status in `expect`, one run for a chat 200 and none otherwise."""
+        t = self.tally
+        before = run_count(self.store)
+        try:
+            response = await self.http.request(method, url, headers=headers, content=content, params=params)
+        except httpx.HTTPError as exc:
+            t.note(t.transport_errors, f"{label}: {type(exc).__name__}: {exc}")
+            return None
+        started = run_count(self.store) - before
+        self.record(label, response.status_code, response.text, started, expect, authorized,
+                    is_chat=response.request.url.path == CHAT)
+        return response
+
+    def record(self, label: str, status: int, text: str, started: int, expect: set[int] | None, authorized: bool,
+               *, is_chat: bool) -> None:
+        t = self.tally
+        t.requests += 1
+        t.statuses[status] += 1
+        where = f"{label} -> {status}: {text[:160]}"
+        if status == 502:
+            t.note(t.bad_gateway, where)
+        elif status >= 500:
+            t.note(t.server_errors, where)
+        if expect is not None and status not in expect:
+            t.note(t.unexpected, f"{where} (expected {sorted(expect)})")
+        if started and not authorized:
+            t.runs_without_auth += started
+        if status == 200 and is_chat:
+            t.responses_200 += 1
+            if started != 1:
+                t.note(t.ok_without_run, f"{where} recorded {started} runs")
+        elif started and status != 502:
+            t.note(t.runs_by_refused, f"{where} recorded {started} runs")
+
+
+# -- the app under test --------------------------------------------------------------------
+
+
+def fuzz_config(db: Path) -> Config:
+    """Every kind of pipeline: answers, voting, a refine loop, SQL with a fixed and a request's db."""
+    return Config.model_validate({
+        "pipelines": {
+            "plain": {"graph": "greedy"},
+            "math-sc": {"graph": "self-consistency", "params": {"n": 3}, "budget": {"tokens": 4000}},
+            "refine": {"graph": "self-refine", "params": {"max_iterations": 2}},
+            "sql": {"graph": "sql-greedy", "db": str(db)},
+            "sql-open": {"graph": "sql-greedy"},
+        },
+        "server": {"api_key_env": KEY_ENV, "max_body_bytes": BODY_LIMIT},
+    })
+
+
+def make_db(path: Path) -> Path:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("CREATE TABLE items (name TEXT)")
+        conn.executemany("INSERT INTO items VALUES (?)", [("a",), ("b",)])
+    return path
+
+
+def fuzz_app(workdir: Path, key: str) -> tuple[Any, TraceStore]:
+    """The server app on scripted models (a test double), with its own trace store."""
+    from refinegraph.server import create_app
+
+    store = TraceStore(workdir / "traces.sqlite")
+    model = ScriptedModel(lambda messages: FUZZ_REPLY, name="local")
+    db = workdir / "shop.sqlite"
+    if not db.exists():
+        make_db(db)
+    with env_var(KEY_ENV, key):
+        app = create_app(fuzz_config(db), models={"local": model}, store=store)
+    return app, store
+
+
+# -- schemathesis ------------------------------------------------------------------------------
+
+
+def generate_cases(schema: Any, examples: int, seed: int) -> list[Any]:
+    """Per operation: schemathesis' coverage cases (boundaries, missing parts, wrong content
+    types and methods), then `examples` hypothesis cases in each generation mode."""
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import seed as hypothesis_seed
+    from hypothesis.errors import Unsatisfiable
+    from schemathesis import GenerationMode
+
+    cases: list[Any] = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        config = schema.config.generation_for(operation=operation, phase="coverage")
+        cases.extend(schema.iter_coverage_cases(operation, generation_modes=list(GenerationMode),
+                                                generation_config=config))
+        for mode in GenerationMode:
+            @hypothesis_seed(seed)
+            @settings(max_examples=examples, deadline=None, database=None, phases=[Phase.generate],
+                      suppress_health_check=list(HealthCheck))
+            @given(operation.as_strategy(generation_mode=mode))
+            def collect(case: Any) -> None:
+                cases.append(case)
+
+            with contextlib.suppress(Unsatisfiable):  # e.g. negative /healthz: nothing in it to get wrong
+                collect()
+    return cases
+
+
+BAD_CREDENTIALS = [None, "Bearer wrong-key", "Basic cmc6a2V5", "Bearer", "Bearer {key}x", "{key}",
+                   "Bearer {key_upper}"]
+
+
+def bad_credential(i: int, key: str) -> str | None:
+    value = BAD_CREDENTIALS[i % len(BAD_CREDENTIALS)]
+    other_case = key.swapcase() if key.swapcase() != key else key + "X"
+    return None if value is None else value.format(key=key, key_upper=other_case)
+
+
+def case_request(case: Any) -> tuple[str, str, dict[str, str], bytes | None, Any]:
+    """method, path, headers, body bytes, query: the case as schemathesis would send it."""
+    kwargs = case.as_transport_kwargs(base_url=BASE)
+    headers = {k: str(v) for k, v in (kwargs.get("headers") or {}).items()}
+    content: bytes | None = None
+    if "json" in kwargs:
+        content = json.dumps(kwargs["json"]).encode()  # ASCII escapes: a lone surrogate stays sendable
+    elif kwargs.get("data") is not None:
+        data = kwargs["data"]
+        content = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+    path = httpx.URL(kwargs["url"]).raw_path.decode("ascii")
+    return kwargs["method"], path, headers, content, kwargs.get("params")
+
+
+def with_auth(headers: dict[str, str], value: str | None) -> dict[str, str]:
+    out = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+    if value is not None:
+        out["Authorization"] = value
+    return out
+
+
+async def fuzz_schema(app: Any, store: TraceStore, key: str, tally: Tally, examples: int, seed: int) -> None:
+    """The schemathesis cases, each checked for conformance, each authorized one sent again unauthorized."""
+    try:
+        import schemathesis
+    except ImportError:
+        raise RuntimeError("fuzzing the server needs schemathesis: pip install 'refinegraph[dev]'") from None
+    from schemathesis import checks
+    from schemathesis.errors import FailureGroup
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
+        doc = await http.get("/openapi.json", headers={"Authorization": f"Bearer {key}"})
+        doc.raise_for_status()
+        # a schema-violating body must be refused with one of the server's 4xx (413: it was also too large)
+        config = schemathesis.Config.from_dict({"checks": {"negative_data_rejection": {
+            "expected-statuses": [400, 401, 404, 405, 413, 415]}}})
+        schema = schemathesis.openapi.from_dict(doc.json(), config=config)
+        cases = generate_cases(schema, examples, seed)
+        conformance = [checks.not_a_server_error, checks.status_code_conformance, checks.content_type_conformance,
+                       checks.response_headers_conformance, checks.response_schema_conformance,
+                       checks.negative_data_rejection, checks.unsupported_method]
+        probe = Probe(http, store, tally)
+        for i, case in enumerate(cases):
+            method, path, headers, content, params = case_request(case)
+            secured = bool(case.operation.definition.raw.get("security"))
+            has_auth = any(k.lower() == "authorization" for k in headers)
+            negative = case.meta is not None and case.meta.generation.mode.is_negative
+            coverage = case.meta is not None and case.meta.phase.name.value == "coverage"
+            tally.schemathesis_cases += 1
+            tally.coverage_cases += coverage
+            tally.hostile += negative
+            authorized = not secured or has_auth
+            if secured and has_auth:
+                headers = with_auth(headers, f"Bearer {key}")
+            expect = None if authorized else {401, 404, 405}
+            label = f"schemathesis {method} {path} ({'negative' if negative else 'positive'})"
+            response = await probe.send(label, method, path, headers=headers, content=content, params=params,
+                                        expect=expect, authorized=authorized)
+            if response is not None:
+                try:
+                    case.validate_response(response, checks=conformance)
+                except FailureGroup as group:
+                    for failure in group.exceptions:
+                        tally.conformance[failure.title] += 1
+                        tally.note(tally.conformance_examples, f"{label} -> {response.status_code}: {failure.title}: "
+                                                               f"{str(failure.message)[:200]}; sent {content!r:.300}")
+            if secured and has_auth:  # the same request without a good key: 401 (or 405: no such route)
+                tally.auth_twins += 1
+                tally.hostile += 1
+                await probe.send(f"{label} with a bad key", method, path, content=content, params=params,
+                                 headers=with_auth(headers, bad_credential(i, key)), expect={401, 404, 405},
+                                 authorized=False)
+
+
+# -- hand-written hostile requests ---------------------------------------------------------------
+
+
+@dataclass
+class Hostile:
+    """One request built to be refused: either fields for httpx or raw bytes for the socket."""
+
+    name: str
+    expect: set[int]
+    body: bytes | None = None
+    headers: dict[str, str | bytes] | None = None
+    method: str = "POST"
+    path: str = CHAT
+    raw: list[bytes] | None = None
+    authorized: bool = True
+    half_close: bool = False
+
+
+def chat_body(**overrides: Any) -> dict[str, Any]:
+    return {"model": "plain", "messages": [{"role": "user", "content": QUESTION}], **overrides}
+
+
+def hostile_requests(key: str, limit: int = BODY_LIMIT) -> list[Hostile]:
+    """Malformed, oversized, deep, huge, undecodable, unauthenticated: each must be a 4xx and start no run."""
+    auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    good = json.dumps(chat_body()).encode()
+
+    def post(name: str, body: bytes, expect: int | set[int] = 400, **headers: str) -> Hostile:
+        expected = {expect} if isinstance(expect, int) else expect
+        return Hostile(name, expected, body, {**auth, **headers})
+
+    def raw(name: str, head: str, parts: list[bytes], expect: set[int], *, half_close: bool = False) -> Hostile:
+        lines = f"POST {CHAT} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n" \
+                f"Content-Type: application/json\r\nConnection: close\r\n{head}\r\n"
+        return Hostile(name, expect, raw=[lines.encode(), *parts], half_close=half_close)
+
+    deep = b'{"model": "plain", "messages": [{"role": "user", "content": "hi"}], "x": ' + b"[" * 30_000 + \
+        b"]" * 30_000 + b"}"
+    cases = [
+        # malformed JSON
+        post("truncated JSON", good[:-7]),
+        post("trailing garbage", good + b"}x"),
+        post("empty body", b""),
+        post("whitespace body", b" \r\n\t "),
+        post("a JSON array", b'["plain"]'),
+        post("a JSON string", b'"hello"'),
+        post("JSON null", b"null"),
+        post("single quotes", good.replace(b'"', b"'")),
+        post("a comment", b"/* hi */" + good),
+        post("messages as a string", json.dumps(chat_body(messages="hi")).encode()),
+        post("role unknown", json.dumps(chat_body(messages=[{"role": "wizard", "content": "hi"}])).encode()),
+        post("content an object", json.dumps(chat_body(messages=[{"role": "user", "content": {"a": 1}}])).encode()),
+        post("stream a string", json.dumps(chat_body(stream="yes")).encode()),
+        post("unknown refinegraph key", json.dumps(chat_body(refinegraph={"paramz": {}})).encode()),
+        post("bad params", json.dumps(chat_body(refinegraph={"params": {"bogus": 1}})).encode()),
+        post("a request's db on a fixed pipeline", json.dumps(chat_body(model="sql", refinegraph={
+            "db": "/etc/passwd"})).encode()),
+        post("a non-database file as db", json.dumps(chat_body(model="sql-open", refinegraph={
+            "db": "/etc/passwd"})).encode()),
+        post("a db path too long", json.dumps(chat_body(model="sql-open", refinegraph={"db": "a" * 5000})).encode()),
+        post("a db path with NUL", json.dumps(chat_body(model="sql-open", refinegraph={"db": "a\x00.db"})).encode()),
+        post("unknown model", json.dumps(chat_body(model="gpt-4o")).encode(), 404),
+        # wrong content types (a browser's cross-site post needs no preflight with these)
+        post("text/plain", good, 415, **{"Content-Type": "text/plain"}),
+        post("form-urlencoded", good, 415, **{"Content-Type": "application/x-www-form-urlencoded"}),
+        post("multipart", good, 415, **{"Content-Type": "multipart/form-data; boundary=x"}),
+        post("xml", b"<chat/>", 415, **{"Content-Type": "application/xml"}),
+        Hostile("no content type", {415}, good, {"Authorization": f"Bearer {key}"}),
+        # oversized
+        post("body over the limit", json.dumps(chat_body(messages=[{"role": "user", "content": "x" * limit}])).encode(),
+             413),
+        raw("declared over the limit, small body", "Content-Length: 99999999999999999999\r\n", [good], {413}),
+        raw("declared short, long body sent", "Content-Length: 40\r\n", [good + b" " * (4 * limit)], {400}),
+        raw("declared long, body cut off", f"Content-Length: {limit - 1}\r\n", [good], {400, 0}, half_close=True),
+        raw("chunked over the limit", "Transfer-Encoding: chunked\r\n",
+            [b"%x\r\n%s\r\n" % (8192, b" " * 8192) for _ in range(limit // 8192 + 2)] + [b"0\r\n\r\n"], {413}),
+        raw("chunked, bad chunk size", "Transfer-Encoding: chunked\r\n", [b"zz\r\nhello\r\n0\r\n\r\n"], {400}),
+        raw("Content-Length and chunked", f"Content-Length: {len(good)}\r\nTransfer-Encoding: chunked\r\n",
+            [b"%x\r\n%s\r\n0\r\n\r\n" % (len(good), good)], {400, 200}),
+        raw("Content-Length not a number", "Content-Length: ten\r\n", [good], {400}),
+        raw("Content-Length negative", "Content-Length: -1\r\n", [good], {400}),
+        # nesting and numbers
+        post("nested 30000 deep", deep),
+        post("nested 100 deep in params", json.dumps(chat_body(refinegraph={"params": {"x": nested(100)}})).encode()),
+        post("an integer of 6000 digits", b'{"model": "plain", "messages": [], "n": ' + b"9" * 6000 + b"}"),
+        post("budget of 10**30 tokens", json.dumps(chat_body(refinegraph={"budget": {"tokens": 10**30}})).encode()),
+        post("max_tokens of 10**20", json.dumps(chat_body(refinegraph={"params": {"max_tokens": 10**20}})).encode()),
+        post("a float overflowing to infinity", good[:-1] + b', "temperature": 1e999}'),
+        post("NaN", good[:-1] + b', "refinegraph": {"budget": {"seconds": NaN}}}'),
+        post("Infinity", good[:-1] + b', "refinegraph": {"params": {"temperature": -Infinity}}}'),
+        # bytes that are not UTF-8 text
+        post("0xff bytes", good.replace(b"3 times", b"\xff\xfe times")),
+        post("latin-1 text", json.dumps(chat_body(messages=[{"role": "user", "content": "caf\u00e9"}]),
+                                        ensure_ascii=False).encode("latin-1")),
+        post("overlong UTF-8", good.replace(b"3 times", b"\xc0\xaf times")),
+        post("UTF-8-encoded surrogate", good.replace(b"3 times", b"\xed\xa0\x80 times")),
+        post("escaped lone surrogate", good.replace(b"3 times", b"\\ud800 times")),
+        # unauthenticated and wrong keys, on bodies that would otherwise run
+        *[Hostile(f"auth {name}", {401}, good, {"Content-Type": "application/json", **header}, authorized=False)
+          for name, header in [("missing", {}), ("wrong key", {"Authorization": "Bearer nope"}),
+                               ("bearer, no token", {"Authorization": "Bearer"}), ("no scheme", {"Authorization": key}),
+                               ("basic", {"Authorization": "Basic dXNlcjpwYXNz"}),
+                               ("key prefix", {"Authorization": f"Bearer {key[:-1]}"}),
+                               ("key suffixed", {"Authorization": f"Bearer {key}0"}),
+                               ("non-ASCII", {"Authorization": "Bearer \u00e9\u00e9".encode()})]],
+        Hostile("auth missing, oversized", {401}, b"x" * (2 * limit), {"Content-Type": "application/json"},
+                authorized=False),
+        Hostile("auth missing, streaming", {401}, json.dumps(chat_body(stream=True)).encode(),
+                {"Content-Type": "application/json"}, authorized=False),
+        Hostile("auth missing, models", {401}, method="GET", path="/v1/models", authorized=False),
+        Hostile("auth missing, one model", {401}, method="GET", path="/v1/models/plain", authorized=False),
+        Hostile("auth missing, openapi", {401}, method="GET", path="/openapi.json", authorized=False),
+        # routes and methods
+        Hostile("GET on chat", {405}, method="GET", headers=auth),
+        Hostile("DELETE on chat", {405}, method="DELETE", headers=auth),
+        Hostile("unknown route", {404}, method="POST", path="/v1/completions", body=good, headers=auth),
+        Hostile("path traversal", {404}, method="GET", path="/v1/models/..%2F..%2Fetc%2Fpasswd", headers=auth),
+        Hostile("a 100 KB URL", {400, 401, 414, 431}, path="/v1/models", raw=[
+            b"GET /v1/models/" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"]),
+        Hostile("100 headers of 1 KB", {400, 401, 431}, path="/v1/models", raw=[
+            b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            + b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 1000) for i in range(100)) + b"Connection: close\r\n\r\n"]),
+    ]
+    return cases
+
+
+def nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+async def raw_exchange(port: int, parts: list[bytes], *, half_close: bool, timeout: float = 10.0) -> int:
+    """Write `parts` to a fresh connection and read the status line (0: none came back)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+    async def write() -> None:
+        with contextlib.suppress(ConnectionError):
+            for part in parts:
+                writer.write(part)
+                await writer.drain()
+            if half_close and writer.can_write_eof():
+                writer.write_eof()
+
+    sender = asyncio.ensure_future(write())
+    try:
+        line = await asyncio.wait_for(reader.readline(), timeout)
+    except (TimeoutError, ConnectionError):
+        line = b""
+    finally:
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await sender
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    fields = line.split()
+    return int(fields[1]) if len(fields) > 1 and line.startswith(b"HTTP/") and fields[1].isdigit() else 0
+
+
+class ThreadServer:
+    """The app on a loopback socket, served by uvicorn in a thread (hostile requests need the wire)."""
+
+    def __init__(self, app: Any):
+        import uvicorn
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    async def __aenter__(self) -> ThreadServer:
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            await asyncio.sleep(0.02)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        await asyncio.to_thread(self.thread.join, 15)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def fuzz_handwritten(app: Any, store: TraceStore, key: str, tally: Tally, concurrent: int) -> None:
+    """Each hostile request alone, then `concurrent` of them at once, then one good request."""
+    cases = hostile_requests(key)
+    async with ThreadServer(app) as live:
+        base = f"http://127.0.0.1:{live.port}"
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            probe = Probe(http, store, tally)
+            for case in cases:
+                tally.handwritten += 1
+                tally.hostile += 1
+                label = f"hand-written: {case.name}"
+                if case.raw is not None:
+                    before = run_count(store)
+                    status = await raw_exchange(live.port, case.raw, half_close=case.half_close)
+                    if status == 0 and 0 not in case.expect:
+                        tally.note(tally.transport_errors, f"{label}: no response")
+                    probe.record(label, status, "", run_count(store) - before, case.expect, case.authorized,
+                                 is_chat=case.path == CHAT)
+                else:
+                    response = await probe.send(label, case.method, case.path, headers=case.headers,
+                                                content=case.body, expect=case.expect, authorized=case.authorized)
+                    status = response.status_code if response is not None else 0
+                tally.handwritten_results[case.name] = status
+            await concurrent_bad(http, probe, [c for c in cases if c.raw is None], concurrent)
+            reply = await probe.send("good request after the hostile ones", "POST", CHAT, content=json.dumps(
+                chat_body()).encode(), headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+                expect={200})
+            if reply is None or reply.status_code != 200:
+                tally.note(tally.unexpected, "the server did not answer a good request after the hostile ones")
+
+
+async def concurrent_bad(http: httpx.AsyncClient, probe: Probe, cases: list[Hostile], count: int) -> None:
+    """`count` hostile requests at once: all refused, none recorded as a run."""
+    tally = probe.tally
+    before = run_count(probe.store)
+    picks = [cases[i % len(cases)] for i in range(count)]
+
+    async def one(case: Hostile) -> tuple[Hostile, int | None]:
+        try:
+            response = await http.request(case.method, case.path, headers=case.headers, content=case.body)
+        except httpx.HTTPError as exc:
+            tally.note(tally.transport_errors, f"concurrent {case.name}: {type(exc).__name__}: {exc}")
+            return case, None
+        return case, response.status_code
+
+    results = await asyncio.gather(*[one(case) for case in picks])
+    started = run_count(probe.store) - before
+    for case, status in results:
+        tally.concurrent_bad += 1
+        tally.hostile += 1
+        if status is not None:
+            probe.record(f"concurrent: {case.name}", status, "", 0, case.expect, case.authorized, is_chat=False)
+    if started:
+        tally.note(tally.runs_by_refused, f"{count} concurrent hostile requests recorded {started} runs")
+        tally.runs_without_auth += started
+
+
+def verify_all(store: TraceStore) -> tuple[int, int, list[str]]:
+    verified, failed, problems = 0, 0, []
+    for row in store.all_runs():
+        report = verify_run(store, row["run_id"])
+        if report.ok:
+            verified += 1
+        else:
+            failed += 1
+            problems.append(f"run {row['run_id']}: {report.problem}")
+    return verified, failed, problems[:10]
+
+
+async def fuzz_section(examples: int = 100, *, seed: int = 0, concurrent: int = 200,
+                       workdir: Path | None = None) -> Section:
+    """The server's API under schemathesis and hand-written hostile requests, on scripted models.
+
+    `examples` is per operation and generation mode (the coverage cases come on top).
+    faults_injected counts the requests built to be refused (negative cases, bad keys,
+    hand-written and concurrent hostile requests); runs are the runs the 200s recorded."""
+    started = time.perf_counter()
+    section = Section(name="server fuzz", ok=True)
+    tally = Tally()
+    key = secrets.token_urlsafe(24)
+    owned = workdir is None
+    work = Path(tempfile.mkdtemp(prefix="rg-fuzz-")) if owned else Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        with capture_errors() as logged:
+            (work / "schemathesis").mkdir()
+            app, store = fuzz_app(work / "schemathesis", key)
+            try:
+                await fuzz_schema(app, store, key, tally, examples, seed)
+                runs_a = run_count(store)
+                verified_a, failed_a, broken_a = verify_all(store)
+            finally:
+                store.close()
+            (work / "handwritten").mkdir()
+            app, store = fuzz_app(work / "handwritten", key)
+            try:
+                await fuzz_handwritten(app, store, key, tally, concurrent)
+                runs_b = run_count(store)
+                verified_b, failed_b, broken_b = verify_all(store)
+            finally:
+                store.close()
+    finally:
+        if owned:
+            shutil.rmtree(work, ignore_errors=True)
+    runs = runs_a + runs_b
+    server_5xx = sum(n for status, n in tally.statuses.items() if status >= 500)
+    section.runs, section.traces_verified, section.traces_failed = runs, verified_a + verified_b, failed_a + failed_b
+    section.faults_injected = tally.hostile
+    section.seconds = round(time.perf_counter() - started, 2)
+    section.figures = {
+        "schemathesis_cases": tally.schemathesis_cases, "coverage_cases": tally.coverage_cases,
+        "auth_twins": tally.auth_twins, "handwritten_requests": tally.handwritten,
+        "concurrent_bad_requests": tally.concurrent_bad, "requests": tally.requests,
+        "hostile_requests": tally.hostile, "statuses": {str(k): v for k, v in sorted(tally.statuses.items())},
+        "server_errors_5xx": server_5xx, "responses_200": tally.responses_200, "runs_recorded": runs,
+        "runs_started_without_auth": tally.runs_without_auth, "runs_by_refused_requests": len(tally.runs_by_refused),
+        "conformance_failures": dict(tally.conformance), "server_error_logs": len(logged.records),
+        "transport_errors": len(tally.transport_errors), "examples_per_mode": examples, "seed": seed,
+        "handwritten_statuses": tally.handwritten_results,
+    }
+    statuses = ", ".join(f"{k}: {v}" for k, v in sorted(tally.statuses.items()))
+    section.lines = [
+        f"{tally.schemathesis_cases} schemathesis cases ({tally.coverage_cases} coverage, the rest generated), "
+        f"{tally.auth_twins} resent with a bad key, {tally.handwritten} hand-written hostile requests, "
+        f"{tally.concurrent_bad} hostile requests at once: {tally.requests} requests",
+        f"status codes: {statuses}; 5xx: {server_5xx}; server error logs: {len(logged.records)}",
+        f"runs recorded {runs} for {tally.responses_200} chat 200s; runs started without auth: "
+        f"{tally.runs_without_auth}; by refused requests: {len(tally.runs_by_refused)}",
+        f"schema conformance failures: {sum(tally.conformance.values())}"
+        + (f" ({', '.join(f'{k}: {v}' for k, v in tally.conformance.items())})" if tally.conformance else ""),
+        f"traces verified {section.traces_verified} (failed {section.traces_failed})",
+    ]
+    expect = section.expect
+    expect(server_5xx == 0 and not tally.server_errors,
+           f"{server_5xx} responses were 5xx: {tally.server_errors[:3] or tally.bad_gateway[:3]}")
+    expect(not tally.bad_gateway, f"runs failed on healthy scripted models (502): {tally.bad_gateway[:3]}")
+    expect(not logged.records, f"the server logged {len(logged.records)} errors: {logged.records[:3]}")
+    expect(tally.runs_without_auth == 0, f"{tally.runs_without_auth} runs started without a valid key")
+    expect(not tally.runs_by_refused, f"refused requests recorded runs: {tally.runs_by_refused[:3]}")
+    expect(not tally.ok_without_run, f"200s without exactly one run: {tally.ok_without_run[:3]}")
+    expect(runs == tally.responses_200, f"{runs} runs recorded for {tally.responses_200} chat 200s")
+    expect(not tally.unexpected, f"{len(tally.unexpected)} unexpected statuses: {tally.unexpected[:3]}")
+    expect(not tally.conformance, f"schema conformance failures: {tally.conformance_examples[:3]}")
+    expect(not tally.transport_errors, f"transport errors: {tally.transport_errors[:3]}")
+    expect(section.traces_failed == 0, f"traces that do not verify: {(broken_a + broken_b)[:3]}")
+    expect(tally.responses_200 > 0, "no generated request ever ran: the fuzzer never reached a pipeline")
+    return section
+
+
+# -- load --------------------------------------------------------------------------------------------
+
+
+LOAD_CONFIG = """\
+[models.local]
+backend = "local"
+{threads}
+[pipelines.greedy]
+graph = "greedy"
+params = {{max_tokens = {max_tokens}}}
+
+[server]
+host = "127.0.0.1"
+port = {port}
+"""
+
+
+def process_tree_rss(pid: int) -> int:
+    """Resident bytes of `pid` and its descendants, from /proc (0 once it is gone)."""
+    total, todo, seen = 0, [pid], set()
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return total
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def serve_command() -> list[str]:
+    script = Path(sys.executable).with_name("refinegraph")
+    if script.exists():
+        return [str(script), "serve"]
+    return [sys.executable, "-c", "from refinegraph.cli.app import main; main()", "serve"]
+
+
+async def wait_healthy(base: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=2) as http:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"`refinegraph serve` exited with {proc.returncode}")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get(f"{base}/healthz")).status_code == 200:
+                    return
+            await asyncio.sleep(0.2)
+    raise RuntimeError("`refinegraph serve` did not answer /healthz in time")
+
+
+def stop(proc: subprocess.Popen) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return proc.returncode
+
+
+@dataclass
+class LoadRun:
+    """What one load window measured (latencies as (start offset, seconds))."""
+
+    samples: list[tuple[float, int]] = field(default_factory=list)
+    latencies: list[tuple[float, float]] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    error_examples: list[str] = field(default_factory=list)
+    tokens: int = 0
+    elapsed: float = 0.0
+    load_before: float = 0.0
+    """The 1-minute load average as the window opened (other processes share the CPUs)."""
+    exit_code: int | None = None
+    server_log: str = ""
+    runs: int = 0
+    verified: int = 0
+    failed: int = 0
+    broken: list[str] = field(default_factory=list)
+
+
+async def drive_load(work: Path, clients: int, seconds: float, *, max_tokens: int, threads: int | None,
+                     sample_every_s: float, seed: int) -> LoadRun:
+    """Start `refinegraph serve`, warm it up, load it for `seconds`, stop it, check its traces."""
+    import openai
+
+    port = free_port()
+    config = work / "serve.toml"
+    config.write_text(LOAD_CONFIG.format(max_tokens=max_tokens, port=port,
+                                         threads=f"threads = {threads}\n" if threads else ""))
+    home = work / "home"
+    env = {**os.environ, "REFINEGRAPH_HOME": str(home)}
+    out = LoadRun(elapsed=float(seconds))
+    base = f"http://127.0.0.1:{port}"
+    with open(work / "serve.log", "w") as log_file:
+        proc = subprocess.Popen([*serve_command(), "--config", str(config), "--log-level", "warning"], env=env,
+                                stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            await wait_healthy(base, proc)
+            client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=300,
+                                        http_client=httpx.AsyncClient(limits=httpx.Limits(
+                                            max_connections=clients + 4)))
+            # the first request starts the embedded model; it is not part of the measured window
+            await client.chat.completions.create(model="greedy", messages=[{"role": "user", "content": "Hi"}])
+            out.load_before = os.getloadavg()[0]
+            t0 = time.monotonic()
+            deadline = t0 + seconds
+            done = asyncio.Event()
+
+            async def sampler() -> None:
+                while not done.is_set():
+                    out.samples.append((time.monotonic() - t0, process_tree_rss(proc.pid)))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(done.wait(), sample_every_s)
+
+            async def worker(index: int) -> None:
+                rng = random.Random(seed * 1000 + index)
+                while time.monotonic() < deadline:
+                    a, b = rng.randint(2, 99), rng.randint(2, 99)
+                    sent = time.monotonic()
+                    try:
+                        reply = await client.chat.completions.create(
+                            model="greedy", messages=[{"role": "user", "content": f"What is {a} + {b}?"}])
+                    except openai.APIError as exc:
+                        out.errors[type(exc).__name__] += 1
+                        if len(out.error_examples) < 5:
+                            out.error_examples.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+                        continue
+                    out.latencies.append((sent - t0, time.monotonic() - sent))
+                    out.tokens += reply.usage.completion_tokens if reply.usage else 0
+
+            sampling = asyncio.ensure_future(sampler())
+            await asyncio.gather(*[worker(i) for i in range(clients)])
+            out.elapsed = time.monotonic() - t0  # past `seconds` by the requests in flight at the deadline
+            done.set()
+            await sampling
+            await client.close()
+        finally:
+            out.exit_code = stop(proc)
+    out.server_log = (work / "serve.log").read_text(errors="replace")
+    store = TraceStore(home / "traces.sqlite")
+    try:
+        out.runs = run_count(store)
+        out.verified, out.failed, out.broken = verify_all(store)
+    finally:
+        store.close()
+    return out
+
+
+async def load_section(clients: int = 16, seconds: float = 120, *, max_tokens: int = 24, threads: int | None = 1,
+                       warmup_s: float | None = None, sample_every_s: float = 0.5, seed: int = 0,
+                       workdir: Path | None = None) -> Section:
+    """`clients` AsyncOpenAI clients against `refinegraph serve` (a subprocess) for `seconds`.
+
+    Each client sends greedy completions (max_tokens small) back to back. Figures: requests
+    completed, errors, p50/p99 latency, the server's RSS over time and its growth from just
+    after warm-up (the first `warmup_s`, default 15% of the window) to the end (medians of the
+    first and last tenth after warm-up). Expected: no error, growth within 10%, one verified
+    trace per completed request. `threads` is llama.cpp's (None: its default, one per core);
+    1 by default, since on a shared machine its spinning threads measure the neighbours'
+    load more than the server."""
+    started = time.perf_counter()
+    section = Section(name="server load", ok=True)
+    warmup = seconds * 0.15 if warmup_s is None else warmup_s
+    owned = workdir is None
+    work = Path(tempfile.mkdtemp(prefix="rg-load-")) if owned else Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        measured = await drive_load(work, clients, seconds, max_tokens=max_tokens, threads=threads,
+                                    sample_every_s=sample_every_s, seed=seed)
+    finally:
+        if owned:
+            shutil.rmtree(work, ignore_errors=True)
+    samples, latencies, errors = measured.samples, measured.latencies, measured.errors
+    elapsed, runs, verified, failed = measured.elapsed, measured.runs, measured.verified, measured.failed
+    window = [(t, rss) for t, rss in samples if t >= warmup]
+    tenth = max(1, len(window) // 10)
+    baseline = statistics.median(r for _, r in window[:tenth]) if window else 0
+    final = statistics.median(r for _, r in window[-tenth:]) if window else 0
+    growth = (final - baseline) / baseline if baseline else 0.0
+    completed = len(latencies)
+    failed_requests = sum(errors.values())
+    total = completed + failed_requests
+    lat = [d for _, d in latencies]
+    mib = 1 << 20
+    section.runs, section.traces_verified, section.traces_failed = runs, verified, failed
+    section.seconds = round(time.perf_counter() - started, 2)
+    section.figures = {
+        "clients": clients, "seconds": seconds, "max_tokens": max_tokens, "llama_threads": threads,
+        "warmup_s": round(warmup, 1),
+        "requests_completed": completed, "errors": failed_requests, "errors_by_type": dict(errors),
+        "error_rate": round(failed_requests / total, 4) if total else 0.0,
+        "elapsed_s": round(elapsed, 1), "requests_per_s": round(completed / elapsed, 2),
+        "completion_tokens": measured.tokens,
+        "latency_p50_s": round(percentile(lat, 0.5), 3), "latency_p99_s": round(percentile(lat, 0.99), 3),
+        "latency_max_s": round(max(lat, default=0.0), 3),
+        "rss_mib_start": round(baseline / mib, 1), "rss_mib_end": round(final / mib, 1),
+        "rss_mib_max": round(max((r for _, r in samples), default=0) / mib, 1),
+        "rss_growth_after_warmup": round(growth, 4),
+        "rss_samples": [[round(t, 1), round(r / mib, 1)] for t, r in samples[::max(1, len(samples) // 60)]],
+        "runs_recorded": runs, "server_exit_code": measured.exit_code, "cpu_count": os.cpu_count(),
+        "load_average_1m_start": round(measured.load_before, 2), "load_average_1m_end": round(os.getloadavg()[0], 2),
+    }
+    section.lines = [
+        f"{clients} clients for {seconds:.0f} s on the embedded model (greedy, max_tokens {max_tokens}, "
+        f"llama.cpp threads {threads or 'default'}): "
+        f"{completed} requests completed in {elapsed:.0f} s ({completed / elapsed:.2f}/s), {failed_requests} errors",
+        f"latency p50 {percentile(lat, 0.5):.2f} s, p99 {percentile(lat, 0.99):.2f} s",
+        f"server RSS {baseline / mib:.0f} MiB after {warmup:.0f} s warm-up -> {final / mib:.0f} MiB at the end "
+        f"({growth:+.1%}); max {section.figures['rss_mib_max']} MiB",
+        f"runs recorded {runs}, traces verified {verified} (failed {failed}); "
+        f"{os.cpu_count()} CPUs, load average {measured.load_before:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end",
+    ]
+    expect = section.expect
+    expect(completed > 0, "no request completed")
+    expect(failed_requests == 0, f"{failed_requests} requests failed: {measured.error_examples[:3]}")
+    expect(growth <= 0.10, f"server RSS grew {growth:.1%} after warm-up (goal: within 10%)")
+    expect(runs == completed + 1, f"{runs} runs recorded for {completed} completed requests and the warm-up one")
+    expect(failed == 0, f"traces that do not verify: {measured.broken[:3]}")
+    expect("Traceback" not in measured.server_log, f"the server logged a traceback: {measured.server_log[-500:]}")
+    return section

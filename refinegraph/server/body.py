@@ -1,0 +1,105 @@
+"""A request body read as the server's JSON: bounded, and refused with a 4xx, never a crash.
+
+Beyond what `json.loads` checks, a body is refused when:
+
+- it is over `limit` bytes (413), whatever its Content-Length says and also when chunked;
+- its content type is not JSON (415): a browser posts `text/plain`, form or bodyless-type
+  requests cross-site without a CORS preflight, so on a server without a key a web page
+  could otherwise start runs (and spend a paid model's money) on the user's machine;
+- it holds NaN, Infinity, or a number that overflows to infinity (not JSON, RFC 8259);
+- an integer is beyond signed 64 bits (the checkpointer's msgpack and SQLite cannot store it,
+  so the run would fail after it was recorded);
+- a string holds a lone surrogate (`"\\ud800"`: not encodable as UTF-8, so not storable in a trace);
+- it is nested deeper than MAX_DEPTH (no request needs it; deep nesting costs recursion later).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from starlette.requests import ClientDisconnect, Request
+
+from refinegraph.server.errors import ApiError
+
+MAX_DEPTH = 64
+INT_LIMIT = 2**63 - 1
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    """`application/json` or an `application/*+json` type, parameters (charset) allowed."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The body, read no further than `limit` bytes (a lying Content-Length only ends it sooner)."""
+    too_large = ApiError(413, f"request body over {limit} bytes", code="request_too_large")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    try:
+        async for part in request.stream():
+            body += part
+            if len(body) > limit:
+                raise too_large
+    except ClientDisconnect:  # gone mid-body: nothing to run, and no answer reaches anyone
+        raise ApiError(400, "the client disconnected before sending the whole body", code="client_disconnected") \
+            from None
+    return bytes(body)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _invalid(message: str) -> ApiError:
+    return ApiError(400, message, code="invalid_json")
+
+
+def check_values(data: Any) -> None:
+    """Depth, integer range and string encodability, walked without recursion."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > MAX_DEPTH:
+                raise _invalid(f"the body is nested deeper than {MAX_DEPTH} levels")
+            items = value.items() if isinstance(value, dict) else ((None, v) for v in value)
+            for key, item in items:
+                if key is not None:
+                    stack.append((key, depth))
+                stack.append((item, depth + 1))
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _invalid("the body has a string with a lone UTF-16 surrogate (not valid Unicode)") from None
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_LIMIT:
+            raise _invalid("the body has an integer beyond 64 bits")
+
+
+def parse_json_object(body: bytes, content_type: str | None) -> dict[str, Any]:
+    """The body as a JSON object, or the 4xx that says what is wrong with it."""
+    if not is_json_media_type(content_type):
+        raise ApiError(415, f"content type {content_type or '(none)'!r} is not JSON: send "
+                            "'Content-Type: application/json'", code="unsupported_media_type")
+    try:
+        data = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise _invalid(f"the body is nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN/inf, over Python's int digit limit
+        raise _invalid(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise _invalid("the body must be a JSON object")
+    check_values(data)
+    return data

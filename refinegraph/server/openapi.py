@@ -1,0 +1,195 @@
+"""The server's OpenAPI document: the real request body, every status a route answers, auth.
+
+The chat route reads its body itself (bounded, see body.py), so FastAPI cannot infer it;
+the body's schema is ChatRequest's, narrowed to what this server takes (its pipeline names,
+its message limits, 64-bit integers), so a client generator or a fuzzer (schemathesis)
+produces requests the server can tell apart. `GET /openapi.json` serves it behind the same
+key as /v1/models, since it names the pipelines.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel, ConfigDict
+
+from refinegraph.server.body import INT_LIMIT
+from refinegraph.server.schemas import ChatRequest
+
+REF = "#/components/schemas/{model}"
+BEARER = "bearer"
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(BaseModel):
+    """OpenAI's error shape; a failed run's also names run_id (and its model_calls, usage)."""
+
+    error: ErrorDetail
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class Choice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: None
+    finish_reason: Literal["stop"]
+
+
+class RunMetadata(BaseModel):
+    run_id: str
+    pipeline: str
+    graph: str
+    stop_reason: str
+    model_calls: int
+    cache_hits: int
+    retries: int
+    fallbacks: dict[str, int]
+    cost_usd: float | None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    refinegraph: RunMetadata
+
+
+class ModelCard(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    refinegraph: dict[str, Any]
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    pipelines: int
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+AUTH_ERRORS = {401: _error("missing or wrong bearer token (when the server has a key)")}
+CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": ChatCompletion, "description": "the run's answer; with stream=true, server-sent chunks",
+          "content": {"text/event-stream": {"schema": {  # one event: a chunk, an error, or [DONE]
+              "type": "object", "required": ["data"],
+              "properties": {"data": {"type": "string"}, "event": {"type": "string"}}}}}},
+    400: _error("malformed JSON, wrong types, bad params, a budget over the pipeline's, bad messages"),
+    **AUTH_ERRORS,
+    404: _error("the model names no pipeline of this server"),
+    413: _error("body over server.max_body_bytes"),
+    415: _error("the body's content type is not JSON"),
+    502: _error("the run itself failed (a model or back end); the body names its run id"),
+}
+MODELS_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"model": ModelList}, **AUTH_ERRORS}
+MODEL_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"model": ModelCard}, **AUTH_ERRORS,
+                                                   404: _error("no pipeline of that name")}
+CHAT_OPERATION = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"$ref": REF.format(model="ChatRequest")}}}}}
+
+
+def _narrow(node: Any) -> None:
+    """Integers within 64 bits, as body.py enforces (in place, over the whole schema)."""
+    if isinstance(node, dict):
+        if node.get("type") == "integer":
+            node.setdefault("maximum", INT_LIMIT)
+            node.setdefault("minimum", -INT_LIMIT)
+        for value in node.values():
+            _narrow(value)
+    elif isinstance(node, list):
+        for value in node:
+            _narrow(value)
+
+
+def request_schemas(pipelines: list[str], max_messages: int, max_chars: int) -> dict[str, Any]:
+    """ChatRequest and the models it refers to, as components, narrowed to this server."""
+    schema = ChatRequest.model_json_schema(ref_template=REF)
+    components = schema.pop("$defs", {})
+    props = schema["properties"]
+    props["model"]["enum"] = sorted(pipelines)
+    # a user message with text (the last user message is the task), within the server's limits
+    user = {"type": "object", "required": ["role", "content"],
+            "properties": {"role": {"const": "user"}, "content": {"type": "string", "pattern": r"\S"}}}
+    props["messages"].update(minItems=1, maxItems=max_messages, contains=user)
+    props["n"]["anyOf"] = [{"type": "integer", "minimum": 1, "maximum": 1}, {"type": "null"}]  # one answer
+    components["TextPart"]["properties"]["type"]["enum"] = ["text"]
+    for branch in components["Message"]["properties"]["content"]["anyOf"]:
+        if branch.get("type") == "string":
+            branch["maxLength"] = max_chars
+    components["ChatRequest"] = schema
+    _narrow(components)
+    return components
+
+
+def _validation_is_400(doc: dict[str, Any]) -> None:
+    """FastAPI documents a 422 for path parameters; errors.py answers those with a 400."""
+    error_ref = {"application/json": {"schema": {"$ref": REF.format(model="ErrorBody")}}}
+    for operations in doc.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.get("responses", {})
+            if responses.pop("422", None) is not None:
+                responses.setdefault("400", {"description": "invalid request", "content": error_ref})
+    schemas = doc.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+
+
+def install_openapi(app: FastAPI, *, pipelines: list[str], max_messages: int, max_chars: int,
+                    auth: bool) -> None:
+    """Make `app.openapi()` return the document described above (built once, then cached)."""
+
+    def build() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = get_openapi(title=app.title, version=app.version, description=__doc__, routes=app.routes)
+            doc.setdefault("components", {}).setdefault("schemas", {}).update(
+                request_schemas(pipelines, max_messages, max_chars))
+            if auth:
+                doc["components"]["securitySchemes"] = {BEARER: {"type": "http", "scheme": "bearer"}}
+            _validation_is_400(doc)
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = build  # type: ignore[method-assign]
+
+
+def security(auth: bool) -> dict[str, Any]:
+    """An operation's `security` (openapi_extra): the bearer key when the server has one."""
+    return {"security": [{BEARER: []}]} if auth else {}
