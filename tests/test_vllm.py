@@ -25,6 +25,9 @@ from refinegraph.runner import replay
 from refinegraph.trace.verify import verify_run
 
 pytestmark = pytest.mark.vllm
+# vLLM's CPU backend otherwise reserves 92% of the machine's memory and refuses to start
+# when other processes hold some of it; 1 GiB of KV cache is plenty for these tests.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 MODEL_DIR = os.environ.get("REFINEGRAPH_VLLM_MODEL", "")
 ENGINE_ARGS = {"max_model_len": 2048, "dtype": "float32", "enforce_eager": True}
@@ -122,8 +125,7 @@ class TestServer:
         from refinegraph.models.vllm_server import vllm_server
 
         log = tmp_path_factory.mktemp("vllm-server") / "server.log"
-        with vllm_server(MODEL_DIR, log, served_name="smollm2", args=SERVER_ARGS,
-                         env={"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}) as server:
+        with vllm_server(MODEL_DIR, log, served_name="smollm2", args=SERVER_ARGS) as server:
             yield server.base_url
 
     def config(self, base_url: str) -> Config:

@@ -86,9 +86,14 @@ def vllm_cmd(
     out_dir: Path = typer.Option(Path("bench-reports/vllm"), "--out", help="Folder for report.json/.md."),
 ) -> None:
     """vLLM's engine in-process and vLLM's server (load time, tokens/s, memory), llama.cpp beside."""
+    import os
+
     from refinegraph.bench.vllm import HEADER, markdown, rows, vllm_bench
     from refinegraph.cli.app import _params
 
+    # vLLM's CPU build otherwise reserves 92% of memory (and refuses to start when that is not
+    # free); a GPU build ignores this variable.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     engine_args = _params(engine_arg)
     server_args = tuple(arg for key, value in engine_args.items()
                         for arg in ((f"--{key.replace('_', '-')}",) if value is True else
