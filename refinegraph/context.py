@@ -6,6 +6,7 @@ Every call goes: budget check -> replay cache -> backend with retries -> usage c
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import time
@@ -21,7 +22,7 @@ from refinegraph.cache import CachedSample, ReplayCache, call_key, sample_keys
 from refinegraph.config import Config, RetryPolicy
 from refinegraph.events import BudgetEvent, ErrorEvent, Event, Fallback, LLMCall, Retry
 from refinegraph.models.base import Model, ModelError, ModelUnavailable, Samples, Usage
-from refinegraph.retry import call_with_retries
+from refinegraph.retry import RetryScope, call_with_retries, describe, retry_scope
 
 current_node: contextvars.ContextVar[str | None] = contextvars.ContextVar("refinegraph_node", default=None)
 role_overrides: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("refinegraph_roles",
@@ -199,12 +200,12 @@ class RunContext:
         spec = self.config.models.get(name)
         policy = spec.retry if spec else RetryPolicy()
 
-        def on_retry(state: RetryCallState) -> None:
+        def on_retry(request: str, state: RetryCallState) -> None:
             self.retries += 1
             exc = state.outcome.exception() if state.outcome else None
             wait = state.next_action.sleep if state.next_action else 0.0
             self.emit(Retry(model=name, attempt=state.attempt_number, error_class=type(exc).__name__,
-                            message=str(exc)[:500], wait_s=round(wait, 3)))
+                            message=describe(exc)[:500] if exc else "", wait_s=round(wait, 3), request=request))
 
         attempts = 0
 
@@ -213,17 +214,29 @@ class RunContext:
             attempts += 1
             return await model.sample(messages, n=n, **params)
 
+        # The backend's own follow-up requests (llama.cpp's /tokenize) retry under the same
+        # policy and record into this run; the scope is this task's (and its children's) only.
+        scope = retry_scope.set(RetryScope(policy, on_retry, self.fallback))
         try:
-            samples, _ = await call_with_retries(policy, on_retry, attempt)
+            samples, _ = await call_with_retries(policy, lambda state: on_retry("completion", state), attempt)
             return samples, attempts
+        except asyncio.CancelledError:
+            # Cancelled from outside (a sibling branch failed, the caller gave up): the
+            # attempts it made are recorded, without cache keys (a replay does not fail it).
+            self.emit(ErrorEvent(error_class="CancelledError",
+                                 message=f"model {name!r}: call cancelled during attempt {attempts}",
+                                 attempts=attempts))
+            raise
         except ModelUnavailable as exc:
             self.emit(ErrorEvent(error_class="ModelUnavailable", message=str(exc)))
             raise
         except Exception as exc:  # every backend failure becomes one typed, recorded error
             self.emit(ErrorEvent(error_class=type(exc).__name__,
-                                 message=f"model {name!r} after {attempts} attempt(s): {exc}"[:2000],
+                                 message=f"model {name!r} after {attempts} attempt(s): {describe(exc)}"[:2000],
                                  cache_keys=keys, attempts=attempts))
             raise ModelError(name, type(exc).__name__, str(exc), attempts) from exc
+        finally:
+            retry_scope.reset(scope)
 
     def _cost(self, name: str, usage: Usage) -> float | None:
         spec = self.config.models.get(name)

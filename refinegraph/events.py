@@ -84,9 +84,13 @@ class Retry(Event):
     type: Literal["retry"] = "retry"
     model: str
     attempt: int
+    """The attempt that failed (1 = the first try); at most the policy's max_retries."""
     error_class: str
     message: str
     wait_s: float
+    request: str = "completion"
+    """Which request of the call failed: the completion, or a backend's own follow-up
+    ("tokenize": llama.cpp's token count, retried without re-sending the completion)."""
 
 
 class Critique(Event):

@@ -7,6 +7,7 @@ interrupted run resumes where it stopped and re-pays no model call that had fini
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -194,6 +195,12 @@ async def _execute(ctx: RunContext, graph_name: str, graph_input: dict[str, Any]
             ctx.fallback("budget_unhandled", str(exc))
         except (ModelError, ModelUnavailable, ReplayMiss) as exc:
             error = exc
+        except asyncio.CancelledError:
+            # Interrupted, not finished: the events held so far are committed with why it
+            # stopped, and the run stays unsealed so that `resume` can continue it.
+            ctx.emit(ErrorEvent(error_class="CancelledError", message="the run's task was cancelled"))
+            ctx.writer.flush()
+            raise
         except Exception as exc:  # noqa: BLE001 - recorded, the trace sealed, then re-raised as RunFailed
             ctx.emit(ErrorEvent(error_class=type(exc).__name__, message=str(exc)[:2000]))
             error = exc

@@ -79,5 +79,10 @@ class ModelError(Exception):
         self.attempts = attempts
 
 
+class MalformedResponse(RuntimeError):
+    """A 2xx answer whose body is not what the protocol promises (cut short, not JSON, no
+    choices): a fault of the transport or of a middlebox, so it is retried like a 5xx."""
+
+
 class ModelUnavailable(RuntimeError):
     """A backend that cannot start here (missing runtime or model file); says what to install."""

@@ -2,18 +2,35 @@
 
 n samples go in one request so the server processes the prompt once; where the server
 caps n (`max_n`), the call is split into several requests and `Samples.requests` says so.
-Retries are not done here: the run's choke point owns them (see refinegraph.calls).
+Retries are not done here: the run's choke point owns them (see refinegraph.context).
+
+A 2xx answer that is not a chat completion (cut short, not JSON, no choices list) is a
+MalformedResponse, which the choke point retries like a 5xx. Counting choices with
+`/tokenize` (llama.cpp) happens after the completion succeeded, so a failed count never
+sends the completion again: each /tokenize request is retried on its own under the run's
+policy (recorded as `retry` events with request "tokenize"), and one that fails for good
+is replaced by an estimate (4 characters a token), recorded as a `token_count_estimated`
+fallback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import math
 from typing import Any, Literal
 
 import httpx
 import openai
 
-from refinegraph.models.base import Samples, Usage
+from refinegraph import retry as retries
+from refinegraph.models.base import MalformedResponse, Samples, Usage
+
+CHARS_PER_TOKEN = 4
+"""The estimate for a choice whose /tokenize count failed for good."""
+
+_log = logging.getLogger(__name__)
 
 TokenCounting = Literal["usage", "tokenize"]
 
@@ -119,7 +136,12 @@ class OpenAIModel:
             kwargs["logprobs"] = True
         if self.extra_body:
             kwargs["extra_body"] = self.extra_body
-        return await self._client.chat.completions.create(**kwargs)
+        try:
+            response = await self._client.chat.completions.create(**kwargs)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # the SDK parses the body unguarded
+            raise MalformedResponse(f"the server's 2xx body is not JSON: {exc}") from exc
+        _check_shape(response)
+        return response
 
     async def _count_choices(self, texts: list[str], finish: list[str | None], reported: int) -> list[int]:
         """Tokens of each choice, one figure per choice.
@@ -134,19 +156,47 @@ class OpenAIModel:
             share, rest = divmod(reported, len(texts))
             return [share + (1 if i < rest else 0) for i in range(len(texts))]
         root = self.base_url.removesuffix("/v1")
+        tokenizer = self._tokenizer_http
 
-        async def count(text: str, reason: str | None) -> int:
-            response = await self._tokenizer_http.post(f"{root}/tokenize", json={"content": text})
+        async def tokenize(text: str) -> int:
+            response = await tokenizer.post(f"{root}/tokenize", json={"content": text})
             response.raise_for_status()
-            # A choice that stopped on end-of-generation also generated that token.
-            return len(response.json()["tokens"]) + (1 if reason == "stop" else 0)
+            try:
+                tokens = response.json()["tokens"]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise MalformedResponse(f"/tokenize answered {response.text[:200]!r}") from exc
+            if not isinstance(tokens, list):
+                raise MalformedResponse(f"/tokenize answered tokens={tokens!r:.200}")
+            return len(tokens)
 
-        return list(await asyncio.gather(*[count(t, r) for t, r in zip(texts, finish)]))
+        counts = []
+        # One request at a time: each failure is then exactly one recorded retry.
+        for index, (text, reason) in enumerate(zip(texts, finish)):
+            try:
+                count = await retries.retried("tokenize", lambda text=text: tokenize(text))
+            except (httpx.HTTPError, MalformedResponse) as exc:
+                count = math.ceil(len(text) / CHARS_PER_TOKEN)
+                reason_text = (f"model {self.name!r}: /tokenize failed for choice {index} "
+                               f"({type(exc).__name__}: {exc}); counted {count} tokens at "
+                               f"{CHARS_PER_TOKEN} characters a token")
+                if not retries.record_fallback("token_count_estimated", reason_text[:2000]):
+                    _log.warning("%s", reason_text)
+            # A choice that stopped on end-of-generation also generated that token.
+            counts.append(count + (1 if reason == "stop" else 0))
+        return counts
 
     async def aclose(self) -> None:
         await self._client.close()
         if self._tokenizer_http is not None:
             await self._tokenizer_http.aclose()
+
+
+def _check_shape(response: Any) -> None:
+    """Refuse what the SDK returns for a 2xx body that is no chat completion (it builds its
+    objects unvalidated, and returns a non-JSON body as text)."""
+    choices = getattr(response, "choices", None)
+    if not isinstance(choices, list) or not all(hasattr(c, "message") and hasattr(c, "index") for c in choices):
+        raise MalformedResponse(f"the server's 2xx body is not a chat completion: {str(response)[:200]!r}")
 
 
 async def _all_or_first_error(requests: list[Any]) -> list[Any]:
