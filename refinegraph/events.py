@@ -41,6 +41,10 @@ class RunResumed(Event):
     from_checkpoint: bool = True
     """False: the run had stopped before its first step was checkpointed (no node had
     started), so it starts again from its recorded input under the same id."""
+    superseded: list[int] = Field(default_factory=list)
+    """The node executions (their node_started seqs) this resume runs again: interrupted
+    inside, or finished after the checkpoint it resumes from was written. Their events
+    stay in the chain; their decisions are not the run's (refinegraph.runner.decisions)."""
 
 
 class NodeStarted(Event):

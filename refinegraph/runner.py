@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import os
 import socket
+import sqlite3
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -33,9 +37,10 @@ from refinegraph.registry import get_graph
 from refinegraph.sqlite_files import BUSY_TIMEOUT_S, prepare_once
 from refinegraph.trace.chain import canonical_json
 from refinegraph.trace.store import NullWriter, TraceStore, TraceWriter
-from refinegraph.trace.verify import verify_run
+from refinegraph.trace.verify import TraceMark, verify_run
 
 RECURSION_LIMIT = 200
+_log = logging.getLogger(__name__)
 
 
 class RunResult(BaseModel):
@@ -75,15 +80,59 @@ def default_store() -> TraceStore:
     return TraceStore(home() / "traces.sqlite")
 
 
+TRACE_STORE_KEY = "refinegraph_trace_store"
+"""Checkpoint metadata: the path of the trace store the run's trace is in (a checkpoint
+file may serve runs of several stores)."""
+TRACE_SEQ_KEY = "refinegraph_trace_seq"
+"""Checkpoint metadata: the run's next trace seq when the checkpoint was written. Every
+event before it is committed, so every node that finished before it is in the checkpoint;
+a node that finished at or after it may have to run again (a crash came between its
+trace commit and its checkpoint), and its calls must then still be served from the trace."""
+
+
+def trace_marks(checkpoint_path: Path | None = None) -> dict[str, TraceMark]:
+    """run id -> how far its trace had reached when its latest checkpoint was written, and
+    in which store (TRACE_SEQ_KEY, TRACE_STORE_KEY): a trace shorter than its mark lost
+    events the checkpoint covers (a damaged or cut store). Read as SQL, metadata only, so
+    checking a big checkpoint file costs no state decoding."""
+    path = checkpoint_path or home() / "checkpoints.sqlite"
+    if not path.is_file():
+        return {}
+    marks: dict[str, TraceMark] = {}
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
+    try:
+        rows = conn.execute("SELECT thread_id, metadata FROM checkpoints WHERE checkpoint_ns = ''").fetchall()
+    except sqlite3.DatabaseError as exc:
+        _log.warning("cannot read trace marks from %s (%s): runs are verified without them", path, exc)
+        return {}
+    finally:
+        conn.close()
+    for thread_id, metadata in rows:
+        try:
+            data = json.loads(metadata)
+        except (TypeError, ValueError):
+            continue
+        mark = data.get(TRACE_SEQ_KEY)
+        if isinstance(mark, int) and (thread_id not in marks or mark > marks[thread_id].events):
+            marks[thread_id] = TraceMark(mark, data.get(TRACE_STORE_KEY))
+    return marks
+
+
 class TraceFirstSaver(AsyncSqliteSaver):
     """LangGraph's SQLite checkpointer that commits the run's held trace events before
-    each checkpoint write, so a resumed run never skips a step its trace lacks."""
+    each checkpoint write, so a resumed run never skips a step its trace lacks; each
+    checkpoint records how far the trace was (TRACE_SEQ_KEY)."""
 
     flush: Any = None
+    writer: Any = None
 
-    async def aput(self, *args: Any, **kwargs: Any) -> Any:
+    async def aput(self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Any:
         self.flush()
-        return await super().aput(*args, **kwargs)
+        if self.writer is not None:
+            metadata = {**metadata, TRACE_SEQ_KEY: self.writer.next_seq}
+            if self.writer.store is not None:
+                metadata[TRACE_STORE_KEY] = str(self.writer.store.path.resolve())
+        return await super().aput(config, checkpoint, metadata, new_versions)
 
     async def aput_writes(self, *args: Any, **kwargs: Any) -> Any:
         self.flush()
@@ -97,12 +146,12 @@ def _checkpoint_path(path: Path | None) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def _checkpointer(enabled: bool, path: Path | None, flush: Any) -> AsyncIterator[Any]:
+async def _checkpointer(enabled: bool, path: Path | None, writer: Any) -> AsyncIterator[Any]:
     if not enabled:
         yield None
         return
     async with _saver(_checkpoint_path(path)) as saver:
-        saver.flush = flush
+        saver.flush, saver.writer = writer.flush, writer
         yield saver
 
 
@@ -182,7 +231,7 @@ async def _execute(ctx: RunContext, graph_name: str, graph_input: dict[str, Any]
                    checkpoint_path: Path | None) -> RunResult:
     state: dict[str, Any] = {}
     error: BaseException | None = None
-    async with _checkpointer(checkpoint, checkpoint_path, ctx.writer.flush) as saver:
+    async with _checkpointer(checkpoint, checkpoint_path, ctx.writer) as saver:
         compiled = compiled_graph(graph_name, params, saver)
         config = {"configurable": {"thread_id": ctx.run_id}, "recursion_limit": RECURSION_LIMIT}
         try:
@@ -276,18 +325,92 @@ def _recorded(store: TraceStore, run_id: str, purpose: str) -> dict[str, Any]:
     return events[0]
 
 
-def _restore(ctx: RunContext, store: TraceStore, run_id: str) -> int:
+class _Coverage:
+    """Which finished node executions the checkpoint a run resumes from holds: those that
+    finished before its TRACE_SEQ_KEY, and, after it, the first `with_writes[name]` of a
+    node that LangGraph kept the writes of (pending writes: those tasks do not run again).
+    Every other execution runs again, so its calls must stay in the cache for it."""
+
+    def __init__(self, trace_seq: int, with_writes: Counter):
+        self.trace_seq, self.with_writes, self._used = trace_seq, with_writes, Counter()
+
+    def holds(self, node_finished: dict[str, Any]) -> bool:
+        if node_finished["seq"] < self.trace_seq:
+            return True
+        name = node_finished["node"]
+        if self._used[name] < self.with_writes[name]:
+            self._used[name] += 1
+            return True
+        return False
+
+
+async def _coverage(saver: TraceFirstSaver, graph: str, params: dict[str, Any], config: dict[str, Any],
+                    checkpoint: Any) -> _Coverage | None:
+    """The coverage of `checkpoint` (None for one written without TRACE_SEQ_KEY: then every
+    finished execution is taken as held, as before the key existed)."""
+    trace_seq = (checkpoint.metadata or {}).get(TRACE_SEQ_KEY)
+    if trace_seq is None:
+        return None
+    snapshot = await compiled_graph(graph, params, saver).aget_state(config)
+    return _Coverage(trace_seq, Counter(t.name for t in snapshot.tasks if t.result is not None and t.error is None))
+
+
+def executions(events: list[dict[str, Any]]) -> dict[int, int]:
+    """event seq -> the seq of the node_started that opened the node execution it belongs to
+    (events a node emits between its node_started and node_finished; the latest open
+    execution of that node name, so parallel runs of one node are told apart by order only)."""
+    open_: dict[str | None, list[int]] = {}
+    owner: dict[int, int] = {}
+    for event in events:
+        node = event.get("node")
+        if event["type"] == "node_started":
+            open_.setdefault(node, []).append(event["seq"])
+            owner[event["seq"]] = event["seq"]
+        elif node is not None and open_.get(node):
+            owner[event["seq"]] = open_[node][-1]
+            if event["type"] == "node_finished":
+                open_[node].pop()
+    return owner
+
+
+def superseded(events: list[dict[str, Any]]) -> set[int]:
+    """Node executions that a resume ran again (their run_resumed `superseded` lists):
+    their events stay in the chain, but their decisions are not the run's."""
+    return {seq for event in events if event["type"] == "run_resumed" for seq in event.get("superseded", [])}
+
+
+def _restore(ctx: RunContext, store: TraceStore, run_id: str,
+             coverage: _Coverage | None = None) -> tuple[int, list[int]]:
     """Put back what the run had spent and counted, and which identical requests it had
-    made in steps that finished (a step that did not finish runs again and finds its
-    calls in the cache). Returns the number of recorded model calls."""
+    made in steps the checkpoint holds (a step that runs again finds its calls in the
+    cache: one that did not finish, and one that finished after the checkpoint it resumes
+    from was written). Returns the number of recorded model calls and the node executions
+    that will run again (by node_started seq; see RunResumed.superseded)."""
+    events = store.events(run_id)
+    owner = executions(events)
+    before = superseded(events)
+    again: list[int] = []
+    started: set[int] = set()
+    for event in events:
+        start = owner.get(event["seq"])
+        if event["type"] == "node_started":
+            started.add(event["seq"])
+        elif event["type"] == "node_finished" and start is not None:
+            started.discard(start)
+            if start not in before and not (event["outcome"] == "ok" and (coverage is None or coverage.holds(event))):
+                again.append(start)
+    again += sorted(started - before)  # interrupted inside: runs again
+    dropped = before | set(again)
     calls = 0
-    pending: dict[str | None, list[dict[str, Any]]] = {}
-    for event in store.events(run_id):
+    for event in events:
         kind = event["type"]
+        start = owner.get(event["seq"])
+        counted = start not in dropped
         if kind == "llm_call":
             calls += 1
-            pending.setdefault(event["node"], []).append(event)
-            if event["source"] == "backend":
+            if start is not None and counted:  # a call of a step the checkpoint holds: not met again
+                ctx.occurrences[event["call_key"]] += 1
+            if event["source"] == "backend":  # paid, whichever step it was in
                 ctx.model_calls += event["requests"]
                 ctx.budget.charge(event["prompt_tokens"] + event["completion_tokens"])
                 ctx.usage = ctx.usage + Usage(prompt_tokens=event["prompt_tokens"],
@@ -296,16 +419,11 @@ def _restore(ctx: RunContext, store: TraceStore, run_id: str) -> int:
                 ctx.cost_usd += event["cost_usd"] or 0.0
             else:
                 ctx.cache_hits += 1
-        elif kind == "node_finished":
-            finished = pending.pop(event["node"], [])
-            if event["outcome"] == "ok":
-                for call in finished:
-                    ctx.occurrences[call["call_key"]] += 1
-        elif kind == "fallback":
+        elif kind == "fallback" and counted:  # a rerun step records its own fallbacks again
             ctx.fallbacks[event["kind"]] += 1
         elif kind == "retry":
             ctx.retries += 1
-    return calls
+    return calls, sorted(again)
 
 
 async def resume(run_id: str, *, config: Config | None = None, models: dict[str, Model] | None = None,
@@ -328,7 +446,14 @@ async def resume(run_id: str, *, config: Config | None = None, models: dict[str,
         raise RunNotResumable(f"run {run_id} is a replay; replay {row['replay_of']} again instead")  # type: ignore[index]
     started = _recorded(store, run_id, "resume")
     async with _saver(_checkpoint_path(checkpoint_path)) as saver:
-        checkpointed = await saver.aget_tuple({"configurable": {"thread_id": run_id}}) is not None
+        thread = {"configurable": {"thread_id": run_id}}
+        latest = await saver.aget_tuple(thread)
+        checkpointed = latest is not None
+        coverage = await _coverage(saver, started["graph"], started["params"], thread, latest) if latest else None
+    if coverage is not None and store.last_link(run_id)[0] < coverage.trace_seq:
+        raise TraceUnusable(f"cannot resume run {run_id}: its checkpoint was written when its trace reached event "
+                            f"{coverage.trace_seq - 1}, but the trace now ends at event "
+                            f"{store.last_link(run_id)[0] - 1} (events were lost: a damaged store?)")
     if not checkpointed and store.events(run_id, types={"node_started", "run_finished"}):
         raise RunNotResumable(f"run {run_id} has no checkpoint to resume from "
                               "(it ran without one, or its checkpoint file is gone)")
@@ -341,8 +466,8 @@ async def resume(run_id: str, *, config: Config | None = None, models: dict[str,
     ctx = RunContext(run_id=run_id, models=built, roles=roles, writer=TraceWriter(store, run_id),
                      budget=Budget(**{f"max_{k}": v for k, v in started["budget"].items()}),
                      cache=ReplayCache.from_trace(store, run_id), config=config, charge_cache_hits=False)
-    recorded = _restore(ctx, store, run_id)
-    ctx.emit(RunResumed(recorded_calls=recorded, from_checkpoint=checkpointed))
+    recorded, again = _restore(ctx, store, run_id, coverage)
+    ctx.emit(RunResumed(recorded_calls=recorded, from_checkpoint=checkpointed, superseded=again))
     try:
         return await _execute(ctx, started["graph"], None if checkpointed else started["input"], started["params"],
                               checkpoint=True, checkpoint_path=checkpoint_path)
@@ -381,10 +506,13 @@ class ReplayResult(RunResult):
 
 
 def decisions(store: TraceStore, run_id: str) -> list[dict[str, Any]]:
-    """The run's decision events without run-specific fields, for comparing runs."""
+    """The run's decision events without run-specific fields, for comparing runs; those of
+    node executions a resume ran again (superseded) are left out, their rerun's kept."""
     volatile = {"run_id", "seq", "ts", "elapsed_s", "elapsed_ms"}
-    return [{k: v for k, v in event.items() if k not in volatile}
-            for event in store.events(run_id, types=set(DECISION_TYPES))]
+    events = store.events(run_id)
+    owner, dropped = executions(events), superseded(events)
+    return [{k: v for k, v in event.items() if k not in volatile} for event in events
+            if event["type"] in DECISION_TYPES and owner.get(event["seq"]) not in dropped]
 
 
 async def replay(run_id: str, *, store: TraceStore | None = None) -> ReplayResult:

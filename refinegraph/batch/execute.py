@@ -56,8 +56,10 @@ async def run_input(graph: str, ident: str, graph_input: dict[str, Any], run_id:
 
     A run the store lists as finished is not run again (its line is rebuilt from its
     trace); an unfinished or failed one is resumed, so its finished model calls are not
-    paid again. A run that left no checkpoint starts over under a new id, passed to
-    `restarted` first (to be recorded). Never raises for one input's failure: the
+    paid again (one stopped before its first checkpoint starts again under its own id). A
+    run that cannot be resumed (it ran steps without a checkpoint, or its checkpoint is
+    ahead of a damaged trace) starts over under a new id, passed to `restarted` first (to
+    be recorded). Never raises for one input's failure: the
     returned line says what happened.
     """
     started = time.perf_counter()

@@ -12,9 +12,9 @@ from rich.table import Table
 
 from refinegraph.cli.common import err, fail, open_store, out, print_json, resolve_run
 from refinegraph.context import ReplayMiss
-from refinegraph.runner import RunFailed, TraceUnusable, replay
-from refinegraph.trace.store import TraceStoreError
-from refinegraph.trace.verify import verify_run
+from refinegraph.runner import RunFailed, TraceUnusable, replay, trace_marks
+from refinegraph.trace.store import TraceStore, TraceStoreError
+from refinegraph.trace.verify import verify_run, verify_store
 
 app = typer.Typer(help="List, read, verify, export and replay decision traces.", no_args_is_help=True)
 
@@ -66,20 +66,83 @@ def _summary(e: dict) -> str:
 
 
 @app.command("verify")
-def verify(run: str = typer.Argument(..., help="Run id (or a unique prefix)."),
+def verify(run: str | None = typer.Argument(None, help="Run id (or a unique prefix); none: every run."),
            as_json: bool = typer.Option(False, "--json")) -> None:
-    """Recompute the hash chain; exit 0 when it holds, 1 naming the first bad event."""
+    """Recompute hash chains; exit 0 when they hold, 1 naming the first bad event of each
+    broken run and what damage to the store file (and its recovery) broke or lost."""
     store = open_store()
+    damage = _damage_lines(store)
+    if run is None:
+        _verify_all(store, as_json, damage)
+        return
     run_id = resolve_run(store, run)
-    report = verify_run(store, run_id)
+    mark = trace_marks().get(run_id)
+    report = verify_run(store, run_id, mark.events if mark else None)
     if as_json:
-        print_json(report.__dict__)
-    elif report.ok:
-        out.print(f"ok: {report.events} events, chain holds{', sealed' if report.sealed else ''}")
-        for note in report.notes:
-            out.print(f"note: {note}")
+        print_json({**report.__dict__, "store_damage": damage})
     else:
-        out.print(f"FAILED at event {report.bad_seq}: {escape(report.problem or '')}", highlight=False)
+        for line in damage:
+            out.print(escape(line), highlight=False)
+        if report.ok:
+            out.print(f"ok: {report.events} events, chain holds{', sealed' if report.sealed else ''}")
+            for note in report.notes:
+                out.print(f"note: {escape(note)}", highlight=False)
+        else:
+            out.print(f"FAILED at event {report.bad_seq}: {escape(report.problem or '')}", highlight=False)
+    raise typer.Exit(0 if report.ok and not store.damage else 1)
+
+
+def _damage_lines(store: TraceStore) -> list[str]:
+    """What opening the store found: a recovery made now, or damage left unrecovered."""
+    lines = []
+    if store.recovered is not None:
+        rec = store.recovered
+        lines.append(f"RECOVERED: {rec['reason']}")
+        lines.append(f"  the damaged files are kept as {rec['damaged_file']}; {_recovery_summary(rec['detail'])}")
+    if store.damage:
+        lines.append(f"DAMAGED (not recovered: other processes have the store open; it is recovered when "
+                     f"opened with none): {store.damage}")
+    return lines
+
+
+def _recovery_summary(detail: dict) -> str:
+    if detail.get("kind") == "wal":
+        added = sum(detail.get("rows_added_back", {}).values())
+        return (f"{added} rows of the dropped frames added back, {detail.get('rows_not_added', {})} not; "
+                f"runs touched: {', '.join(detail.get('runs_touched', [])) or 'none'}")
+    salvaged = sum(detail.get("rows_salvaged_from_pages", {}).values())
+    return (f"{sum(detail.get('rows_read_by_sqlite', {}).values())} rows read as stored, {salvaged} more salvaged "
+            f"from the pages; {detail.get('events_lost_count', 0)} events lost in "
+            f"{len(detail.get('events_lost', {}))} runs, {len(detail.get('runs_lost', []))} runs lost entirely, "
+            f"{detail.get('pages_missing', 0)} pages found nowhere")
+
+
+def _verify_all(store: TraceStore, as_json: bool, damage: list[str]) -> None:
+    report = verify_store(store, trace_marks())
+    if as_json:
+        print_json({"store": report.path, "ok": report.ok, "damage": report.damage, "unreadable": report.unreadable,
+                    "recovered_now": report.recovered_now, "recoveries": report.recoveries,
+                    "runs_lost": report.runs_lost, "runs": [r.__dict__ for r in report.runs]})
+        raise typer.Exit(0 if report.ok else 1)
+    for line in damage:
+        out.print(escape(line), highlight=False)
+    for rec in report.recoveries:
+        if report.recovered_now is None or rec["damaged_file"] != report.recovered_now["damaged_file"]:
+            out.print(f"note: recovered at {rec['at']} ({escape(rec['reason'])}); the damaged files are kept as "
+                      f"{escape(rec['damaged_file'])}; {escape(_recovery_summary(rec['detail']))}", highlight=False)
+    if report.unreadable:
+        out.print(f"FAILED: the run listing cannot be read: {escape(report.unreadable)}", highlight=False)
+        raise typer.Exit(1)
+    for failed in report.failed:
+        where = f"event {failed.bad_seq}" if failed.bad_seq is not None else "the run"
+        out.print(f"FAILED run {failed.run_id} at {where}: {escape(failed.problem or '')}", highlight=False)
+    for run_id in report.runs_lost:
+        out.print(f"LOST run {run_id}: it has checkpoints or index entries, but none of its rows is in the store",
+                  highlight=False)
+    sealed = sum(1 for r in report.runs if r.ok and r.sealed)
+    out.print(f"{len(report.runs)} runs: {len(report.runs) - len(report.failed)} hold ({sealed} sealed), "
+              f"{len(report.failed)} FAILED" + (f", {len(report.runs_lost)} lost" if report.runs_lost else ""),
+              highlight=False)
     raise typer.Exit(0 if report.ok else 1)
 
 

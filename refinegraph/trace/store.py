@@ -12,6 +12,17 @@ When an event is committed, in one transaction with the blobs it references:
   step (the runner's checkpointer calls `flush` first), so the trace is never behind the
   checkpoint a run resumes from. (A commit on a writer thread was tried: the hand-off
   cost more than the commit it moved off the run's thread.)
+
+A damaged file (cut short, a page lost, a -wal cut mid-frame) is found when the store is
+opened: SQLite's `quick_check` runs whenever the file changed since this process last
+found it whole. The process that opens it while no other process has it open (each
+store holds a shared lock on `<file>.users` while open) recovers it, losing nothing it
+can read: the damaged files are kept beside the store (`<file>.damaged-<UTC time>`),
+every readable row goes into a fresh store, and a `recoveries` row says when, why, where
+the damaged files are, and which events and runs were lost (refinegraph.trace.recovery).
+`refinegraph trace verify` prints it and names the runs the damage broke. Damage found
+while other processes have the store open is reported (`damage`) and left for the next
+open; an operation that meets it raises TraceStoreError naming the file.
 """
 
 from __future__ import annotations
@@ -27,8 +38,14 @@ from pathlib import Path
 from typing import Any
 
 from refinegraph.events import Event, utcnow
-from refinegraph.sqlite_files import BUSY_TIMEOUT_S, prepare_once
+from refinegraph.sqlite_files import BUSY_TIMEOUT_S, prepare_once, setup_lock
+from refinegraph.trace import recovery
 from refinegraph.trace.chain import canonical_json, content_digest, event_body, event_hash, genesis_hash
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no users lock, so damage is reported, never recovered
+    fcntl = None  # type: ignore[assignment]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -70,6 +87,17 @@ CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
 BEGIN SELECT RAISE(ABORT, 'trace events are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
 BEGIN SELECT RAISE(ABORT, 'trace events are append-only'); END;
+CREATE TABLE IF NOT EXISTS recoveries (
+    id INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    damaged_file TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS recoveries_no_update BEFORE UPDATE ON recoveries
+BEGIN SELECT RAISE(ABORT, 'recoveries are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS recoveries_no_delete BEFORE DELETE ON recoveries
+BEGIN SELECT RAISE(ABORT, 'recoveries are append-only'); END;
 """
 
 
@@ -80,20 +108,104 @@ class TraceStoreError(RuntimeError):
     """The store file cannot be opened or read as a trace store."""
 
 
+_found_whole: dict[str, tuple] = {}
+"""store path -> the state of its files when this process last found them whole."""
+
+
+def _file_state(path: Path) -> tuple:
+    state = []
+    for suffix in ("", "-wal"):
+        try:
+            stat = os.stat(f"{path}{suffix}")
+            state.append((stat.st_ino, stat.st_size, stat.st_mtime_ns))
+        except FileNotFoundError:
+            state.append(None)
+    return tuple(state)
+
+
 class TraceStore:
-    """A trace store in one SQLite file (created with its schema on first open)."""
+    """A trace store in one SQLite file (created with its schema on first open; checked,
+    and recovered when damaged, on open: see the module docstring)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self.recovered: dict[str, Any] | None = None
+        """What opening the store recovered (a `recoveries` row, decoded), if anything."""
+        self.damage: str | None = None
+        """Damage found on open and not recovered, since other processes had the store open."""
+        self._users: Any = None
         try:
-            prepare_once(self.path, self._create_schema)
+            self._check_on_open()
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                        timeout=BUSY_TIMEOUT_S)
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                prepare_once(self.path, self._create_schema)
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.DatabaseError:
+                if self.damage is None:
+                    raise
+                # damaged and left for a later open (see `damage`): opened as it is, to read what it can
         except sqlite3.DatabaseError as exc:
+            self._abandon()
             raise TraceStoreError(f"{self.path}: not a usable trace store: {exc}") from exc
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        """Let go of what a failed open took."""
+        if getattr(self, "_db", None) is not None:
+            self._db.close()
+        self._release_users()
+
+    def _users_lock(self, mode: int, *, wait: bool = True) -> bool:
+        """Take `mode` on `<file>.users` (shared while open; exclusive to recover)."""
+        if fcntl is None:
+            return False
+        if self._users is None:
+            self._users = open(f"{self.path}.users", "a+b")  # noqa: SIM115 - held while the store is open
+        try:
+            fcntl.flock(self._users, mode | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            return False
+        return True
+
+    def _release_users(self) -> None:
+        if self._users is not None:
+            self._users.close()  # releases its lock
+            self._users = None
+
+    def _check_on_open(self) -> None:
+        """Check the file when it changed since this process last found it whole, and
+        recover it when damaged and no other process has it open (exclusive on the users
+        lock, under the setup lock: no process opens the store meanwhile)."""
+        key = str(self.path)
+        with setup_lock(self.path):
+            sole = self._users_lock(fcntl.LOCK_EX, wait=False) if fcntl else False
+            state = _file_state(self.path)
+            damage = None if _found_whole.get(key) == state else recovery.inspect(self.path, sole=sole,
+                                                                                   version=SCHEMA_VERSION)
+            if damage is None:
+                _found_whole[key] = state
+            elif damage.kind == "foreign":
+                raise TraceStoreError(f"{self.path}: not a usable trace store: {damage.reason}")
+            elif not sole:
+                self.damage = damage.reason
+                _log.warning("trace store %s is damaged (%s); not recovered now: other processes have it open",
+                             self.path, damage.reason)
+            elif damage.kind == "file":
+                self.recovered = recovery.recover_file(self.path, damage, SCHEMA, SCHEMA_VERSION)
+            else:
+                kept = recovery.keep_cut_wal(self.path)
+                conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+                try:
+                    self._create_schema(conn)
+                    self.recovered = recovery.recover_wal(self.path, damage, conn, kept)
+                finally:
+                    conn.close()
+            self._users_lock(fcntl.LOCK_SH if fcntl else 0)
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
         """The tables and triggers, once per process (see refinegraph.sqlite_files)."""
@@ -108,6 +220,18 @@ class TraceStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            self._release_users()
+
+    def recoveries(self) -> list[dict[str, Any]]:
+        """Every recovery of this store from damage, oldest first (detail decoded)."""
+        rows = self._query("SELECT * FROM recoveries ORDER BY id")
+        for row in rows:
+            row["detail"] = json.loads(row["detail"])
+        return rows
+
+    def _damaged(self, exc: sqlite3.DatabaseError) -> TraceStoreError:
+        return TraceStoreError(f"{self.path} is damaged ({exc}); it is recovered when next opened by a process "
+                               "while no other has it open (e.g. `refinegraph trace verify`)")
 
     # -- runs -----------------------------------------------------------------------------
 
@@ -133,9 +257,11 @@ class TraceStore:
                 for sql, args in after:
                     self._db.execute(sql, args)
                 self._db.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.DatabaseError) and recovery.is_corruption(exc):
+                    raise self._damaged(exc) from exc
                 raise
 
     def seals(self, run_id: str) -> list[dict[str, Any]]:
@@ -222,9 +348,14 @@ class TraceStore:
 
     def _query(self, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
         with self._lock:
-            cursor = self._db.execute(sql, args)
-            names = [d[0] for d in cursor.description]
-            return [dict(zip(names, row)) for row in cursor.fetchall()]
+            try:
+                cursor = self._db.execute(sql, args)
+                names = [d[0] for d in cursor.description]
+                return [dict(zip(names, row)) for row in cursor.fetchall()]
+            except sqlite3.DatabaseError as exc:
+                if recovery.is_corruption(exc):
+                    raise self._damaged(exc) from exc
+                raise
 
 
 # Events inside a node that commit at once (with whatever of the run is pending).
