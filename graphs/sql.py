@@ -9,7 +9,9 @@
   merged query is executed; if it fails, the vote winner stands (a recorded fallback).
 
 Input: {"question": str, "db": URL or path, "evidence": optional str}. Output adds
-sql, columns, rows (capped), answer (a rendered table) and stop_reason.
+sql, columns, rows (capped), answer (a rendered table) and stop_reason. When every
+candidate fails (refused, broken, timed out), the run stops with "no_valid_sql", a
+recorded fallback, and returns the first candidate's SQL with no rows and no answer.
 """
 
 from __future__ import annotations
@@ -84,12 +86,16 @@ async def finish(state: SqlState, runtime: Runtime[RunContext]) -> dict[str, Any
     """Run the chosen SQL once more for its rows (read-only, so the same rows) and stop."""
     reason = state.get("stop_reason") or "done"
     sql = state.get("sql")
-    if sql is None:  # every candidate failed, or the budget stopped the writer
+    failed_sql = sql is None
+    if failed_sql:  # every candidate failed, or the budget stopped the writer
         candidates = state.get("candidates", [])
-        reason = reason if reason != "done" else "no_valid_sql"
         sql = candidates[0]["sql"] if candidates else None
+        if reason == "done":
+            reason = "no_valid_sql"
+            runtime.context.fallback("no_valid_sql", f"all {len(candidates)} candidates failed (see their "
+                                     "sql_exec events); the first is returned without rows", sql or "")
     columns, rows, answer = [], [], None
-    if sql is not None:
+    if sql is not None and not failed_sql:  # a failed candidate is not sent to the database again
         params = state["params"]
         result = await connect(state["db"], timeout_s=params["timeout_s"], max_rows=params["max_rows"]).execute(sql)
         if result.ok:

@@ -96,6 +96,7 @@ async def test_csc_skips_the_merge_when_unanimous(db, store):
 async def test_all_candidates_failing_is_an_answerless_stop(db, store):
     result = await run_sql("sql-sc", db, store, scripted([BROKEN, WRITE]), params={"n": 2})
     assert result.stop_reason == "no_valid_sql" and result.answer is None
+    assert result.fallbacks == {"no_valid_sql": 1} and result.state["sql"] == BROKEN
 
 
 async def test_budget_stop_and_replay(db, store):
@@ -127,7 +128,9 @@ def test_cli_sql_bad_database():
 
 async def test_the_same_questions_through_the_same_graphs_on_postgresql(db, store):
     """A Spider database loaded into a PostgreSQL schema of its own answers like SQLite."""
-    from test_sql_engines import build_pg_schema, drop_pg_schema, pg_dsn, pg_url, unique_schema
+    from test_sql_engines import pg_dsn, pg_url
+
+    from refinegraph.tools.sql.copies import build_pg_schema, drop_pg_schema, unique_schema
 
     dsn = pg_dsn()  # skips with its reason when REFINEGRAPH_PG_DSN is unset
     schema = unique_schema("rg_graphs")

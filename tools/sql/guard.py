@@ -32,6 +32,7 @@ FORBIDDEN_FUNCTIONS = frozenset({
     "ts_stat", "ts_rewrite", "query_to_xmlschema", "query_to_xml_and_xmlschema",  # run SQL given as text
     "read_csv", "read_csv_auto", "read_parquet", "read_json", "read_json_auto", "read_text", "read_blob",
     "glob", "httpfs", "sqlite_scan", "postgres_scan", "install", "load",  # DuckDB
+    "query", "query_table",  # DuckDB: run SQL given as text (a write there met only the read-only connection)
 })
 
 # PostgreSQL's administration, file, WAL, replication, lock and large-object functions: too
