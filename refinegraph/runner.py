@@ -76,8 +76,8 @@ class TraceUnusable(ValueError):
     """A recorded run whose trace cannot serve a replay or a resume (it names why)."""
 
 
-def default_store() -> TraceStore:
-    return TraceStore(home() / "traces.sqlite")
+def default_store(*, full_check: bool = False) -> TraceStore:
+    return TraceStore(home() / "traces.sqlite", full_check=full_check)
 
 
 TRACE_STORE_KEY = "refinegraph_trace_store"

@@ -28,10 +28,11 @@ def print_json(data: Any) -> None:
     typer.echo(json.dumps(data, ensure_ascii=False))
 
 
-def open_store() -> TraceStore:
-    """The trace store of $REFINEGRAPH_HOME, or a clear error if the file is unusable."""
+def open_store(*, full_check: bool = False) -> TraceStore:
+    """The trace store of $REFINEGRAPH_HOME, or a clear error if the file is unusable
+    (`full_check`: SQLite's quick_check of every page too, as `trace verify` does)."""
     try:
-        return default_store()
+        return default_store(full_check=full_check)
     except TraceStoreError as exc:
         fail(str(exc), 1)
 

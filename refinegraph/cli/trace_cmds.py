@@ -70,7 +70,7 @@ def verify(run: str | None = typer.Argument(None, help="Run id (or a unique pref
            as_json: bool = typer.Option(False, "--json")) -> None:
     """Recompute hash chains; exit 0 when they hold, 1 naming the first bad event of each
     broken run and what damage to the store file (and its recovery) broke or lost."""
-    store = open_store()
+    store = open_store(full_check=True)
     damage = _damage_lines(store)
     if run is None:
         _verify_all(store, as_json, damage)

@@ -14,8 +14,10 @@ When an event is committed, in one transaction with the blobs it references:
   cost more than the commit it moved off the run's thread.)
 
 A damaged file (cut short, a page lost, a -wal cut mid-frame) is found when the store is
-opened: SQLite's `quick_check` runs whenever the file changed since this process last
-found it whole. The process that opens it while no other process has it open (each
+opened: a cut file or -wal in O(1) on every open (a process's first open, or after the
+file changed), a damaged page by SQLite's `quick_check`, which reads the whole file and so
+runs where a full check is asked for (`TraceStore(path, full_check=True)`: `refinegraph
+trace verify`), or when an operation meets it (TraceStoreError, recovered on next open). The process that opens it while no other process has it open (each
 store holds a shared lock on `<file>.users` while open) recovers it, losing nothing it
 can read: the damaged files are kept beside the store (`<file>.damaged-<UTC time>`),
 every readable row goes into a fresh store, and a `recoveries` row says when, why, where
@@ -108,8 +110,9 @@ class TraceStoreError(RuntimeError):
     """The store file cannot be opened or read as a trace store."""
 
 
-_found_whole: dict[str, tuple] = {}
-"""store path -> the state of its files when this process last found them whole."""
+_found_whole: dict[str, tuple[tuple, bool]] = {}
+"""store path -> (the state of its files when this process last found them whole, whether
+that was a full check)."""
 
 
 def _file_state(path: Path) -> tuple:
@@ -127,8 +130,11 @@ class TraceStore:
     """A trace store in one SQLite file (created with its schema on first open; checked,
     and recovered when damaged, on open: see the module docstring)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, full_check: bool = False):
         self.path = Path(path)
+        self._full_check = full_check
+        """SQLite's quick_check on open (reads every page; `trace verify` asks for it). Without
+        it, opening checks in O(1) for a cut file or -wal (see recovery.inspect)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self.recovered: dict[str, Any] | None = None
@@ -185,10 +191,12 @@ class TraceStore:
         with setup_lock(self.path):
             sole = self._users_lock(fcntl.LOCK_EX, wait=False) if fcntl else False
             state = _file_state(self.path)
-            damage = None if _found_whole.get(key) == state else recovery.inspect(self.path, sole=sole,
-                                                                                   version=SCHEMA_VERSION)
+            seen = _found_whole.get(key)
+            checked = seen is not None and seen[0] == state and (seen[1] or not self._full_check)
+            damage = None if checked else recovery.inspect(self.path, sole=sole, version=SCHEMA_VERSION,
+                                                           full=self._full_check)
             if damage is None:
-                _found_whole[key] = state
+                _found_whole[key] = (state, self._full_check or (checked and seen[1]))
             elif damage.kind == "foreign":
                 raise TraceStoreError(f"{self.path}: not a usable trace store: {damage.reason}")
             elif not sole:
