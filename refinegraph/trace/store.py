@@ -16,10 +16,12 @@ When an event is committed, in one transaction with the blobs it references:
 A damaged file (cut short, a page lost, a -wal cut mid-frame) is found when the store is
 opened: a cut file or -wal in O(1) on every open (a process's first open, or after the
 file changed), a damaged page by SQLite's `quick_check`, which reads the whole file and so
-runs where a full check is asked for (`TraceStore(path, full_check=True)`: `refinegraph
-trace verify`), or when an operation meets it (TraceStoreError, recovered on next open). The process that opens it while no other process has it open (each
-store holds a shared lock on `<file>.users` while open) recovers it, losing nothing it
-can read: the damaged files are kept beside the store (`<file>.damaged-<UTC time>`),
+runs only where the last user did not close the store (its -wal is still there while no
+process has it open: a crash, a kill, a cut mid-write) or a full check is asked for
+(`TraceStore(path, full_check=True)`: `refinegraph trace verify`). Damage an operation meets
+later raises TraceStoreError and is recovered on the next open. The process that opens
+it while no other process has it open (each store holds a shared lock on `<file>.users`
+while open) recovers it, losing nothing it can read: the damaged files are kept beside the store (`<file>.damaged-<UTC time>`),
 every readable row goes into a fresh store, and a `recoveries` row says when, why, where
 the damaged files are, and which events and runs were lost (refinegraph.trace.recovery).
 `refinegraph trace verify` prints it and names the runs the damage broke. Damage found
@@ -191,12 +193,14 @@ class TraceStore:
         with setup_lock(self.path):
             sole = self._users_lock(fcntl.LOCK_EX, wait=False) if fcntl else False
             state = _file_state(self.path)
+            # A -wal left behind when no process has the store open means the last one did not
+            # close it (a crash, a kill, a cut mid-write): then every page is checked, once.
+            full = self._full_check or (sole and os.path.exists(f"{self.path}-wal"))
             seen = _found_whole.get(key)
-            checked = seen is not None and seen[0] == state and (seen[1] or not self._full_check)
-            damage = None if checked else recovery.inspect(self.path, sole=sole, version=SCHEMA_VERSION,
-                                                           full=self._full_check)
+            checked = seen is not None and seen[0] == state and (seen[1] or not full)
+            damage = None if checked else recovery.inspect(self.path, sole=sole, version=SCHEMA_VERSION, full=full)
             if damage is None:
-                _found_whole[key] = (state, self._full_check or (checked and seen[1]))
+                _found_whole[key] = (state, full or (checked and seen[1]))
             elif damage.kind == "foreign":
                 raise TraceStoreError(f"{self.path}: not a usable trace store: {damage.reason}")
             elif not sole:
