@@ -110,6 +110,45 @@ def vllm_cmd(
     _finish(table, [], out_dir, report, markdown(report))
 
 
+@app.command("reliability")
+def reliability_cmd(
+    parts: str | None = typer.Option(None, "--parts", help="Comma-separated parts (default: all): faults, crash, "
+                                     "concurrent-writers, truncation, tamper, sql, sandbox, server-fuzz, server-load."),
+    runs: int = typer.Option(200, "--runs", min=1, help="Graph runs through the fault-injecting proxy."),
+    concurrency: int = typer.Option(8, "--concurrency", min=1, help="Runs at once through the proxy."),
+    batch_runs: int = typer.Option(50, "--batch-runs", min=2, help="Runs of the batch that is killed and resumed."),
+    clients: int = typer.Option(16, "--clients", min=1, help="Concurrent clients of the server under load."),
+    seconds: float = typer.Option(120.0, "--seconds", min=1, help="How long the server is loaded."),
+    spider: Path | None = typer.Option(None, "--spider", help="A Spider folder for the SQL part (else a small "
+                                                               "database of its own)."),
+    pg_dsn: str | None = typer.Option(None, "--pg-dsn", envvar="REFINEGRAPH_PG_DSN",
+                                      help="PostgreSQL for the SQL part ($REFINEGRAPH_PG_DSN; none: skipped)."),
+    out_dir: Path = typer.Option(Path("bench-reports/reliability"), "--out", help="Folder for report.json/.md."),
+) -> None:
+    """Faults, crashes and hostile input: every run answered or a typed error, traces verified, nothing lost."""
+    from refinegraph.bench.reliability import HEADER, markdown, reliability, section_rows
+
+    chosen = [p.strip() for p in parts.split(",") if p.strip()] if parts else None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        report = asyncio.run(reliability(out_dir / "work", chosen, runs=runs, concurrency=concurrency,
+                                         batch_runs=batch_runs, clients=clients, seconds=seconds,
+                                         spider_dir=spider, pg_dsn=pg_dsn))
+    except ValueError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    table = Table(title="reliability")
+    for name in HEADER:
+        table.add_column(name, justify="left" if name in ("part", "result") else "right")
+    for row in section_rows(report):
+        table.add_row(*[str(c) for c in row])
+    problems = [f"{s['name']}: {p}" for s in report["sections"] for p in s["problems"]]
+    _finish(table, problems, out_dir, report, markdown(report))
+    out.print(report["summary"], highlight=False)
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
 def _finish(table: Table, lines: list[str], out_dir: Path, report: dict, markdown: str) -> None:
     """Print the table and the figures' lines, then write report.json and report.md."""
     from refinegraph.bench.report import write_report
