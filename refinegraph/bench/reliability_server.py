@@ -44,7 +44,7 @@ from refinegraph.bench.reliability_common import Section
 from refinegraph.config import Config
 from refinegraph.models import ScriptedModel
 from refinegraph.trace.store import TraceStore
-from refinegraph.trace.verify import verify_run
+from refinegraph.trace.verify import verify_store
 
 CHAT = "/v1/chat/completions"
 BASE = "http://rg.fuzz"
@@ -577,15 +577,10 @@ async def concurrent_bad(http: httpx.AsyncClient, probe: Probe, cases: list[Host
 
 
 def verify_all(store: TraceStore) -> tuple[int, int, list[str]]:
-    verified, failed, problems = 0, 0, []
-    for row in store.all_runs():
-        report = verify_run(store, row["run_id"])
-        if report.ok:
-            verified += 1
-        else:
-            failed += 1
-            problems.append(f"run {row['run_id']}: {report.problem}")
-    return verified, failed, problems[:10]
+    """(runs verified, runs failed, the first ten problems) of every run in `store`."""
+    report = verify_store(store)
+    return (len(report.runs) - len(report.failed), len(report.failed),
+            [f"run {r.run_id}: {r.problem}" for r in report.failed[:10]])
 
 
 async def fuzz_section(examples: int = 100, *, seed: int = 0, concurrent: int = 200,

@@ -275,7 +275,7 @@ async def crash_batch(workdir: Path, server: CountingServer, *, runs: int, kill_
     """
     from refinegraph.runner import replay
     from refinegraph.trace.store import TraceStore
-    from refinegraph.trace.verify import verify_run
+    from refinegraph.trace.verify import verify_store
 
     params = SELF_REFINE_PARAMS if params is None else params
     workdir.mkdir(parents=True, exist_ok=True)
@@ -342,16 +342,11 @@ async def crash_batch(workdir: Path, server: CountingServer, *, runs: int, kill_
         problems.append(f"{figures['re_paid']} calls re-paid, but {held} were in flight (held) at the kill")
 
     store = TraceStore(home / "traces.sqlite")
-    verified = failed = 0
     replays = {"replayed": 0, "matched": 0, "model_calls": 0}
     try:
-        for run in store.all_runs():
-            report = verify_run(store, run["run_id"])
-            if report.ok:
-                verified += 1
-            else:
-                failed += 1
-                problems.append(f"run {run['run_id']} does not verify: event {report.bad_seq}: {report.problem}")
+        checked = verify_store(store)
+        verified, failed = len(checked.runs) - len(checked.failed), len(checked.failed)
+        problems += [f"run {r.run_id} does not verify: event {r.bad_seq}: {r.problem}" for r in checked.failed]
         resumed = {i: r for i, r in rows.items() if r.get("resumed")}
         for ident, row in sorted(resumed.items()):
             result = await replay(row["run_id"], store=store)

@@ -122,13 +122,16 @@ def _header_readable(path: Path) -> str | None:
     return None
 
 
-def _cut_mid_page(path: Path) -> str | None:
-    """SQLite writes whole pages: a main file that ends inside one was cut (and SQLite
-    reads the missing bytes of that page as zeros, so quick_check may not see it)."""
+def _cut_short(path: Path) -> str | None:
+    """A main file cut short, found in O(1) from its size and header: SQLite writes whole
+    pages, so a file ending inside one was cut (SQLite reads the missing bytes as zeros, so
+    quick_check may not see it); and one shorter than the page count its header records
+    (a count that holds when its version-valid-for number equals the change counter) was
+    cut on a page boundary."""
     if not path.is_file():
         return None
     with open(path, "rb") as handle:
-        head = handle.read(18)
+        head = handle.read(100)
     if len(head) < 18 or head[:16] != salvage.HEADER_MAGIC:
         return None
     raw = int.from_bytes(head[16:18], "big")
@@ -136,25 +139,8 @@ def _cut_mid_page(path: Path) -> str | None:
     size = path.stat().st_size
     if page_size >= 512 and size % page_size:
         return f"the file ends {size % page_size} bytes into page {size // page_size + 1}: it was cut"
-    return None
-
-
-def _cut_before_its_pages(path: Path) -> str | None:
-    """A main file shorter than the page count its header records (when that count is
-    valid: its version-valid-for number equals the change counter) was cut on a page
-    boundary. O(1): read on every open, where a full quick_check would read every page."""
-    if not path.is_file():
-        return None
-    with open(path, "rb") as handle:
-        head = handle.read(100)
-    if len(head) < 100 or head[:16] != salvage.HEADER_MAGIC:
-        return None
-    raw = int.from_bytes(head[16:18], "big")
-    page_size = 65536 if raw == 1 else raw
-    pages = int.from_bytes(head[28:32], "big")
-    valid = head[92:96] == head[24:28]
-    size = path.stat().st_size
-    if valid and pages and size < pages * page_size:
+    pages = int.from_bytes(head[28:32], "big") if len(head) == 100 else 0
+    if pages and head[92:96] == head[24:28] and size < pages * page_size:
         return f"the file holds {size // page_size} of the {pages} pages its header records: it was cut"
     return None
 
@@ -181,8 +167,7 @@ def inspect(path: Path, *, sole: bool, version: int = 1, full: bool = True) -> D
     if not path.exists() and not Path(f"{path}-wal").exists():
         return None
     torn = wal_cut(path) if sole else None
-    problem = (quick_check(path) if full else _header_readable(path)) or _cut_mid_page(path) \
-        or _cut_before_its_pages(path)
+    problem = (quick_check(path) if full else _header_readable(path)) or _cut_short(path)
     if problem is not None:
         if not looks_like_store(path, version):
             return Damage("foreign", problem)

@@ -18,15 +18,17 @@ opened: a cut file or -wal in O(1) on every open (a process's first open, or aft
 file changed), a damaged page by SQLite's `quick_check`, which reads the whole file and so
 runs only where the last user did not close the store (its -wal is still there while no
 process has it open: a crash, a kill, a cut mid-write) or a full check is asked for
-(`TraceStore(path, full_check=True)`: `refinegraph trace verify`). Damage an operation meets
-later raises TraceStoreError and is recovered on the next open. The process that opens
-it while no other process has it open (each store holds a shared lock on `<file>.users`
-while open) recovers it, losing nothing it can read: the damaged files are kept beside the store (`<file>.damaged-<UTC time>`),
-every readable row goes into a fresh store, and a `recoveries` row says when, why, where
-the damaged files are, and which events and runs were lost (refinegraph.trace.recovery).
+(`TraceStore(path, full_check=True)`: `refinegraph trace verify`).
+
+The process that opens a damaged store while no other process has it open (each store
+holds a shared lock on `<file>.users` while open) recovers it, losing nothing it can
+read: the damaged files are kept beside the store (`<file>.damaged-<UTC time>`), every
+readable row goes into a fresh store, and a `recoveries` row says when, why, where the
+damaged files are, and which events and runs were lost (refinegraph.trace.recovery).
 `refinegraph trace verify` prints it and names the runs the damage broke. Damage found
 while other processes have the store open is reported (`damage`) and left for the next
-open; an operation that meets it raises TraceStoreError naming the file.
+open; an operation that meets damage raises TraceStoreError naming the file, and the next
+open recovers it.
 """
 
 from __future__ import annotations
