@@ -231,10 +231,13 @@ class RunContext:
             self.emit(ErrorEvent(error_class="ModelUnavailable", message=str(exc)))
             raise
         except Exception as exc:  # every backend failure becomes one typed, recorded error
-            self.emit(ErrorEvent(error_class=type(exc).__name__,
-                                 message=f"model {name!r} after {attempts} attempt(s): {describe(exc)}"[:2000],
-                                 cache_keys=keys, attempts=attempts))
-            raise ModelError(name, type(exc).__name__, str(exc), attempts) from exc
+            # The error raised says what the trace records, so a replay (which raises it from
+            # the trace) makes the same decisions with it.
+            prefix = f"model {name!r} after {attempts} attempt(s): "
+            message = f"{prefix}{describe(exc)}"[:2000]
+            self.emit(ErrorEvent(error_class=type(exc).__name__, message=message, cache_keys=keys,
+                                 attempts=attempts))
+            raise ModelError(name, type(exc).__name__, message.removeprefix(prefix), attempts) from exc
         finally:
             retry_scope.reset(scope)
 
