@@ -1,6 +1,6 @@
 """Crashes and trace-store damage: kill -9 of a batch, crashes between trace and checkpoint,
 processes writing one store at once, files cut short, tampering. The embedded-model
-version of the crash is `refinegraph.bench.reliability_store.crash_section` (a bench).
+version of the crash is `refinegraph.bench.reliability_crash.crash_section` (a bench).
 """
 
 from __future__ import annotations
@@ -19,16 +19,9 @@ from typer.testing import CliRunner
 from refinegraph import resume, run
 from refinegraph.batch import run_batch
 from refinegraph.bench.reliability_common import Section
-from refinegraph.bench.reliability_store import (
-    CountingServer,
-    _cut_live,
-    _present,
-    concurrent_writers_section,
-    crash_batch,
-    stub_config,
-    stub_reply,
-    tamper_section,
-)
+from refinegraph.bench.reliability_crash import concurrent_writers_section, crash_batch
+from refinegraph.bench.reliability_damage import _cut_live, _present, tamper_section
+from refinegraph.bench.stub_server import CountingServer, stub_config, stub_reply
 from refinegraph.cli.app import app
 from refinegraph.events import Fallback, NodeFinished, NodeStarted, RunFinished, RunStarted
 from refinegraph.runner import TraceUnusable, replay, trace_marks

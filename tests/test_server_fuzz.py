@@ -1,5 +1,6 @@
 """The server under hostile requests (schemathesis from its own OpenAPI document, and
-hand-written ones over a real socket) and under load, through refinegraph/bench/reliability_server.py.
+hand-written ones over a real socket) and under load, through refinegraph.bench's
+reliability_fuzz and reliability_load.
 
 The fuzzing runs on scripted models (a test double), so every run is instant and healthy;
 the load test needs the embedded model. Timing goals are the bench's, never asserted here."""
@@ -11,7 +12,7 @@ import json
 import httpx
 import pytest
 
-from refinegraph.bench.reliability_server import (
+from refinegraph.bench.reliability_fuzz import (
     BAD_CREDENTIALS,
     CHAT,
     KEY_ENV,
@@ -20,8 +21,8 @@ from refinegraph.bench.reliability_server import (
     fuzz_app,
     fuzz_section,
     hostile_requests,
-    load_section,
 )
+from refinegraph.bench.reliability_load import load_section
 
 KEY = "fuzz-test-key"
 

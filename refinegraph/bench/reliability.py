@@ -2,9 +2,9 @@
 
 Each part lives in its own module and returns a `Section` (reliability_common): the
 proxy faults between refinegraph and its model (reliability_faults), crashes and trace
-store damage (reliability_store), hostile SQL and prompt-injected questions
+store damage (reliability_crash, reliability_damage), hostile SQL and prompt-injected questions
 (reliability_sql), hostile programs in the code sandbox (reliability_sandbox), and the
-server under fuzzing and load (reliability_server). Parts run one after another, so no
+server under fuzzing (reliability_fuzz) and load (reliability_load). Parts run one after another, so no
 part's load skews another's figures; a part that raises is reported as failed with its
 error, and the others still run.
 """
@@ -40,14 +40,14 @@ class Part:
 
 PARTS = (
     Part("faults", "reliability_faults", "faults_section", ("runs", "concurrency")),
-    Part("crash", "reliability_store", "crash_section", ("batch_runs",)),
-    Part("concurrent-writers", "reliability_store", "concurrent_writers_section"),
-    Part("truncation", "reliability_store", "truncation_section"),
-    Part("tamper", "reliability_store", "tamper_section"),
+    Part("crash", "reliability_crash", "crash_section", ("batch_runs",)),
+    Part("concurrent-writers", "reliability_crash", "concurrent_writers_section"),
+    Part("truncation", "reliability_damage", "truncation_section"),
+    Part("tamper", "reliability_damage", "tamper_section"),
     Part("sql", "reliability_sql", "sql_section", ("spider_dir", "pg_dsn")),
     Part("sandbox", "reliability_sandbox", "sandbox_section"),
-    Part("server-fuzz", "reliability_server", "fuzz_section"),
-    Part("server-load", "reliability_server", "load_section", ("clients", "seconds")),
+    Part("server-fuzz", "reliability_fuzz", "fuzz_section"),
+    Part("server-load", "reliability_load", "load_section", ("clients", "seconds")),
 )
 OPTION_NAMES = {"batch_runs": "runs"}
 """A bench option passed to a part under another keyword (crash_section(runs=...))."""

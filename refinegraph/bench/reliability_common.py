@@ -7,9 +7,14 @@ events lost, writes made), whether the part met its expectation, and its own fig
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
+
+from refinegraph.trace.store import TraceStore
+from refinegraph.trace.verify import verify_store
 
 
 class Section(BaseModel):
@@ -56,3 +61,21 @@ def summary_line(sections: list[Section]) -> str:
     return (f"reliability: runs {totals['runs']}, faults injected {totals['faults_injected']}, "
             f"traces verified {totals['traces_verified']} (failed {totals['traces_failed']}), "
             f"events lost {totals['events_lost']}, writes made {totals['writes_made']}: {verdict}")
+
+
+def run_count(store: TraceStore) -> int:
+    return len(store.all_runs())
+
+
+def verify_all(store: TraceStore) -> tuple[int, int, list[str]]:
+    """(runs verified, runs failed, the first ten problems) of every run in `store`."""
+    report = verify_store(store)
+    return (len(report.runs) - len(report.failed), len(report.failed),
+            [f"run {r.run_id}: {r.problem}" for r in report.failed[:10]])
+
+
+def workdir_for(workdir: Path | None, name: str) -> Path:
+    """`workdir` (made), or a fresh temporary folder named after the part."""
+    folder = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix=f"rg-{name}-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

@@ -23,6 +23,7 @@ from typing import Any
 
 from refinegraph.bench.report import environment, md_table, median
 from refinegraph.models.base import Model, Samples
+from refinegraph.procs import process_tree_rss
 
 TASK = ("A train leaves at 09:40 and arrives at 13:05, stopping twice for 7 minutes each. How long was it "
         "moving? Work it out step by step.")
@@ -31,20 +32,7 @@ SYSTEM = " ".join(["You are a careful assistant. Check every step of your arithm
 
 def tree_rss_mb(pid: int) -> float:
     """Resident memory of a process and all its descendants, in MiB."""
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
-    total = 0
-    for process in processes:
-        try:
-            total += process.memory_info().rss
-        except psutil.NoSuchProcess:
-            continue  # exited while we looked
-    return total / 2**20
+    return process_tree_rss(pid) / 2**20
 
 
 async def _measure(model: Model, *, n: int, max_tokens: int, repeats: int, pid: int) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from refinegraph.procs import free_port
 
 
 class VLLMServerError(RuntimeError):
@@ -33,12 +34,6 @@ class VLLMServer:
     load_seconds: float
     """From the start of the process to the first healthy /health."""
     log_path: Path
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _tail(path: Path) -> str:
