@@ -88,38 +88,36 @@ def wal_cut(path: Path) -> salvage.WalInfo | None:
     return None
 
 
-def quick_check(path: Path) -> str | None:
-    """SQLite's quick_check of the file: None when it holds, else what it found. Read-only,
-    so that closing it never checkpoints the -wal into a damaged file and deletes it."""
+def _read_only(path: Path, sql: str) -> list[Any] | str:
+    """The rows of `sql` on the file opened read-only (so that closing it never
+    checkpoints the -wal into a damaged file and deletes it), or SQLite's word that the
+    file is damaged."""
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
         try:
-            rows = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+            return [r[0] for r in conn.execute(sql).fetchall()]
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
         if not is_corruption(exc):
             raise
         return str(exc)
-    if rows == ["ok"]:
-        return None
+
+
+def quick_check(path: Path) -> str | None:
+    """SQLite's quick_check of the file (it reads every page): None when it holds, else
+    what it found."""
+    rows = _read_only(path, "PRAGMA quick_check")
+    if isinstance(rows, str) or rows == ["ok"]:
+        return None if rows == ["ok"] else rows
     return "; ".join(line for row in rows[:5] for line in row.splitlines()[:3])
 
 
 def _header_readable(path: Path) -> str | None:
     """Whether SQLite can read the schema (page 1 and the schema pages): what a cheap open
     can say of a file (None when it can)."""
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
-        try:
-            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError as exc:
-        if not is_corruption(exc):
-            raise
-        return str(exc)
-    return None
+    found = _read_only(path, "SELECT COUNT(*) FROM sqlite_master")
+    return found if isinstance(found, str) else None
 
 
 def _cut_short(path: Path) -> str | None:
