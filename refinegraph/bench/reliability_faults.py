@@ -83,8 +83,8 @@ def _unconnected(event: dict[str, Any]) -> bool:
     return event["error_class"] in UNCONNECTED or any(f"(cause: {c})" in event["message"] for c in UNCONNECTED)
 
 
-async def faults_section(runs: int = 200, fault_rate: float = 0.7, concurrency: int = 8, *,
-                         timeout_s: float = 5.0, max_retries: int = 6, seed: int = 0, retry_after_s: float = 1.0,
+async def faults_section(runs: int = 200, fault_rate: float = 0.7, concurrency: int = 4, *,
+                         timeout_s: float = 15.0, max_retries: int = 6, seed: int = 0, retry_after_s: float = 1.0,
                          stall_s: float = 30.0, slow_total_s: float = 0.5, checkpoint: bool = True,
                          upstream: str | None = None, threads: int | None = 1,
                          workdir: Path | None = None) -> Section:
