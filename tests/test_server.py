@@ -22,7 +22,7 @@ from refinegraph.cli.app import app as cli_app
 from refinegraph.config import Config, ConfigError, load_config
 from refinegraph.models import ScriptedModel
 from refinegraph.registry import list_graphs
-from refinegraph.server import create_app
+from refinegraph.server import body, create_app
 
 from conftest import scripted_by_role, verdict
 
@@ -409,6 +409,25 @@ async def test_chunked_oversized_body_is_413(store):
     async with raw_client(app) as http:
         response = await http.post("/v1/chat/completions", content=chunks())
     assert response.status_code == 413 and run_count(store) == 0
+
+
+@pytest.mark.parametrize("pause", [0.0, 0.05], ids=["fast", "slow"])
+async def test_a_client_that_never_stops_sending_still_gets_its_413(store, pause):
+    """The server drains a refused body (so the 413 is not lost to a reset) but only so far."""
+    app = create_app(config(max_body_bytes=2048), models={"local": twelve()}, store=store)
+    sent = 0
+
+    async def endless():
+        nonlocal sent
+        while True:
+            sent += 4096
+            yield b" " * 4096
+            await asyncio.sleep(pause)
+
+    async with raw_client(app) as http:
+        response = await asyncio.wait_for(http.post("/v1/chat/completions", content=endless()), 30)
+    assert response.status_code == 413 and run_count(store) == 0
+    assert sent <= body.DRAIN_BYTES + 3 * 4096  # the byte bound (fast) or the time bound (slow) ended it
 
 
 async def test_unknown_routes_and_methods_stay_4xx(store):

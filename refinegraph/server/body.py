@@ -15,8 +15,11 @@ Beyond what `json.loads` checks, a body is refused when:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import math
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
@@ -25,6 +28,8 @@ from refinegraph.server.errors import ApiError
 
 MAX_DEPTH = 64
 INT_LIMIT = 2**63 - 1
+DRAIN_BYTES = 1 << 20
+DRAIN_SECONDS = 1.0
 
 
 def is_json_media_type(content_type: str | None) -> bool:
@@ -37,18 +42,38 @@ async def read_limited(request: Request, limit: int) -> bytes:
     """The body, read no further than `limit` bytes (a lying Content-Length only ends it sooner)."""
     too_large = ApiError(413, f"request body over {limit} bytes", code="request_too_large")
     declared = request.headers.get("content-length")
+    stream = request.stream()
     if declared and declared.isdigit() and int(declared) > limit:
+        await drain(stream)
         raise too_large
     body = bytearray()
     try:
-        async for part in request.stream():
+        async for part in stream:
             body += part
             if len(body) > limit:
+                await drain(stream)
                 raise too_large
     except ClientDisconnect:  # gone mid-body: nothing to run, and no answer reaches anyone
         raise ApiError(400, "the client disconnected before sending the whole body", code="client_disconnected") \
             from None
     return bytes(body)
+
+
+async def drain(stream: AsyncIterator[bytes]) -> None:
+    """Read and drop what the client is still sending, at most DRAIN_BYTES within DRAIN_SECONDS.
+
+    Why: a server that closes with unread bytes in its socket makes the kernel reset the
+    connection, and the reset can discard the 413 before the client reads it (the client
+    then sees "connection reset", not why). Bounded, so a client that never stops only
+    costs DRAIN_SECONDS before the close.
+    """
+    left = DRAIN_BYTES
+    with contextlib.suppress(TimeoutError, ClientDisconnect):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for part in stream:
+                left -= len(part)
+                if left <= 0:
+                    return
 
 
 def _refuse_constant(name: str) -> Any:
