@@ -225,6 +225,28 @@ def test_a_store_cut_short_opens_recovered_and_names_what_it_lost(tmp_path, rg_h
     store.close()
 
 
+def test_a_store_cut_short_recovers_even_with_an_event_edited_into_a_json_array(tmp_path, rg_home):
+    """An edited body that is JSON but not an object is kept as stored and named, not a crash."""
+    path = rg_home / "traces.sqlite"
+    rg_home.mkdir(parents=True)
+    store = TraceStore(path)
+    write_runs(store, 10)
+    store.close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TRIGGER events_no_update")
+    conn.execute("UPDATE events SET body='[1]' WHERE run_id='r0' AND seq=1")
+    conn.commit()
+    conn.close()
+    os.truncate(path, path.stat().st_size - 37)  # SQLite still reads every row, the edited one among them
+
+    store = TraceStore(path)  # opened (it raised AttributeError before), recovered
+    assert store.recovered is not None
+    [recovery] = store.recoveries()
+    assert 1 in recovery["detail"]["events_unproven"]["r0"]
+    assert "r0" in {r.run_id for r in verify_store(store).failed}
+    store.close()
+
+
 async def test_a_cut_wal_is_recovered_and_the_runs_it_cut_are_named(tmp_path, rg_home):
     rg_home.mkdir(parents=True)
     live = rg_home / "traces.sqlite"

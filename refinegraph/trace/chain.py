@@ -34,3 +34,14 @@ def event_hash(prev_hash: str, body: str) -> str:
 
 def content_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def blob_refs(body: dict[str, Any]) -> list[str]:
+    """Digests an event body refers to: any `*_blob` field, and each item of any `*_blobs` list."""
+    refs: list[str] = []
+    for key, value in body.items():
+        if key.endswith("_blob") and isinstance(value, str) and value:
+            refs.append(value)
+        elif key.endswith("_blobs") and isinstance(value, list):
+            refs.extend(v for v in value if isinstance(v, str) and v)
+    return refs

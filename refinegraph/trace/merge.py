@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from refinegraph.trace.chain import blob_refs
 from refinegraph.trace.store import TraceStore
 from refinegraph.trace.verify import verify_run
 
@@ -145,21 +146,10 @@ def _plan_store(store: TraceStore, target: TraceStore, on_conflict: str, report:
             statements.append(("UPDATE runs SET status=?, stop_reason=?, answer_preview=?, sealed_hash=?, owner=? "
                                "WHERE run_id=?", (row["status"], row["stop_reason"], row["answer_preview"],
                                                   row["sealed_hash"], row["owner"], run_id)))
-        for digest in _blob_refs(new_rows):
+        for digest in (ref for row in new_rows for ref in blob_refs(json.loads(row["body"]))):
             if digest not in blobs:
                 data = store.blob_bytes(digest)
                 if data is not None:  # a missing blob is copied as missing: verify names it
                     blobs[digest] = data
 
 
-def _blob_refs(rows: list[dict]) -> list[str]:
-    """Digests the events refer to (any *_blob field of an event body)."""
-    refs: list[str] = []
-    for row in rows:
-        body = json.loads(row["body"])
-        for key, value in body.items():
-            if key.endswith("_blob") and isinstance(value, str) and value:
-                refs.append(value)
-            elif key.endswith("_blobs") and isinstance(value, list):
-                refs.extend(v for v in value if isinstance(v, str) and v)
-    return refs

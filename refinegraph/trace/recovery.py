@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from refinegraph.trace import salvage
-from refinegraph.trace.chain import content_digest, event_hash
+from refinegraph.trace.chain import blob_refs, content_digest, event_hash
 
 _log = logging.getLogger(__name__)
 
@@ -233,17 +233,6 @@ def _event_proves_itself(values: tuple) -> bool:
         and data.get("type") == kind
 
 
-def _blob_refs(body: str) -> list[str]:
-    data = json.loads(body)
-    refs = []
-    for key, value in data.items():
-        if key.endswith("_blob") and isinstance(value, str) and value:
-            refs.append(value)
-        elif key.endswith("_blobs") and isinstance(value, list):
-            refs.extend(v for v in value if isinstance(v, str) and v)
-    return refs
-
-
 @dataclass
 class Salvage:
     """The rows a recovery keeps, and what it found missing."""
@@ -386,10 +375,11 @@ def losses(kept: Salvage, pages: salvage.Scan) -> dict[str, Any]:
     blobs_gone = set()
     for values in kept.events.values():
         try:
-            refs = _blob_refs(values[3])
-        except ValueError:
+            body = json.loads(values[3])
+        except ValueError:  # an unproven event kept as stored: its damage is reported elsewhere
             continue
-        blobs_gone |= {ref for ref in refs if ref not in kept.blobs}
+        if isinstance(body, dict):
+            blobs_gone |= {ref for ref in blob_refs(body) if ref not in kept.blobs}
     lost = {run: seqs_ for run, seqs_ in lost.items() if seqs_}
     return {"events_lost_count": sum(len(s) for s in lost.values()),
             "events_lost": {run: sorted(s)[:LISTED_PER_RUN] for run, s in sorted(lost.items())},
@@ -529,8 +519,8 @@ def _continue_chains(conn: sqlite3.Connection, pages: salvage.Scan) -> tuple[dic
             for s in missing:
                 values = found[s]
                 linked = s == seq and (tip is None or values[4] == tip)
-                blobs_ok = linked and all(blob_present(ref) for ref in _blob_refs(values[3]))
-                if not (linked and blobs_ok and _event_proves_itself(values)):
+                if not (linked and _event_proves_itself(values)
+                        and all(blob_present(ref) for ref in blob_refs(json.loads(values[3])))):
                     refused["events"] += len([m for m in missing if m >= s])
                     break
                 conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", values)
