@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from refinegraph.bench.hostile_sql import make_scratch, remove_scratch
 from refinegraph.models import ScriptedModel
 from refinegraph.trace.store import TraceStore
 
@@ -70,3 +71,11 @@ def fresh_compiled_graphs():
     clear_compiled_graphs()
     yield
     clear_compiled_graphs()
+
+
+@pytest.fixture(scope="module")
+def scratch():
+    """Where file-writing hostile SQL aims (see hostile_sql.make_scratch): outside every database."""
+    folder = make_scratch()
+    yield folder
+    remove_scratch(folder)

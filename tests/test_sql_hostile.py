@@ -39,8 +39,6 @@ from refinegraph.bench.hostile_sql import (
     Target,
     drop_leftover_replication_slots,
     fill,
-    make_scratch,
-    remove_scratch,
 )
 from refinegraph.tools.sql import ExecResult
 from refinegraph.tools.sql.copies import build_duckdb, build_pg_schema, drop_pg_schema, pg_schema_url, unique_schema
@@ -56,14 +54,6 @@ RUNAWAY_CASES = [pytest.param(engine, sql, id=f"{engine}-{name}")
 
 
 # -- the three databases and what "unchanged" means for each -----------------------------------
-
-@pytest.fixture(scope="module")
-def scratch():
-    """Where file-writing statements aim (see hostile_sql.make_scratch)."""
-    folder = make_scratch()
-    yield folder
-    remove_scratch(folder)
-
 
 @pytest.fixture(scope="module")
 def sqlite_target(tmp_path_factory, scratch) -> Target:

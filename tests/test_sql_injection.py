@@ -70,13 +70,6 @@ def _cases() -> list:
 # -- the databases -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def scratch():
-    folder = make_scratch()
-    yield folder
-    remove_scratch(folder)
-
-
-@pytest.fixture(scope="module")
 def own_sqlite(tmp_path_factory):
     return build_concert_db(tmp_path_factory.mktemp("injection_sqlite") / "concert_singer.sqlite")
 
