@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from refinegraph.bench.hostile_sql import make_scratch, remove_scratch
+from refinegraph.bench.stub_server import role_of
 from refinegraph.models import ScriptedModel
 from refinegraph.trace.store import TraceStore
 
@@ -31,15 +32,6 @@ def store(rg_home) -> TraceStore:
 def verdict(score: int, done: bool = False, edits: list[str] | None = None) -> str:
     return json.dumps({"correctness": score, "completeness": score, "clarity": score, "score": score,
                        "verdict": "done" if done else "revise", "edits": edits or ["be more precise"]})
-
-
-def role_of(messages: list[dict[str, Any]]) -> str:
-    system = messages[0]["content"] if messages[0]["role"] == "system" else ""
-    if "strict reviewer" in system:
-        return "critic"
-    if "improve an answer" in system:
-        return "refiner"
-    return "solver"
 
 
 def scripted_by_role(critic_replies: list[str], name: str = "local", **kwargs) -> ScriptedModel:

@@ -30,7 +30,7 @@ def _fake_parts(monkeypatch):
     def blocking(workdir):  # a sync part that runs its own event loop, as several do
         asyncio.run(asyncio.sleep(0))
         (workdir / "touched").write_text("x")
-        return Section(name="blocking", ok=True, runs=1, traces_verified=1)
+        return Section(name="a blocking part", ok=True, runs=1, traces_verified=1)
 
     async def broken(runs):
         raise RuntimeError(f"broke after {runs} runs")
@@ -51,6 +51,7 @@ def test_a_broken_part_fails_alone_and_the_exit_code_says_so(monkeypatch, tmp_pa
     report = json.loads((tmp_path / "report.json").read_text())
     blocking, broken = report["sections"]
     assert blocking["ok"] and (tmp_path / "work" / "blocking" / "touched").is_file()
+    assert (blocking["name"], broken["name"]) == ("blocking", "broken")  # the part's name, whatever it calls itself
     assert not broken["ok"] and broken["problems"] == ["the part did not run to its end: RuntimeError: broke "
                                                        "after 7 runs"]
     assert "## broken" in (tmp_path / "report.md").read_text()
@@ -64,6 +65,8 @@ def test_unknown_parts_are_a_usage_error(tmp_path):
 def test_tamper_part_through_the_command(tmp_path):
     result = CliRunner().invoke(app, ["bench", "reliability", "--parts", "tamper", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
+    again = CliRunner().invoke(app, ["bench", "reliability", "--parts", "tamper", "--out", str(tmp_path)])
+    assert again.exit_code == 0, again.output  # a second run into the same --out starts from an empty work folder
     report = json.loads((tmp_path / "report.json").read_text())
     (tamper,) = report["sections"]
     assert tamper["ok"] and tamper["faults_injected"] == 8 and tamper["traces_failed"] == 0

@@ -87,11 +87,6 @@ class ProxyStats:
     def faults_injected(self) -> int:
         return sum(self.faults.values())
 
-    def failing(self, path: str | None = None) -> int:
-        """Faults the client must have seen as a failed attempt (all paths, or one)."""
-        counts = self.faults if path is None else self.faults_by_path.get(path, {})
-        return sum(v for k, v in counts.items() if k in FAILING_KINDS)
-
 
 @dataclass
 class _Request:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import shutil
 import time
 import traceback
 from collections.abc import Callable
@@ -58,9 +59,10 @@ async def run_part(part: Part, workdir: Path, options: dict[str, Any]) -> Sectio
     started = time.perf_counter()
     kwargs = {OPTION_NAMES.get(key, key): options[key] for key in part.options if options.get(key) is not None}
     function = part.load()
-    if "workdir" in inspect.signature(function).parameters:
+    if "workdir" in inspect.signature(function).parameters:  # emptied first: parts use fixed run ids and files
         kwargs["workdir"] = workdir / part.name
-        kwargs["workdir"].mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(kwargs["workdir"], ignore_errors=True)
+        kwargs["workdir"].mkdir(parents=True)
     try:
         if inspect.iscoroutinefunction(function):
             section = await function(**kwargs)
@@ -72,6 +74,7 @@ async def run_part(part: Part, workdir: Path, options: dict[str, Any]) -> Sectio
                           lines=traceback.format_exception_only(exc))
     if not section.seconds:
         section.seconds = round(time.perf_counter() - started, 1)
+    section.name = part.name  # the name --parts takes, also when the part failed to run
     return section
 
 

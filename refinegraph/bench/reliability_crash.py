@@ -28,9 +28,6 @@ from typing import Any
 from refinegraph.bench.reliability_common import Section, workdir_for
 from refinegraph.bench.stub_server import CountingServer, stub_reply
 
-CHAT_PATH = "/v1/chat/completions"
-
-
 # -- crash: kill -9 a batch, resume it -----------------------------------------------------------
 
 SELF_REFINE_PARAMS = {"max_iterations": 1, "solver_max_tokens": 48, "critic_max_tokens": 160,

@@ -23,9 +23,6 @@ from typing import Any
 from refinegraph.bench.reliability_common import Section, workdir_for
 from refinegraph.bench.stub_server import CountingServer, stub_config, stub_reply
 
-CHAT_PATH = "/v1/chat/completions"
-
-
 # -- stores to damage -----------------------------------------------------------------------------------
 
 

@@ -317,6 +317,4 @@ def _lines(section: Section) -> list[str]:
     if f["fallbacks"]:
         lines += ["", "| fallback | count |", "|---|---:|"]
         lines += [f"| {key} | {value} |" for key, value in sorted(f["fallbacks"].items())]
-    if section.problems:
-        lines += ["", f"{len(section.problems)} expectation(s) failed:"] + [f"- {p}" for p in section.problems[:20]]
-    return lines
+    return lines  # the problems follow in report.md under "Problems:" (reliability.markdown)
