@@ -21,6 +21,7 @@ import pytest
 
 from refinegraph import run
 from refinegraph.config import Config, ModelSpec
+from refinegraph.models.vllm_server import server_flags
 from refinegraph.runner import replay
 from refinegraph.trace.verify import verify_run
 
@@ -31,7 +32,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 MODEL_DIR = os.environ.get("REFINEGRAPH_VLLM_MODEL", "")
 ENGINE_ARGS = {"max_model_len": 2048, "dtype": "float32", "enforce_eager": True}
-SERVER_ARGS = ("--max-model-len", "2048", "--dtype", "float32", "--enforce-eager")
+SERVER_ARGS = tuple(server_flags(ENGINE_ARGS))  # the engine's settings, so both load the model alike
 TASK = "Explain in two sentences why the sky is blue."
 QUESTION = "What is 12 + 7? End with 'The answer is N.'"
 GREEDY = [{"role": "user", "content": "Name three primary colors."}]

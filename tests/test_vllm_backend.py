@@ -10,7 +10,8 @@ import pytest
 from refinegraph import run
 from refinegraph.config import Config, ConfigError, ModelSpec
 from refinegraph.models import ModelUnavailable, VLLMEngineModel, build_model
-from refinegraph.models.vllm_backend import engine_defaults, structured_outputs
+from refinegraph.models.vllm_backend import _tokenizer, engine_defaults, structured_outputs
+from refinegraph.models.vllm_server import server_flags
 
 
 def test_config_builds_the_engine_backend_with_prefix_caching_on():
@@ -20,6 +21,29 @@ def test_config_builds_the_engine_backend_with_prefix_caching_on():
     assert engine_defaults("m", {"enable_prefix_caching": False})["enable_prefix_caching"] is False
     with pytest.raises(ConfigError, match="needs model"):
         build_model("engine", ModelSpec(backend="vllm"))
+    with pytest.raises(ConfigError, match="must not hold 'model'"):
+        build_model("engine", ModelSpec(backend="vllm", model="some/model", engine_args={"model": "other/model"}))
+
+
+def test_server_flags_carry_every_engine_arg_as_vllm_parses_it():
+    flags = server_flags({"max_model_len": 2048, "enforce_eager": True, "enable_prefix_caching": False,
+                          "dtype": "float32", "hf_overrides": {"rope_theta": 1e6}, "allowed_origins": ["a", "b"]})
+    assert flags == ["--max-model-len", "2048", "--enforce-eager", "--no-enable-prefix-caching",
+                     "--dtype", "float32", "--hf-overrides", '{"rope_theta": 1000000.0}',
+                     "--allowed-origins", '["a", "b"]']
+    assert server_flags({}) == []
+
+
+async def test_the_tokenizer_is_taken_from_sync_and_async_get_tokenizer():
+    class Sync:
+        def get_tokenizer(self):
+            return "tok"
+
+    class Async:
+        async def get_tokenizer(self):
+            return "tok"
+
+    assert await _tokenizer(Sync()) == await _tokenizer(Async()) == "tok"
 
 
 def test_response_formats_become_structured_outputs():

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 
 from refinegraph.bench.reliability_common import Section, run_count, verify_all
-from refinegraph.procs import free_port, process_tree_rss
+from refinegraph.procs import ProcessExited, free_port, process_tree_rss, stop, wait_http_ok
 from refinegraph.trace.store import TraceStore
 
 # -- load --------------------------------------------------------------------------------------------
@@ -61,27 +61,13 @@ def serve_command() -> list[str]:
 
 
 async def wait_healthy(base: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(timeout=2) as http:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"`refinegraph serve` exited with {proc.returncode}")
-            with contextlib.suppress(httpx.HTTPError):
-                if (await http.get(f"{base}/healthz")).status_code == 200:
-                    return
-            await asyncio.sleep(0.2)
-    raise RuntimeError("`refinegraph serve` did not answer /healthz in time")
-
-
-def stop(proc: subprocess.Popen) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    return proc.returncode
+    """Return once `refinegraph serve` answers /healthz (polled in a thread: the loop stays free)."""
+    try:
+        await asyncio.to_thread(wait_http_ok, f"{base}/healthz", proc, timeout, interval=0.2)
+    except ProcessExited as exc:
+        raise RuntimeError(f"`refinegraph serve` exited with {exc.returncode}") from None
+    except TimeoutError:
+        raise RuntimeError("`refinegraph serve` did not answer /healthz in time") from None
 
 
 @dataclass
@@ -119,7 +105,7 @@ async def drive_load(work: Path, clients: int, seconds: float, *, max_tokens: in
     base = f"http://127.0.0.1:{port}"
     with open(work / "serve.log", "w") as log_file:
         proc = subprocess.Popen([*serve_command(), "--config", str(config), "--log-level", "warning"], env=env,
-                                stdout=log_file, stderr=subprocess.STDOUT)
+                                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             await wait_healthy(base, proc)
             client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=300,
@@ -161,7 +147,7 @@ async def drive_load(work: Path, clients: int, seconds: float, *, max_tokens: in
             await sampling
             await client.close()
         finally:
-            out.exit_code = stop(proc)
+            out.exit_code = stop(proc, signal.SIGINT)  # SIGINT: the server's own graceful shutdown
     out.server_log = (work / "serve.log").read_text(errors="replace")
     store = TraceStore(home / "traces.sqlite")
     try:

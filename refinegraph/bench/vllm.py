@@ -17,6 +17,7 @@ hit is read from a second request that shares a long system prompt with the firs
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,7 @@ async def vllm_bench(model_dir: str, workdir: Path, *, n: int = 8, max_tokens: i
 
     from refinegraph.models import ModelUnavailable, OpenAIModel, VLLMEngineModel
     from refinegraph.models.local import LocalModel
+    from refinegraph.models.vllm_backend import INSTALL
     from refinegraph.models.vllm_server import vllm_server
 
     pid = os.getpid()
@@ -85,14 +87,18 @@ async def vllm_bench(model_dir: str, workdir: Path, *, n: int = 8, max_tokens: i
         engine = VLLMEngineModel("vllm", model=model_dir, engine_args=engine_args)
         before = tree_rss_mb(pid)
         try:
-            await engine._start()
+            await engine.start()
             results["vllm"] = {"label": "vLLM engine in-process (vllm backend)",
                                "load_s": round(engine.load_seconds or 0.0, 1),
                                **await _measure(engine, n=n, max_tokens=max_tokens, repeats=repeats, pid=pid)}
             results["vllm"]["rss_mb"] = round(results["vllm"]["rss_mb"] - before, 1)
+        except ModelUnavailable as exc:
+            results["vllm"] = {"label": "vLLM engine in-process", "skipped": str(exc)}
         finally:
             await engine.aclose()
-    if "vllm-server" in backends:
+    if "vllm-server" in backends and importlib.util.find_spec("vllm") is None:
+        results["vllm-server"] = {"label": "vLLM server", "skipped": INSTALL}  # it would exit at its first import
+    elif "vllm-server" in backends:
         with vllm_server(model_dir, workdir / "vllm-server.log", served_name="bench", args=server_args) as server:
             client = OpenAIModel("vllm-server", base_url=server.base_url, model=server.served_name)
             try:

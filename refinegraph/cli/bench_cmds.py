@@ -90,14 +90,17 @@ def vllm_cmd(
 
     from refinegraph.bench.vllm import HEADER, markdown, rows, vllm_bench
     from refinegraph.cli.app import _params
+    from refinegraph.models.vllm_server import server_flags
 
     # vLLM's CPU build otherwise reserves 92% of memory (and refuses to start when that is not
     # free); a GPU build ignores this variable.
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     engine_args = _params(engine_arg)
-    server_args = tuple(arg for key, value in engine_args.items()
-                        for arg in ((f"--{key.replace('_', '-')}",) if value is True else
-                                    () if value is False else (f"--{key.replace('_', '-')}", str(value))))
+    if "model" in engine_args:  # the model folder is the argument; a second one would go unreported
+        err.print("[bold red]error:[/] --engine-arg model=... is not allowed: the model is --model-dir",
+                  highlight=False)
+        raise typer.Exit(2)
+    server_args = tuple(server_flags(engine_args))
     chosen = tuple(b.strip() for b in backends.split(",") if b.strip())
     err.print(f"n={n}, max_tokens={max_tokens}, {repeats} repeats on {', '.join(chosen)} ...")
     report = asyncio.run(vllm_bench(model_dir, out_dir, n=n, max_tokens=max_tokens, repeats=repeats,

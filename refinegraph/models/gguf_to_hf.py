@@ -25,6 +25,9 @@ def convert(gguf: Path, out: Path, dtype: str = "float32") -> dict[str, object]:
     started = time.perf_counter()
     torch_dtype = getattr(torch, dtype)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # Before anything is written: scripts/vllm-cpu-env.sh takes an existing config.json as done.
+    if not tokenizer.chat_template:
+        raise ValueError(f"{gguf} carries no chat template; vLLM could not render chat messages for it")
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch_dtype)
     # The de-quantized model still says it is GGUF-quantized, which save_pretrained refuses:
     # copy its weights into a model built from the same config without that mark.
@@ -36,8 +39,6 @@ def convert(gguf: Path, out: Path, dtype: str = "float32") -> dict[str, object]:
     out.mkdir(parents=True, exist_ok=True)
     plain.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    if not tokenizer.chat_template:
-        raise ValueError(f"{gguf} carries no chat template; vLLM could not render chat messages for it")
     return {"gguf": str(gguf), "out": str(out), "dtype": dtype, "architecture": type(plain).__name__,
             "parameters": sum(p.numel() for p in plain.parameters()),
             "seconds": round(time.perf_counter() - started, 1)}

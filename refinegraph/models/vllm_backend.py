@@ -16,9 +16,11 @@ Engine errors are not retried: a dead engine does not come back by asking again.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import uuid
 from typing import Any
 
+from refinegraph.config import ConfigError
 from refinegraph.models.base import ModelUnavailable, Samples, Usage
 
 INSTALL = ("vLLM is not installed. On a GPU machine: pip install 'refinegraph[vllm]'; on a CPU machine see "
@@ -26,7 +28,12 @@ INSTALL = ("vLLM is not installed. On a GPU machine: pip install 'refinegraph[vl
 
 
 def engine_defaults(model: str, engine_args: dict[str, Any]) -> dict[str, Any]:
-    """The AsyncEngineArgs keywords: prefix caching on unless the config says otherwise."""
+    """The AsyncEngineArgs keywords: prefix caching on unless the config says otherwise.
+
+    A "model" among them is refused: it would silently replace the configured model."""
+    if "model" in engine_args:
+        raise ConfigError(f"engine_args must not hold 'model' ({engine_args['model']!r}); the model to serve "
+                          f"is the model setting ({model!r})")
     return {"model": model, "enable_prefix_caching": True, **engine_args}
 
 
@@ -42,6 +49,14 @@ def structured_outputs(response_format: dict[str, Any] | None) -> dict[str, Any]
     return None
 
 
+async def _tokenizer(engine: Any) -> Any:
+    """The engine's tokenizer: `get_tokenizer` is a coroutine in some vLLM releases, plain in others."""
+    tokenizer = engine.get_tokenizer()
+    if inspect.isawaitable(tokenizer):
+        tokenizer = await tokenizer
+    return tokenizer
+
+
 class VLLMEngineModel:
     """A model served by vLLM's in-process async engine."""
 
@@ -53,10 +68,14 @@ class VLLMEngineModel:
         self.model = model
         self.engine_args = engine_defaults(model, engine_args or {})
         self._engine: Any = None
+        self._tokenizer: Any = None
         self._starting: asyncio.Lock | None = None
         self.load_seconds: float | None = None
 
-    async def _start(self) -> Any:
+    async def start(self) -> Any:
+        """Start the engine (once; concurrent callers share the start) and return it.
+
+        Benchmarks call it to time the load apart from the first request."""
         if self._engine is not None:
             return self._engine
         if self._starting is None:
@@ -70,19 +89,24 @@ class VLLMEngineModel:
                 loop = asyncio.get_running_loop()
                 started = loop.time()
                 args = AsyncEngineArgs(**self.engine_args)
-                self._engine = await asyncio.to_thread(AsyncLLMEngine.from_engine_args, args)
+                engine = await asyncio.to_thread(AsyncLLMEngine.from_engine_args, args)
+                try:
+                    self._tokenizer = await _tokenizer(engine)
+                except BaseException:
+                    engine.shutdown()  # a started engine holds processes and memory
+                    raise
+                self._engine = engine
                 self.load_seconds = loop.time() - started
         return self._engine
 
     async def sample(self, messages, *, n=1, temperature=0.0, max_tokens=512, seed=None,
                      stop=None, response_format=None, logprobs=False) -> Samples:
-        engine = await self._start()
+        engine = await self.start()
         from vllm import SamplingParams, TokensPrompt
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
-        tokenizer = engine.get_tokenizer()
-        prompt_ids = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                        return_dict=False))
+        prompt_ids = list(self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                              return_dict=False))
         guided = structured_outputs(response_format)
         params = SamplingParams(
             n=n, temperature=temperature, max_tokens=max_tokens, seed=seed, stop=stop or None,
@@ -115,5 +139,5 @@ class VLLMEngineModel:
 
     async def aclose(self) -> None:
         if self._engine is not None:
-            engine, self._engine = self._engine, None
+            engine, self._engine, self._tokenizer = self._engine, None, None
             engine.shutdown()

@@ -2,12 +2,14 @@
 
 refinegraph talks to it with the `openai` backend. vLLM's CPU build fails under
 `vllm serve`, so the server is started as `python -m vllm.entrypoints.openai.api_server`,
-which works on both builds.
+which works on both builds. It runs in its own process group, so stopping it stops the
+engine-core processes it forks as well.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -15,10 +17,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import httpx
-
-from refinegraph.procs import free_port
+from refinegraph.procs import ProcessExited, free_port, stop, wait_http_ok
 
 
 class VLLMServerError(RuntimeError):
@@ -36,6 +37,25 @@ class VLLMServer:
     log_path: Path
 
 
+def server_flags(engine_args: dict[str, Any]) -> list[str]:
+    """vLLM's server flags for engine arguments, so the server runs with the engine's settings.
+
+    True is `--key-name`, False `--no-key-name` (vLLM's boolean flags take both forms), a dict
+    or list is JSON (what vLLM parses), anything else its str()."""
+    flags: list[str] = []
+    for key, value in engine_args.items():
+        name = key.replace("_", "-")
+        if value is True:
+            flags.append(f"--{name}")
+        elif value is False:
+            flags.append(f"--no-{name}")
+        elif isinstance(value, dict | list):
+            flags += [f"--{name}", json.dumps(value)]
+        else:
+            flags += [f"--{name}", str(value)]
+    return flags
+
+
 def _tail(path: Path) -> str:
     return path.read_text(encoding="utf-8", errors="replace")[-3000:] if path.exists() else ""
 
@@ -44,31 +64,22 @@ def _tail(path: Path) -> str:
 def vllm_server(model: str, log_path: Path, *, served_name: str = "model", args: tuple[str, ...] = (),
                 timeout_s: float = 600.0, env: dict[str, str] | None = None,
                 python: str = sys.executable) -> Iterator[VLLMServer]:
-    """vLLM's server on a free loopback port for the block's duration (terminated after)."""
+    """vLLM's server on a free loopback port for the block's duration (stopped after, with its children)."""
     port = free_port()
     command = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
                "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port), *args]
     started = time.monotonic()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **(env or {})}, start_new_session=True)
     try:
-        while True:
-            if process.poll() is not None:
-                raise VLLMServerError(f"vLLM's server exited with {process.returncode}:\n{_tail(log_path)}")
-            if time.monotonic() - started > timeout_s:
-                raise VLLMServerError(f"vLLM's server did not come up in {timeout_s:.0f} s:\n{_tail(log_path)}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass  # not listening yet
-            time.sleep(0.5)
+        try:
+            wait_http_ok(f"http://127.0.0.1:{port}/health", process, timeout_s)
+        except ProcessExited as exc:
+            raise VLLMServerError(f"vLLM's server exited with {exc.returncode}:\n{_tail(log_path)}") from None
+        except TimeoutError:
+            raise VLLMServerError(f"vLLM's server did not come up in {timeout_s:.0f} s:\n{_tail(log_path)}") from None
         yield VLLMServer(f"http://127.0.0.1:{port}/v1", served_name, process, time.monotonic() - started, log_path)
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
