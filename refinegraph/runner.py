@@ -90,18 +90,21 @@ a node that finished at or after it may have to run again (a crash came between 
 trace commit and its checkpoint), and its calls must then still be served from the trace."""
 
 
-def trace_marks(checkpoint_path: Path | None = None) -> dict[str, TraceMark]:
+def trace_marks(checkpoint_path: Path | None = None, run_id: str | None = None) -> dict[str, TraceMark]:
     """run id -> how far its trace had reached when its latest checkpoint was written, and
     in which store (TRACE_SEQ_KEY, TRACE_STORE_KEY): a trace shorter than its mark lost
     events the checkpoint covers (a damaged or cut store). Read as SQL, metadata only, so
-    checking a big checkpoint file costs no state decoding."""
+    checking a big checkpoint file costs no state decoding; `run_id`: that run's only."""
     path = checkpoint_path or home() / "checkpoints.sqlite"
     if not path.is_file():
         return {}
     marks: dict[str, TraceMark] = {}
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
     try:
-        rows = conn.execute("SELECT thread_id, metadata FROM checkpoints WHERE checkpoint_ns = ''").fetchall()
+        query, args = "SELECT thread_id, metadata FROM checkpoints WHERE checkpoint_ns = ''", ()
+        if run_id is not None:
+            query, args = f"{query} AND thread_id = ?", (run_id,)
+        rows = conn.execute(query, args).fetchall()
     except sqlite3.DatabaseError as exc:
         _log.warning("cannot read trace marks from %s (%s): runs are verified without them", path, exc)
         return {}

@@ -147,3 +147,36 @@ def test_cli_verify_exit_codes(store):
     raw(store).execute("DELETE FROM events WHERE run_id='abc123' AND seq=4")
     bad = runner.invoke(app, ["trace", "verify", "abc123"])
     assert bad.exit_code == 1 and "event 4" in bad.output
+
+
+@pytest.mark.parametrize("damage", ["missing", "altered"])
+def test_a_program_blob_missing_or_altered_is_named(store, damage):
+    """Every blob an event refers to is checked, not only a model call's request and response."""
+    from refinegraph.events import CodeExec
+
+    store.create_run("code", "code-filter", "task")
+    writer = TraceWriter(store, "code")
+    writer.append(RunStarted(graph="code-filter", input={"task": "t"}))
+    ref = writer.put_blob({"program": "print(1)"})
+    writer.append(CodeExec(candidate=0, status="ok", passed=True, isolation="bwrap", program_blob=ref))
+    writer.flush()
+    assert verify_run(store, "code").ok
+    db = raw(store)
+    if damage == "missing":
+        db.execute("DELETE FROM blobs WHERE digest=?", (ref,))
+    else:
+        db.execute("UPDATE blobs SET data=? WHERE digest=?", (b'{"program":"import os"}', ref))
+    db.close()
+    report = verify_run(store, "code")
+    assert not report.ok and report.bad_seq == 1
+    assert ("which is missing" if damage == "missing" else "was altered") in report.problem
+
+
+@pytest.mark.parametrize("body", ["[1]", "1", '"x"', "null"])
+def test_an_unlinked_event_whose_body_is_not_an_object_is_named(store, body):
+    write_run(store, "r1")
+    db = raw(store)
+    db.execute("UPDATE events SET body=?, prev_hash='0' WHERE run_id='r1' AND seq=3", (body,))
+    db.close()
+    report = verify_run(store, "r1")
+    assert not report.ok and report.bad_seq == 3 and "does not link to event 2" in report.problem

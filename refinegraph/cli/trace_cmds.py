@@ -14,7 +14,7 @@ from refinegraph.cli.common import err, fail, open_store, out, print_json, resol
 from refinegraph.context import ReplayMiss
 from refinegraph.runner import RunFailed, TraceUnusable, replay, trace_marks
 from refinegraph.trace.store import TraceStore, TraceStoreError
-from refinegraph.trace.verify import verify_run, verify_store
+from refinegraph.trace.verify import mark_reach, verify_run, verify_store
 
 app = typer.Typer(help="List, read, verify, export and replay decision traces.", no_args_is_help=True)
 
@@ -76,8 +76,7 @@ def verify(run: str | None = typer.Argument(None, help="Run id (or a unique pref
         _verify_all(store, as_json, damage)
         return
     run_id = resolve_run(store, run)
-    mark = trace_marks().get(run_id)
-    report = verify_run(store, run_id, mark.events if mark else None)
+    report = verify_run(store, run_id, mark_reach(trace_marks(run_id=run_id).get(run_id), store))
     if as_json:
         print_json({**report.__dict__, "store_damage": damage})
     else:

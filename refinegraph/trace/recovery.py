@@ -333,11 +333,21 @@ def _chain_tips(events: dict[tuple[str, int], tuple]) -> dict[str, str]:
     return {run: tip[1] for run, tip in tips.items()}
 
 
+def _body_or_empty(text: str) -> dict[str, Any]:
+    """An event body as a dict; {} for one kept as stored that does not parse to an object
+    (an unproven event: damaged, or edited before the damage; verify names it)."""
+    try:
+        body = json.loads(text)
+    except (TypeError, ValueError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
 def _listing_from_events(run_id: str, events: dict[tuple[str, int], tuple],
                          seals: dict[tuple[str, int], tuple]) -> tuple:
     """A runs row rebuilt from the run's events (its listing was lost)."""
     mine = sorted((seq, values) for (run, seq), values in events.items() if run == run_id)
-    first = json.loads(mine[0][1][3])
+    first = _body_or_empty(mine[0][1][3])
     if first.get("type") != "run_started":  # listed anyway, so that verify names what it lost
         return (run_id, "?", "(its listing and first events were lost to damage)", first.get("ts", ""), "running",
                 None, None, None, None, None)
@@ -345,7 +355,7 @@ def _listing_from_events(run_id: str, events: dict[tuple[str, int], tuple],
     task = first.get("input") or {}
     preview = str(next(iter(task.values()), task) if isinstance(task, dict) and len(task) == 1 else task)[:200]
     last_seq, last = mine[-1]
-    body = json.loads(last[3])
+    body = _body_or_empty(last[3])
     sealed = any(run == run_id and seal[2] == last[5] for (run, _s), seal in seals.items())
     if body.get("type") == "run_finished" and sealed:
         status = "error" if body.get("stop_reason") == "error" else "finished"
@@ -374,12 +384,7 @@ def losses(kept: Salvage, pages: salvage.Scan) -> dict[str, Any]:
                        and not k[0].startswith("sha256:") and k[0] not in kept.runs)
     blobs_gone = set()
     for values in kept.events.values():
-        try:
-            body = json.loads(values[3])
-        except ValueError:  # an unproven event kept as stored: its damage is reported elsewhere
-            continue
-        if isinstance(body, dict):
-            blobs_gone |= {ref for ref in blob_refs(body) if ref not in kept.blobs}
+        blobs_gone |= {ref for ref in blob_refs(_body_or_empty(values[3])) if ref not in kept.blobs}
     lost = {run: seqs_ for run, seqs_ in lost.items() if seqs_}
     return {"events_lost_count": sum(len(s) for s in lost.values()),
             "events_lost": {run: sorted(s)[:LISTED_PER_RUN] for run, s in sorted(lost.items())},

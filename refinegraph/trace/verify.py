@@ -15,7 +15,7 @@ from typing import NamedTuple
 from pydantic import ValidationError
 
 from refinegraph.events import parse_event
-from refinegraph.trace.chain import content_digest, event_hash, genesis_hash
+from refinegraph.trace.chain import blob_refs, content_digest, event_hash, genesis_hash
 from refinegraph.trace.store import TraceStore, TraceStoreError
 
 
@@ -39,20 +39,22 @@ class VerifyReport:
     notes: list[str] = field(default_factory=list)
 
 
-def verify_run(store: TraceStore, run_id: str, reached: int | None = None) -> VerifyReport:
+def verify_run(store: TraceStore, run_id: str, reached: int | None = None,
+               recoveries: list[dict] | None = None) -> VerifyReport:
     """Check sequence, links, hashes, event schema, blobs and the run's seal; where the
     store was recovered from damage that touched this run, say so (in the problem too).
 
     `reached`: how many events the run's trace held when its latest checkpoint was written
     (refinegraph.runner.trace_marks): a chain shorter than that lost its tail, which no
     hash can show once the seal went with it (a cut -wal drops whole commits).
+    `recoveries`: the store's, when the caller has read them already (verify_store).
     """
     try:
         report = _verify_chain(store, run_id)
     except TraceStoreError as exc:
         return VerifyReport(run_id, False, 0, False, f"the run cannot be read: {exc}")
     try:
-        notes = recovery_notes(store.recoveries(), run_id)
+        notes = recovery_notes(store.recoveries() if recoveries is None else recoveries, run_id)
     except TraceStoreError as exc:
         notes = [f"the store's record of its recoveries cannot be read: {exc}"]
     if report.ok and reached is not None and report.events < reached:
@@ -92,13 +94,12 @@ def _verify_chain(store: TraceStore, run_id: str) -> VerifyReport:
             return bad(seq, f"event {seq} is not a valid event: {str(exc).splitlines()[0]}")
         if event.run_id != run_id or event.seq != seq or event.type != row["type"]:  # type: ignore[attr-defined]
             return bad(seq, f"event {seq} claims run {event.run_id} seq {event.seq}: moved from elsewhere")
-        for ref in (body.get("request_blob"), body.get("response_blob")):
-            if ref:
-                data = store.blob_bytes(ref)
-                if data is None:
-                    return bad(seq, f"event {seq} refers to blob {ref}, which is missing")
-                if content_digest(data) != ref:
-                    return bad(seq, f"blob {ref} of event {seq} was altered")
+        for ref in blob_refs(body):  # request, response, program: every blob the event refers to
+            data = store.blob_bytes(ref)
+            if data is None:
+                return bad(seq, f"event {seq} refers to blob {ref}, which is missing")
+            if content_digest(data) != ref:
+                return bad(seq, f"blob {ref} of event {seq} was altered")
         prev = row["hash"]
     sealed = bool(run["sealed_hash"])
     hashes = {row["seq"]: row["hash"] for row in rows}
@@ -136,6 +137,8 @@ def _unlinked(run_id: str, seq: int, row: dict) -> str:
     try:
         body = json.loads(row["body"])
     except ValueError:
+        body = {}
+    if not isinstance(body, dict):  # edited into another JSON value: it claims nothing
         body = {}
     claimed_run, claimed_seq = body.get("run_id"), body.get("seq")
     if claimed_run is not None and claimed_run != run_id:
@@ -228,6 +231,15 @@ def verify_store(store: TraceStore, marks: dict[str, TraceMark] | None = None) -
     report.runs_lost = sorted({run for rec in report.recoveries for run in rec["detail"].get("runs_lost", [])
                                if run not in listed} | {run for run, mark in marks.items()
                                                         if run not in listed and mark.store == here})
-    report.runs = [verify_run(store, run_id, marks[run_id].events if run_id in marks else None)
+    report.runs = [verify_run(store, run_id, mark_reach(marks.get(run_id), store), report.recoveries)
                    for run_id in run_ids]
     return report
+
+
+def mark_reach(mark: TraceMark | None, store: TraceStore) -> int | None:
+    """The events `mark` says the run's trace held, when the mark is of this store (or names
+    none): a checkpoint file may serve runs of several stores, and a run copied here from
+    another store mid-run is not cut because it is shorter than the other store's mark."""
+    if mark is None or mark.store not in (None, str(Path(store.path).resolve())):
+        return None
+    return mark.events
