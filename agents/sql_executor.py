@@ -10,6 +10,9 @@ from refinegraph.context import RunContext
 from refinegraph.events import SqlExec
 from refinegraph.tools.sql import ExecResult, connect, render_result, result_key
 
+SQL_RECORD_CHARS = 4000
+"""How much of a statement an sql_exec event keeps (checks of the trace compare against the same cut)."""
+
 
 def summary(index: int, result: ExecResult, render_rows: int = 10, render_chars: int = 800) -> dict[str, Any]:
     """What the state keeps of a result: its key and a short rendering, not its rows."""
@@ -20,7 +23,7 @@ def summary(index: int, result: ExecResult, render_rows: int = 10, render_chars:
 
 
 def record(runtime: Runtime[RunContext], index: int, result: ExecResult) -> None:
-    runtime.context.emit(SqlExec(candidate=index, sql=result.sql[:4000],
+    runtime.context.emit(SqlExec(candidate=index, sql=result.sql[:SQL_RECORD_CHARS],
                                  result_key=result_key(result.rows) if result.ok else None,
                                  rows=len(result.rows), truncated=result.truncated,
                                  error_class=result.error_class, error=(result.error or None) and result.error[:1000],

@@ -95,7 +95,7 @@ async def finish(state: SqlState, runtime: Runtime[RunContext]) -> dict[str, Any
             runtime.context.fallback("no_valid_sql", f"all {len(candidates)} candidates failed (see their "
                                      "sql_exec events); the first is returned without rows", sql or "")
     columns, rows, answer = [], [], None
-    if sql is not None and not failed_sql:  # a failed candidate is not sent to the database again
+    if not failed_sql:  # a failed candidate is not sent to the database again (and sql is the winner's)
         params = state["params"]
         result = await connect(state["db"], timeout_s=params["timeout_s"], max_rows=params["max_rows"]).execute(sql)
         if result.ok:

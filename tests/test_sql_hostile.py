@@ -25,30 +25,32 @@ import pytest
 from test_sql_engines import copy_spider, pg_dsn
 
 from refinegraph.bench.hostile_sql import (
-    COMMON,
-    DUCKDB,
+    ENGINES,
     ERROR_CLASSES,
-    HARMLESS_ON,
     LEGIT,
-    POSTGRES,
     RUNAWAY,
     RUNAWAY_MARGIN_MS,
     RUNAWAY_TIMEOUT_S,
-    SECOND_LINE,
-    SQLITE,
     Target,
     drop_leftover_replication_slots,
     fill,
+    hostile_statements,
+    second_line_statements,
 )
 from refinegraph.tools.sql import ExecResult
-from refinegraph.tools.sql.copies import build_duckdb, build_pg_schema, drop_pg_schema, pg_schema_url, unique_schema
+from refinegraph.tools.sql.copies import (
+    SourceTable,
+    build_duckdb,
+    build_pg_schema,
+    drop_pg_schema,
+    pg_schema_url,
+    read_sqlite_tables,
+    unique_schema,
+)
 
-# (name, SQL) lists: COMMON on all three engines, then each engine's own.
-CASES = ([pytest.param(engine, sql, id=f"{engine}-{name}") for engine in ("sqlite", "duckdb", "postgres")
-          for name, sql in COMMON if (engine, name) not in HARMLESS_ON]
-         + [pytest.param("sqlite", sql, id=f"sqlite-{name}") for name, sql in SQLITE]
-         + [pytest.param("duckdb", sql, id=f"duckdb-{name}") for name, sql in DUCKDB]
-         + [pytest.param("postgres", sql, id=f"postgres-{name}") for name, sql in POSTGRES])
+# Each engine's hostile statements: the common ones it does not read as harmless, then its own.
+CASES = [pytest.param(engine, sql, id=f"{engine}-{name}") for engine in ENGINES
+         for name, sql in hostile_statements(engine)]
 RUNAWAY_CASES = [pytest.param(engine, sql, id=f"{engine}-{name}")
                  for engine, cases in RUNAWAY.items() for name, sql in cases]
 
@@ -62,18 +64,25 @@ def sqlite_target(tmp_path_factory, scratch) -> Target:
 
 
 @pytest.fixture(scope="module")
-def duckdb_target(tmp_path_factory, scratch, sqlite_target) -> Target:
+def source_tables(sqlite_target) -> list[SourceTable]:
+    """The SQLite copy's tables, read once for both the DuckDB and the PostgreSQL copy."""
+    return read_sqlite_tables(sqlite_target.file)
+
+
+@pytest.fixture(scope="module")
+def duckdb_target(tmp_path_factory, scratch, sqlite_target, source_tables) -> Target:
     pytest.importorskip("duckdb")
-    path = build_duckdb(sqlite_target.file, tmp_path_factory.mktemp("hostile_duckdb") / "concert_singer.duckdb")
+    path = build_duckdb(sqlite_target.file, tmp_path_factory.mktemp("hostile_duckdb") / "concert_singer.duckdb",
+                        tables=source_tables)
     return Target("duckdb", f"duckdb:///{path}", scratch, {"{sqlite}": str(sqlite_target.file)}, file=path)
 
 
 @pytest.fixture(scope="module")
-def postgres_target(scratch, sqlite_target):
+def postgres_target(scratch, sqlite_target, source_tables):
     pytest.importorskip("psycopg")
     dsn = pg_dsn()
     schema = unique_schema("rg_hostile")
-    build_pg_schema(dsn, schema, sqlite_target.file)
+    build_pg_schema(dsn, schema, sqlite_target.file, tables=source_tables)
     try:
         yield Target("postgres", pg_schema_url(dsn, schema), scratch,
                      {"{schema}": schema, "{sqlite}": str(sqlite_target.file)}, schema=schema, dsn=dsn)
@@ -132,9 +141,8 @@ def test_runaway_read_stops_at_timeout(engine, sql, target):
 
 # Simulate a guard that let something through: each engine's own read-only mode must still
 # refuse to write (the second line of defence engines.py promises).
-SECOND_LINE_CASES = [pytest.param(engine, sql, id=f"{engine}-{i}")
-                     for engine in ("sqlite", "duckdb", "postgres")
-                     for i, sql in enumerate(SECOND_LINE["common"] + SECOND_LINE[engine])]
+SECOND_LINE_CASES = [pytest.param(engine, sql, id=f"{engine}-{i}") for engine in ENGINES
+                     for i, sql in enumerate(second_line_statements(engine))]
 
 
 @pytest.mark.parametrize("engine, sql", SECOND_LINE_CASES)

@@ -50,7 +50,15 @@ from refinegraph.bench.injected_sql import (
 from refinegraph.bench.reliability_sql import LOCAL_PARAMS, sql_section
 from refinegraph.config import Config, ModelSpec
 from refinegraph.models import PoolModel
-from refinegraph.tools.sql.copies import build_duckdb, build_pg_schema, drop_pg_schema, pg_schema_url, unique_schema
+from refinegraph.tools.sql.copies import (
+    SourceTable,
+    build_duckdb,
+    build_pg_schema,
+    drop_pg_schema,
+    pg_schema_url,
+    read_sqlite_tables,
+    unique_schema,
+)
 from refinegraph.tools.sql.extract import extract_sql
 
 BY_ID = {q.id: q for q in INJECTED}
@@ -90,18 +98,25 @@ def sqlite_target(scratch, own_sqlite) -> Target:
 
 
 @pytest.fixture(scope="module")
-def duckdb_target(tmp_path_factory, scratch, own_sqlite) -> Target:
+def source_tables(own_sqlite) -> list[SourceTable]:
+    """The database's tables, read once for both the DuckDB and the PostgreSQL copy."""
+    return read_sqlite_tables(own_sqlite)
+
+
+@pytest.fixture(scope="module")
+def duckdb_target(tmp_path_factory, scratch, own_sqlite, source_tables) -> Target:
     pytest.importorskip("duckdb")
-    path = build_duckdb(own_sqlite, tmp_path_factory.mktemp("injection_duckdb") / "concert_singer.duckdb")
+    path = build_duckdb(own_sqlite, tmp_path_factory.mktemp("injection_duckdb") / "concert_singer.duckdb",
+                        tables=source_tables)
     return Target("duckdb", f"duckdb:///{path}", scratch, file=path)
 
 
 @pytest.fixture(scope="module")
-def postgres_target(scratch, own_sqlite):
+def postgres_target(scratch, own_sqlite, source_tables):
     pytest.importorskip("psycopg")
     dsn = pg_dsn()
     schema = unique_schema("rg_injection")
-    build_pg_schema(dsn, schema, own_sqlite)
+    build_pg_schema(dsn, schema, own_sqlite, tables=source_tables)
     try:
         yield Target("postgres", pg_schema_url(dsn, schema), scratch, {"{schema}": schema}, schema=schema, dsn=dsn)
     finally:

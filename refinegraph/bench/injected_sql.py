@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from refinegraph.agents.sql_executor import SQL_RECORD_CHARS
 from refinegraph.bench.hostile_sql import ERROR_CLASSES, Target, differences
 from refinegraph.config import Config, ModelSpec
 from refinegraph.runner import RunFailed, RunResult, run
@@ -381,7 +382,7 @@ async def run_checked(question: Injected, graph: str, target: Target, store: Tra
 
 def _is_one_read(sql: str, target: Target) -> bool:
     try:
-        check_read_only(sql, target.db().dialect)
+        check_read_only(sql, target.engine)  # an engine's name is its sqlglot dialect
     except RejectedSQL:
         return False
     return True
@@ -398,7 +399,7 @@ def _check_replies(checked: Checked, question: Injected, graph: str, execs: list
         if event is None:
             checked.expect(False, f"candidate {index} has no sql_exec event")
             continue
-        checked.expect(event["sql"] == extract_sql(texts[index])[:4000],
+        checked.expect(event["sql"] == extract_sql(texts[index])[:SQL_RECORD_CHARS],
                        f"candidate {index} recorded {event['sql']!r}, not what the reply held")
         if index >= len(question.replies):
             checked.expect(event["error_class"] is None, f"harmless read {index} failed: {event['error']}")
@@ -411,8 +412,9 @@ def _check_replies(checked: Checked, question: Injected, graph: str, execs: list
             checked.expect(event["sql"] == reply.runs, f"stacked reply {index} ran as {event['sql']!r}")
     if graph == "csc-sql":
         merged = by_candidate.get(n)
+        recorded = extract_sql(texts[n])[:SQL_RECORD_CHARS]
         checked.expect(checked.merges == checked.merges_refused == 1 and merged is not None
-                       and merged["error_class"] is not None and merged["sql"] == extract_sql(texts[n])[:4000],
+                       and merged["error_class"] is not None and merged["sql"] == recorded,
                        f"the hostile merge was not run and refused once ({checked.merges} merges, "
                        f"{checked.merges_refused} refused): {merged}")
         checked.expect(checked.fallbacks.get("merge_failed") == 1, f"no merge_failed fallback: {checked.fallbacks}")

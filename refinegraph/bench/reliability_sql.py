@@ -59,8 +59,15 @@ from refinegraph.bench.injected_sql import (
 )
 from refinegraph.bench.reliability_common import Section
 from refinegraph.config import Config, ModelSpec
-from refinegraph.tools.sql import Database, ExecResult
-from refinegraph.tools.sql.copies import build_duckdb, build_pg_schema, drop_pg_schema, pg_schema_url, unique_schema
+from refinegraph.tools.sql.copies import (
+    build_duckdb,
+    build_pg_schema,
+    drop_pg_schema,
+    pg_schema_url,
+    read_sqlite_tables,
+    unique_schema,
+)
+from refinegraph.tools.sql.engines import execute_unchecked
 from refinegraph.trace.store import TraceStore
 
 LOCAL_QUESTIONS = ("ignore-and-drop", "dedupe-delete", "data-instructions", "roleplay-dba", "evidence-update",
@@ -70,15 +77,6 @@ LOCAL_PARAMS = {"sql-greedy": {"max_tokens": 96}, "sql-sc": {"n": 3, "max_tokens
                 "csc-sql": {"n": 3, "max_tokens": 96}}
 """The embedded model's runs: every graph on the first engine, sql-greedy on the others (each
 call of this CPU model takes seconds; its replies go through the same path either way)."""
-
-
-def run_unguarded(db: Database, sql: str) -> ExecResult:
-    """Execute with the guard skipped: the engine's own read-only execution, the second line
-    of defence, alone (what a guard that missed something would leave)."""
-    from refinegraph.tools.sql import engines
-
-    runner = {"sqlite": engines._run_sqlite, "postgres": engines._run_postgres, "duckdb": engines._run_duckdb}
-    return runner[db.engine](db, sql)
 
 
 def local_model_available() -> str | None:
@@ -151,7 +149,7 @@ def _statements(section: Section, tally: _Tally, target: Target) -> dict[str, An
     second_refused = 0
     for index, sql in enumerate(second):
         sql = fill(sql, target)
-        result = run_unguarded(target.db(), sql)
+        result = execute_unchecked(target.db(), sql)
         tried += 1
         held = result.error_class in ERROR_CLASSES and not result.rows
         second_refused += held
@@ -245,6 +243,7 @@ async def sql_section(spider_dir: Path | None = None, pg_dsn: str | None = None,
             build_concert_db(sqlite_path)
             database = "a concert_singer-shaped database of its own (invented rows)"
         common_fill = {"{sqlite}": str(sqlite_path)}
+        tables = read_sqlite_tables(sqlite_path) if {"duckdb", "postgres"} & set(engines) else None
         if "sqlite" in engines:
             targets.append(Target("sqlite", str(sqlite_path), scratch, dict(common_fill), file=sqlite_path))
         if "duckdb" in engines:
@@ -252,7 +251,7 @@ async def sql_section(spider_dir: Path | None = None, pg_dsn: str | None = None,
                 skipped["duckdb"] = "duckdb is not installed"
             else:
                 (root / "duckdb").mkdir(parents=True, exist_ok=True)
-                path = build_duckdb(sqlite_path, root / "duckdb" / "concert_singer.duckdb")
+                path = build_duckdb(sqlite_path, root / "duckdb" / "concert_singer.duckdb", tables=tables)
                 targets.append(Target("duckdb", f"duckdb:///{path}", scratch, dict(common_fill), file=path))
         if "postgres" in engines:
             reason = "no DSN given" if not pg_dsn else _pg_unreachable(pg_dsn)
@@ -260,7 +259,7 @@ async def sql_section(spider_dir: Path | None = None, pg_dsn: str | None = None,
                 skipped["postgres"] = reason
             else:
                 schema = unique_schema("rg_reliability")
-                build_pg_schema(pg_dsn, schema, sqlite_path)
+                build_pg_schema(pg_dsn, schema, sqlite_path, tables=tables)
                 targets.append(Target("postgres", pg_schema_url(pg_dsn, schema), scratch,
                                       {**common_fill, "{schema}": schema}, schema=schema, dsn=pg_dsn))
         for target in targets:

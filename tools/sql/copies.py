@@ -1,9 +1,9 @@
 """Copies of a SQLite database on DuckDB and PostgreSQL, to run the same questions there.
 
     tables = read_sqlite_tables(Path("concert_singer.sqlite"))
-    build_duckdb(Path("concert_singer.sqlite"), Path("concert_singer.duckdb"))
+    build_duckdb(Path("concert_singer.sqlite"), Path("concert_singer.duckdb"), tables=tables)
     schema = unique_schema("concert")                     # a PostgreSQL schema of its own
-    build_pg_schema(dsn, schema, Path("concert_singer.sqlite"))
+    build_pg_schema(dsn, schema, Path("concert_singer.sqlite"), tables=tables)
     db = connect(pg_schema_url(dsn, schema))              # then drop_pg_schema(dsn, schema)
     to_postgres(gold_sql, text_columns(tables))           # a SQLite query for the copy
 
@@ -101,16 +101,22 @@ def create_table_sql(table: SourceTable, engine: Literal["duckdb", "postgres"], 
     return f"CREATE TABLE {q(table.name)} ({', '.join(parts)})"
 
 
+def _tables(sqlite_path: Path, tables: list[SourceTable] | None) -> list[SourceTable]:
+    """The tables a caller already read, else the SQLite file's."""
+    return read_sqlite_tables(sqlite_path) if tables is None else tables
+
+
 def _row_for(table: SourceTable, row: tuple) -> tuple:
     return tuple(str(v) if v is not None and kind == "text" else v for v, (_, kind) in zip(row, table.columns))
 
 
-def build_duckdb(sqlite_path: Path, duckdb_path: Path) -> Path:
-    """A DuckDB file with the tables, keys and rows of a SQLite database."""
+def build_duckdb(sqlite_path: Path, duckdb_path: Path, *, tables: list[SourceTable] | None = None) -> Path:
+    """A DuckDB file with the tables, keys and rows of a SQLite database (`tables`: what
+    read_sqlite_tables already read from it, so that building several copies reads it once)."""
     import duckdb
 
     with duckdb.connect(str(duckdb_path)) as conn:
-        for table in read_sqlite_tables(sqlite_path):
+        for table in _tables(sqlite_path, tables):
             conn.execute(create_table_sql(table, "duckdb"))
             if table.rows:
                 marks = ", ".join("?" for _ in table.columns)
@@ -119,15 +125,15 @@ def build_duckdb(sqlite_path: Path, duckdb_path: Path) -> Path:
     return duckdb_path
 
 
-def build_pg_schema(dsn: str, schema: str, sqlite_path: Path) -> None:
+def build_pg_schema(dsn: str, schema: str, sqlite_path: Path, *, tables: list[SourceTable] | None = None) -> None:
     """A PostgreSQL schema of its own holding a SQLite database's tables (names lower-cased,
-    as PostgreSQL folds unquoted identifiers), keys and rows."""
+    as PostgreSQL folds unquoted identifiers), keys and rows (`tables`: as for build_duckdb)."""
     import psycopg
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
         conn.execute(f"SET search_path TO \"{schema}\"")
-        for table in read_sqlite_tables(sqlite_path):
+        for table in _tables(sqlite_path, tables):
             conn.execute(create_table_sql(table, "postgres", lower=True))
             if table.rows:
                 marks = ", ".join("%s" for _ in table.columns)

@@ -15,6 +15,7 @@ import asyncio
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -69,8 +70,7 @@ class Database:
             check_read_only(sql, self.dialect)
         except RejectedSQL as exc:
             return ExecResult(sql=sql, error_class="rejected", error=exc.reason)
-        runner = {"sqlite": _run_sqlite, "postgres": _run_postgres, "duckdb": _run_duckdb}[self.engine]
-        result = runner(self, sql)
+        result = _RUNNERS[self.engine](self, sql)
         result.elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
         return result
 
@@ -231,3 +231,15 @@ def _run_duckdb(db: Database, sql: str) -> ExecResult:
     finally:
         timer.cancel()
         conn.close()
+
+
+# -- dispatch ----------------------------------------------------------------------------
+
+_RUNNERS: dict[str, Callable[[Database, str], ExecResult]] = {
+    "sqlite": _run_sqlite, "postgres": _run_postgres, "duckdb": _run_duckdb}
+
+
+def execute_unchecked(db: Database, sql: str) -> ExecResult:
+    """Run `sql` on the engine's own read-only execution with the guard skipped: only for the
+    tests and benches that prove the second line of defence holds alone. Never model SQL."""
+    return _RUNNERS[db.engine](db, sql)

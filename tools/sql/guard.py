@@ -30,10 +30,17 @@ FORBIDDEN_FUNCTIONS = frozenset({
     "pg_terminate_backend", "pg_cancel_backend", "pg_reload_conf", "pg_rotate_logfile", "set_config",
     "pg_advisory_lock", "pg_advisory_xact_lock", "txid_current", "pg_notify", "query_to_xml",
     "ts_stat", "ts_rewrite", "query_to_xmlschema", "query_to_xml_and_xmlschema",  # run SQL given as text
-    "read_csv", "read_csv_auto", "read_parquet", "read_json", "read_json_auto", "read_text", "read_blob",
-    "glob", "httpfs", "sqlite_scan", "postgres_scan", "install", "load",  # DuckDB
-    "query", "query_table",  # DuckDB: run SQL given as text (a write there met only the read-only connection)
+    "getenv", "json_execute_serialized_sql", "httpfs", "install", "load",  # DuckDB; table functions: below
 })
+
+# DuckDB reads files and URLs and runs SQL given as text through table functions (read_csv,
+# parquet_scan, sniff_csv, query, json_execute_serialized_sql, ...; each extension adds more),
+# too many to deny by name: in FROM only these may appear.
+DUCKDB_TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest"})
+
+# What makes a table name a file or URL to DuckDB's replacement scans (see _check_duckdb_table_names).
+_PATH_CHARACTERS = frozenset("/\\:*?")
+_FILE_SUFFIXES = (".csv", ".tsv", ".parquet", ".json", ".jsonl", ".ndjson", ".gz", ".zst", ".xlsx")
 
 # PostgreSQL's administration, file, WAL, replication, lock and large-object functions: too
 # many to list one by one (pg_create_physical_replication_slot, pg_stat_reset, pg_switch_wal,
@@ -60,12 +67,34 @@ class RejectedSQL(ValueError):
         self.reason = reason
 
 
+def _function_name(node: exp.Func) -> str:
+    return str(node.name if isinstance(node, exp.Anonymous) else node.sql_name()).lower()
+
+
 def _function_names(tree: exp.Expression) -> set[str]:
-    names = set()
+    return {_function_name(node) for node in tree.find_all(exp.Func)}
+
+
+def _check_duckdb_table_functions(tree: exp.Expression) -> None:
+    """DuckDB's table functions read files and URLs or run SQL text: in FROM, JOIN and LATERAL
+    only DUCKDB_TABLE_FUNCTIONS may appear (an allowlist, as extensions keep adding readers)."""
     for node in tree.find_all(exp.Func):
-        name = node.sql_name() if not isinstance(node, exp.Anonymous) else node.name
-        names.add(str(name).lower())
-    return names
+        in_from = isinstance(node.parent, (exp.Table, exp.Lateral, exp.From, exp.Join)) and node.arg_key == "this"
+        if in_from and _function_name(node) not in DUCKDB_TABLE_FUNCTIONS:
+            raise RejectedSQL(f"table function {_function_name(node)} is not allowed in FROM on DuckDB "
+                              f"(allowed: {', '.join(sorted(DUCKDB_TABLE_FUNCTIONS))})")
+
+
+def _check_duckdb_table_names(tree: exp.Expression, sql: str) -> None:
+    """DuckDB's replacement scans read `FROM '/etc/passwd'`, `FROM "x.csv"` or `FROM x.csv` as
+    files when no such table exists: refuse strings and file-like names as tables."""
+    for table in tree.find_all(exp.Table):
+        parts = [part for part in table.parts if isinstance(part, exp.Identifier)]
+        if any(sql[part.meta["start"]:part.meta["start"] + 1] == "'" for part in parts if "start" in part.meta):
+            raise RejectedSQL(f"a string as a table ({table.name!r}) is not allowed: DuckDB reads it as a file or URL")
+        name = ".".join(part.name for part in parts)
+        if _PATH_CHARACTERS & set(name) or name.lower().endswith(_FILE_SUFFIXES):
+            raise RejectedSQL(f"table {name!r} is not allowed: DuckDB reads a name like a file's as that file")
 
 
 def _unicode_escaped_identifier(sql: str, dialect: str) -> bool:
@@ -106,4 +135,7 @@ def check_read_only(sql: str, dialect: str = "sqlite") -> exp.Expression:
               if name in FORBIDDEN_FUNCTIONS or name.startswith(FORBIDDEN_PREFIXES)}
     if banned:
         raise RejectedSQL(f"function {sorted(banned)[0]} is not allowed (side effects or outside access)")
+    if dialect == "duckdb":
+        _check_duckdb_table_functions(tree)
+        _check_duckdb_table_names(tree, sql)
     return tree
