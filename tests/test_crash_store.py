@@ -247,6 +247,27 @@ def test_a_store_cut_short_recovers_even_with_an_event_edited_into_a_json_array(
     store.close()
 
 
+def test_a_file_growing_under_another_process_checkpoint_is_not_called_cut(tmp_path):
+    """A checkpoint writes page 1 (the new page count) before the pages that grow the file:
+    while others use the store, a file short of its header's count is looked at again."""
+    import threading
+
+    from refinegraph.trace import recovery
+
+    store = TraceStore(tmp_path / "t.sqlite")
+    write_runs(store, 4)
+    store.close()
+    path = tmp_path / "t.sqlite"
+    whole = path.read_bytes()
+    page = int.from_bytes(whole[16:18], "big")
+    os.truncate(path, len(whole) - page)  # a page short, as mid-checkpoint
+    assert "it was cut" in recovery._cut_short_settled(path, sole=True)  # alone, it is damage at once
+    grow = threading.Timer(0.1, lambda: path.write_bytes(whole))
+    grow.start()
+    assert recovery._cut_short_settled(path, sole=False) is None  # the checkpoint finished meanwhile
+    grow.join()
+
+
 async def test_a_cut_wal_is_recovered_and_the_runs_it_cut_are_named(tmp_path, rg_home):
     rg_home.mkdir(parents=True)
     live = rg_home / "traces.sqlite"

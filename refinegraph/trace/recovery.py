@@ -46,6 +46,8 @@ from refinegraph.trace import salvage
 from refinegraph.trace.chain import blob_refs, content_digest, event_hash
 
 _log = logging.getLogger(__name__)
+CHECKPOINT_SETTLE_S = 0.5
+"""How long a file that looks cut gets, while others use the store, to finish a checkpoint."""
 
 TABLES = ("runs", "events", "blobs", "seals", "recoveries")
 SUFFIXES = ("", "-wal", "-shm")
@@ -143,6 +145,17 @@ def _cut_short(path: Path) -> str | None:
     return None
 
 
+def _cut_short_settled(path: Path, sole: bool) -> str | None:
+    """`_cut_short`, looked at twice when other processes use the store: a checkpoint writes
+    page 1 (with the new page count) before the pages that grow the file, so for a moment a
+    healthy file is shorter than its header says."""
+    problem = _cut_short(path)
+    if problem is None or sole:
+        return problem
+    time.sleep(CHECKPOINT_SETTLE_S)
+    return _cut_short(path)
+
+
 def looks_like_store(path: Path, version: int) -> bool:
     """Whether a file SQLite cannot read is a trace store (damaged) rather than some other
     file: it starts as an SQLite file does (or is cut inside those first bytes, or has a
@@ -165,7 +178,7 @@ def inspect(path: Path, *, sole: bool, version: int = 1, full: bool = True) -> D
     if not path.exists() and not Path(f"{path}-wal").exists():
         return None
     torn = wal_cut(path) if sole else None
-    problem = (quick_check(path) if full else _header_readable(path)) or _cut_short(path)
+    problem = (quick_check(path) if full else _header_readable(path)) or _cut_short_settled(path, sole)
     if problem is not None:
         if not looks_like_store(path, version):
             return Damage("foreign", problem)
