@@ -13,6 +13,7 @@ from rich.table import Table
 from refinegraph.cli.common import err, fail, open_store, out, print_json, resolve_run
 from refinegraph.context import ReplayMiss
 from refinegraph.runner import RunFailed, TraceUnusable, replay, trace_marks
+from refinegraph.trace.recovery import summary as recovery_summary
 from refinegraph.trace.store import TraceStore, TraceStoreError
 from refinegraph.trace.verify import mark_reach, verify_run, verify_store
 
@@ -97,23 +98,11 @@ def _damage_lines(store: TraceStore) -> list[str]:
     if store.recovered is not None:
         rec = store.recovered
         lines.append(f"RECOVERED: {rec['reason']}")
-        lines.append(f"  the damaged files are kept as {rec['damaged_file']}; {_recovery_summary(rec['detail'])}")
+        lines.append(f"  the damaged files are kept as {rec['damaged_file']}; {recovery_summary(rec['detail'])}")
     if store.damage:
         lines.append(f"DAMAGED (not recovered: other processes have the store open; it is recovered when "
                      f"opened with none): {store.damage}")
     return lines
-
-
-def _recovery_summary(detail: dict) -> str:
-    if detail.get("kind") == "wal":
-        added = sum(detail.get("rows_added_back", {}).values())
-        return (f"{added} rows of the dropped frames added back, {detail.get('rows_not_added', {})} not; "
-                f"runs touched: {', '.join(detail.get('runs_touched', [])) or 'none'}")
-    salvaged = sum(detail.get("rows_salvaged_from_pages", {}).values())
-    return (f"{sum(detail.get('rows_read_by_sqlite', {}).values())} rows read as stored, {salvaged} more salvaged "
-            f"from the pages; {detail.get('events_lost_count', 0)} events lost in "
-            f"{len(detail.get('events_lost', {}))} runs, {len(detail.get('runs_lost', []))} runs lost entirely, "
-            f"{detail.get('pages_missing', 0)} pages found nowhere")
 
 
 def _verify_all(store: TraceStore, as_json: bool, damage: list[str]) -> None:
@@ -128,7 +117,7 @@ def _verify_all(store: TraceStore, as_json: bool, damage: list[str]) -> None:
     for rec in report.recoveries:
         if report.recovered_now is None or rec["damaged_file"] != report.recovered_now["damaged_file"]:
             out.print(f"note: recovered at {rec['at']} ({escape(rec['reason'])}); the damaged files are kept as "
-                      f"{escape(rec['damaged_file'])}; {escape(_recovery_summary(rec['detail']))}", highlight=False)
+                      f"{escape(rec['damaged_file'])}; {escape(recovery_summary(rec['detail']))}", highlight=False)
     if report.unreadable:
         out.print(f"FAILED: the run listing cannot be read: {escape(report.unreadable)}", highlight=False)
         raise typer.Exit(1)

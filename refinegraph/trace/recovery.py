@@ -467,7 +467,7 @@ def recover_file(path: Path, damage: Damage, schema: str, version: int) -> dict[
         os.replace(target, path)
     _fsync_dir(path.parent)
     _log.warning("trace store %s was damaged (%s); recovered, the damaged files are kept as %s: %s",
-                 path, damage.reason, kept_as, _summary(detail))
+                 path, damage.reason, kept_as, summary(detail))
     return {"at": record[0], "reason": damage.reason, "damaged_file": str(kept_as), "detail": detail}
 
 
@@ -484,11 +484,7 @@ def recover_wal(path: Path, damage: Damage, conn: sqlite3.Connection, kept_as: P
     """Add back the rows of the dropped frames of a cut -wal (kept as `kept_as` by
     `keep_cut_wal`) that continue a chain (see the module docstring). `conn` is an open
     connection to the store (SQLite has read the -wal's whole commits through it)."""
-    with tempfile.TemporaryDirectory(prefix=".recovering-", dir=path.parent) as scratch:
-        copy = Path(scratch) / "damaged.sqlite"
-        _keep(kept_as, copy, copy=True)
-        _keep(Path(f"{kept_as}-wal"), Path(f"{copy}-wal"), copy=True)
-        pages = salvage.scan(copy, Path(f"{copy}-wal"))
+    pages = salvage.scan(kept_as, Path(f"{kept_as}-wal"))  # bytes only: the kept copies need no copy of their own
     added, refused, touched = _continue_chains(conn, pages)
     detail = {"kind": damage.kind, "rows_added_back": added, "rows_not_added": refused, "runs_touched": touched,
               "wal": {"size": pages.wal.size, "frames": pages.wal.frames, "valid_frames": pages.wal.valid_frames,
@@ -497,7 +493,7 @@ def recover_wal(path: Path, damage: Damage, conn: sqlite3.Connection, kept_as: P
               json.dumps(detail, sort_keys=True))
     conn.execute("INSERT INTO recoveries (at, reason, damaged_file, detail) VALUES (?, ?, ?, ?)", record)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the cut tail goes; a copy is kept
-    _log.warning("trace store %s: %s; a copy is kept as %s: %s", path, damage.reason, kept_as, _summary(detail))
+    _log.warning("trace store %s: %s; a copy is kept as %s: %s", path, damage.reason, kept_as, summary(detail))
     return {"at": record[0], "reason": damage.reason, "damaged_file": str(kept_as), "detail": detail}
 
 
@@ -584,9 +580,14 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _summary(detail: dict[str, Any]) -> str:
+def summary(detail: dict[str, Any]) -> str:
+    """A recovery's detail in one line (the log's warning and `trace verify` both say it)."""
     if detail.get("kind") == "wal":
-        return f"rows added back {detail.get('rows_added_back')}, not added {detail.get('rows_not_added')}"
-    return (f"{detail.get('events_lost_count', 0)} events lost in {len(detail.get('events_lost', {}))} runs, "
-            f"{len(detail.get('runs_lost', []))} runs lost entirely; rows salvaged from pages "
-            f"{detail.get('rows_salvaged_from_pages')}")
+        added = sum(detail.get("rows_added_back", {}).values())
+        return (f"{added} rows of the dropped frames added back, {detail.get('rows_not_added', {})} not; "
+                f"runs touched: {', '.join(detail.get('runs_touched', [])) or 'none'}")
+    salvaged = sum(detail.get("rows_salvaged_from_pages", {}).values())
+    return (f"{sum(detail.get('rows_read_by_sqlite', {}).values())} rows read as stored, {salvaged} more salvaged "
+            f"from the pages; {detail.get('events_lost_count', 0)} events lost in "
+            f"{len(detail.get('events_lost', {}))} runs, {len(detail.get('runs_lost', []))} runs lost entirely, "
+            f"{detail.get('pages_missing', 0)} pages found nowhere")
