@@ -45,6 +45,17 @@ async def build_store(path: Path, server: CountingServer, runs: int, *, prefix: 
     return ids
 
 
+def copy_store(source: Path, target: Path) -> None:
+    """A whole copy of a store through SQLite's backup: copying the main file alone misses
+    what its -wal still holds (all of it, while another connection keeps it from a checkpoint)."""
+    src, dst = sqlite3.connect(source), sqlite3.connect(target)
+    try:
+        src.backup(dst)
+    finally:
+        dst.close()
+        src.close()
+
+
 def event_rows(path: Path) -> dict[tuple[str, int], tuple]:
     """(run_id, seq) -> the event row, read with plain sqlite3 from a store that is whole."""
     conn = sqlite3.connect(path)
@@ -348,7 +359,7 @@ def tamper_section(*, workdir: Path | None = None, runs: int = 4) -> Section:
     for kind in TAMPERINGS:
         case = folder / kind / "traces.sqlite"
         case.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(whole, case)
+        copy_store(whole, case)
         conn = _around(case)
         try:
             bad_seq, word = _tamper(kind, conn, target, donor, donor_run, other)
