@@ -42,10 +42,14 @@ def setup_lock(path: Path) -> Iterator[None]:
 
 
 def _identity(path: Path) -> tuple[str, int, int] | None:
-    """The file as it is now (a file deleted and made anew is another file)."""
+    """The file as it is now; None for one that is missing or empty, which no setup has
+    touched (setting WAL mode writes the header page). An empty file is checked because a
+    file deleted and made anew at the same path often gets the same inode number back."""
     try:
         stat = path.stat()
     except FileNotFoundError:
+        return None
+    if stat.st_size == 0:
         return None
     return str(path.resolve()), stat.st_dev, stat.st_ino
 

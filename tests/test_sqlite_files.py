@@ -46,3 +46,17 @@ def test_four_processes_opening_a_fresh_trace_store_at_once(tmp_path):
             assert worker.exitcode == 0
         assert len(TraceStore(path).all_runs()) == 4
     assert failures.empty(), failures.get()
+
+
+def test_a_store_made_anew_at_the_same_path_gets_its_schema_again(tmp_path):
+    """Deleted and made anew, a file often gets its old inode number back: emptied in place
+    (the same inode for sure), the store must still be set up, not taken as done."""
+    path = tmp_path / "traces.sqlite"
+    TraceStore(path).close()
+    for suffix in ("", "-wal", "-shm"):
+        if (tmp_path / f"traces.sqlite{suffix}").exists():
+            (tmp_path / f"traces.sqlite{suffix}").open("wb").close()
+    store = TraceStore(path)
+    store.create_run("r", "greedy", "input")  # "no such table: runs" when the setup was skipped
+    assert [r["run_id"] for r in store.all_runs()] == ["r"]
+    store.close()
