@@ -187,7 +187,7 @@ class CodeExec(Event):
     candidate: int
     status: Literal["ok", "error", "timeout", "memory", "output_limit", "killed", "sandbox_unavailable"]
     passed: bool
-    """Whether the candidate passed its tests (the program exited 0)."""
+    """Whether the candidate passed its tests (exit 0 and the end-of-tests marker printed)."""
     isolation: Literal["bwrap", "rlimits", "none"]
     exit_code: int | None = None
     signal: int | None = None

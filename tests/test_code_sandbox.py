@@ -11,6 +11,7 @@ import os
 import socket
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -226,9 +227,66 @@ def test_code_is_read_from_fences_or_raw_and_assembled():
     assert extract_code("    return sum(xs)\n") == ("    return sum(xs)", "raw")
     for code, shape in [("def add(xs):\n    return sum(xs)", "function"), ("return sum(xs)", "body"),
                         ("    return sum(xs)", "body")]:
-        program, got = program_with_tests(PROMPT, code, TESTS, "add")
-        assert got == shape and program.endswith("check(add)\n")
-        assert run_python(program).status == "ok", program
+        program = program_with_tests(PROMPT, code, TESTS, "add")
+        assert program.shape == shape and program.solution.startswith(PROMPT.rstrip())
+        assert "check(add)\n" in program.main and program.files == {"solution.py": program.solution}
+        finished, result = program.judge(run_python(program.main, files=program.files))
+        assert finished and result.status == "ok" and result.stdout == "", (program, result)
+
+
+EARLY_EXITS = {
+    "sys_exit": "def add(xs):\n    return 0\n\n\nimport sys\nsys.exit(0)",
+    "os_exit": "def add(xs):\n    return 0\n\n\nimport os\nos._exit(0)",
+    "main_block": "import sys\n\n\ndef add(xs):\n    return 0\n\n\ndef main():\n    return 0\n\n\n"
+                  "if __name__ == '__main__':\n    sys.exit(main())",
+}
+
+
+@pytest.mark.parametrize("isolation", BOTH)
+@pytest.mark.parametrize("name", sorted(EARLY_EXITS))
+def test_a_wrong_candidate_that_exits_early_does_not_pass(name, isolation):
+    from refinegraph.agents.code_verifier import outcome_of
+    program = program_with_tests(PROMPT, EARLY_EXITS[name], TESTS, "add")
+    finished, result = program.judge(run_python(program.main, files=program.files, isolation=isolation))
+    assert not finished and outcome_of(result, finished=finished) != "passed", result
+    if name == "main_block":  # imported, not run as __main__: the tests run and say no
+        assert result.status == "error" and result.stderr.rstrip().endswith("AssertionError")
+    else:
+        assert result.status == "ok" and "before the tests finished" in result.message
+
+
+def test_the_marker_is_taken_out_of_what_the_candidate_printed():
+    program = program_with_tests(PROMPT, "def add(xs):\n    print('partial', end='')\n    return sum(xs)", TESTS,
+                                 "add")
+    finished, result = program.judge(run_python(program.main, files=program.files))
+    assert finished and result.stdout == "partialpartial" and program.marker not in program.recorded()["main.py"]
+
+
+@pytest.mark.parametrize("where", ["source", "files", "stdin"])
+def test_a_lone_surrogate_is_a_clear_error_not_a_crash(where):
+    text = "print('\ud800')\n"
+    kwargs = {"source": text} if where == "source" else {"source": "print(1)\n", where: (
+        {"helper.py": text} if where == "files" else text)}
+    result = run_python(**kwargs, isolation="rlimits")
+    assert result.status == "error" and result.isolation == "none" and result.exit_code is None
+    assert "lone surrogate '\\ud800' at line 1, column 8" in result.message or where == "stdin", result.message
+    assert "lone surrogate" in result.message
+
+
+SETSID_ESCAPE = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+                 "        time.sleep(60)\n    os._exit(0)\nprint('started', flush=True)\n")
+
+
+@pytest.mark.parametrize("ending", ["exits", "times_out"])
+def test_a_setsid_escapee_does_not_outlive_the_run_in_rlimits_mode(ending):
+    source = SETSID_ESCAPE + ("time.sleep(60)\n" if ending == "times_out" else "time.sleep(0.3)\n")
+    with ProcessWatch(IDENTITY) as watch:
+        result = run_python(source, timeout_s=1.5, isolation="rlimits")
+    left = watch.left(wait_s=1.0)
+    assert result.stdout == "started\n" and watch.peak >= 2, (result, watch.peak)
+    assert result.status == ("timeout" if ending == "times_out" else "ok"), result.message
+    assert result.duration_s < 1.5 + SLACK_S
+    assert not left, f"processes left after the run: {sorted(left)}"
 
 
 # -- the code-filter graph ------------------------------------------------------------------
@@ -279,6 +337,62 @@ async def test_code_filter_with_no_passing_candidate_falls_back(store):
     assert [c["outcome"] for c in result.state["candidates"]] == ["crashed", "failed"]
     replayed = await replay(result.run_id, store=store)
     assert replayed.decisions_match and replayed.model_calls == 0
+
+
+EXITS_EARLY = "```python\ndef add(xs):\n    return 0\n\n\nimport sys\nsys.exit(0)\n```"
+
+
+async def test_code_filter_does_not_pass_a_candidate_that_exits_before_its_tests(store):
+    result, _ = await run_filter(store, [EXITS_EARLY, RIGHT], timeout_s=2, isolation="auto")
+    assert result.state["chosen"] == 1 and result.state["passed"]
+    first, second = store.events(result.run_id, types={"code_exec"})
+    assert (first["status"], first["passed"], second["passed"]) == ("ok", False, True)
+    assert "before the tests finished" in first["message"] and second["stdout"] == ""
+    replayed = await replay(result.run_id, store=store)  # the per-run marker is not in what is compared
+    assert replayed.decisions_match and replayed.answer_matches
+
+
+def test_another_run_at_its_process_limit_does_not_stop_this_one():
+    # RLIMIT_NPROC counts all the sandbox user's processes: the launcher forks before it applies
+    holder = ("import os, time\nfor _ in range(40):\n    try:\n        pid = os.fork()\n    except OSError:\n"
+              "        break\n    if pid == 0:\n        time.sleep(3)\n        os._exit(0)\nprint('held', flush=True)\n"
+              "time.sleep(3)\n")
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(run_python, holder, timeout_s=2.5, max_processes=16, isolation="rlimits")
+        time.sleep(1)
+        result = run_python("print(1)", isolation="rlimits")
+        assert held.result().status == "timeout"
+    assert result.status == "ok" and result.stdout == "1\n", result.message
+
+
+class _Writer:
+    def put_blob(self, value):
+        from refinegraph.trace.chain import canonical_json
+        return "sha256:" + str(len(canonical_json(value).encode()))  # encodes as the trace store does
+
+
+class _Context:
+    """What run_tests uses of a RunContext: where events and fallbacks go."""
+
+    def __init__(self):
+        self.writer, self.events, self.fallbacks = _Writer(), [], []
+
+    def emit(self, event):
+        self.events.append(event)
+
+    def fallback(self, kind, reason, detail=""):
+        self.fallbacks.append(kind)
+
+
+async def test_the_verifier_records_a_lone_surrogate_as_an_error():
+    # a model's reply reaches the graph only once its call is recorded, which a lone surrogate fails
+    # today (the trace store's UTF-8): run_tests itself must still neither raise nor store one
+    from refinegraph.agents.code_verifier import run_tests
+    ctx = _Context()
+    checked = await run_tests(ctx, ["def add(xs):\n    return sum(xs)  # \ud800", "return sum(xs)"], prompt=PROMPT,
+                              tests=TESTS, entry_point="add", sandbox={"isolation": "auto"})
+    assert [(c["status"], c["passed"]) for c in checked] == [("error", False), ("ok", True)]
+    assert "lone surrogate" in checked[0]["message"] and ctx.events[0].status == "error"
 
 
 async def test_code_filter_records_the_weaker_sandbox(store, monkeypatch, tmp_path):

@@ -6,9 +6,9 @@
 """
 
 from refinegraph.tools.code.limits import Limits
-from refinegraph.tools.code.programs import extract_code, program_with_tests
+from refinegraph.tools.code.programs import CandidateProgram, extract_code, program_with_tests
 from refinegraph.tools.code.result import CodeResult, Isolation, Status
 from refinegraph.tools.code.sandbox import IsolationMode, arun_python, run_python
 
-__all__ = ["CodeResult", "Isolation", "IsolationMode", "Limits", "Status", "arun_python", "extract_code",
-           "run_python", "program_with_tests"]
+__all__ = ["CandidateProgram", "CodeResult", "Isolation", "IsolationMode", "Limits", "Status", "arun_python",
+           "extract_code", "run_python", "program_with_tests"]

@@ -1,13 +1,15 @@
 """The resource limits a sandboxed program runs under, and the launcher that sets them.
 
-The launcher is a few lines run by the sandbox's own interpreter: it sets the rlimits
-on itself and execs the program, so they hold for the program and everything it
-starts, and nothing of refinegraph is loaded in the child.
+The launcher (launcher.py, its text passed to `python -c`) is run by the sandbox's own
+interpreter: it runs the program as its child under the rlimits, so they hold for the program
+and everything it starts, and kills whatever the program leaves behind
+(setsid() escapees too: it is their subreaper). Nothing of refinegraph is loaded in it.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -15,13 +17,7 @@ MIB = 1 << 20
 PROGRAM = "main.py"
 """The program's file name in the work folder."""
 
-LAUNCHER = (
-    "import os, resource, sys\n"
-    "for limit in sys.argv[1].split(','):\n"
-    "    name, soft, hard = limit.split(':')\n"
-    "    resource.setrlimit(getattr(resource, 'RLIMIT_' + name), (int(soft), int(hard)))\n"
-    "os.execv(sys.executable, [sys.executable, '-E', '-s', '-B', sys.argv[2]])\n"
-)
+LAUNCHER = Path(__file__).with_name("launcher.py").read_text(encoding="utf-8")
 
 
 class Limits(BaseModel):
@@ -37,7 +33,7 @@ class Limits(BaseModel):
     max_output_bytes: int = Field(64_000, ge=1)
     """Of stdout and of stderr, each; more stops the program."""
     max_processes: int = Field(16, ge=1)
-    """Processes of the sandbox user, counting bwrap's init (RLIMIT_NPROC)."""
+    """Processes of the sandbox user, counting the launcher and bwrap's init (RLIMIT_NPROC)."""
     file_size_mb: int = Field(16, ge=1)
     """Largest file the program may write (RLIMIT_FSIZE)."""
     open_files: int = Field(64, ge=16)

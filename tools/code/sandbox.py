@@ -29,6 +29,8 @@ IsolationMode = Literal["auto", "strict", "rlimits"]
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap)"
 LINGER_S = 0.2
 """After the program exits, how long its pipes may stay open (held by processes it left)."""
+SWEEP_S = 2.0
+"""In rlimits mode, how long the launcher may take to kill what the program left, once asked."""
 _MEMORY = re.compile(r"^(MemoryError\b|.*\[Errno 12\]|.*Cannot allocate memory|Fatal Python error: .*memory)")
 
 
@@ -42,6 +44,9 @@ def run_python(source: str, *, stdin: str = "", timeout_s: float = 5, memory_mb:
     """
     limits = Limits(timeout_s=timeout_s, memory_mb=memory_mb, max_output_bytes=max_output_bytes,
                     max_processes=max_processes)
+    surrogate = lone_surrogate(source, stdin, files)
+    if surrogate:
+        return CodeResult(status="error", isolation="none", message=surrogate)
     identity = sandbox_identity()
     if isinstance(identity, str):
         return CodeResult(status="sandbox_unavailable", isolation="none", message=identity)
@@ -55,11 +60,27 @@ def run_python(source: str, *, stdin: str = "", timeout_s: float = 5, memory_mb:
                 cwd, env = None, environment(WORK_DIR)
             else:
                 argv, cwd, env = launcher_argv(identity.python, limits), str(folder), environment(str(folder))
-            run = _supervise(argv, cwd=cwd, env=env, identity=identity, limits=limits, stdin=stdin)
+            run = _supervise(argv, cwd=cwd, env=env, identity=identity, limits=limits, stdin=stdin,
+                             launcher_first=mode == "rlimits")
             return _result(run, limits, mode, note, str(folder))
     except OSError as exc:  # the machine's doing (no disk space, no interpreter), not the program's
         return CodeResult(status="sandbox_unavailable", isolation="none",
                           message=f"could not start the sandbox: {type(exc).__name__}: {exc}")
+
+
+def lone_surrogate(source: str, stdin: str, files: dict[str, str] | None) -> str | None:
+    """Why the text cannot be written as UTF-8 (a lone surrogate such as '\\ud800', which a
+    model's JSON-escaped reply can hold), else None: nothing could run it faithfully."""
+    texts = {"the program": source, "stdin": stdin, **{f"file {name}": text for name, text in (files or {}).items()}}
+    for what, text in texts.items():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            line = text.count("\n", 0, exc.start) + 1
+            column = exc.start - (text.rfind("\n", 0, exc.start) + 1) + 1
+            return (f"not run: {what} holds a lone surrogate {text[exc.start]!r} at line {line}, column {column}, "
+                    f"which UTF-8 cannot encode")
+    return None
 
 
 async def arun_python(source: str, **options: Any) -> CodeResult:
@@ -89,12 +110,15 @@ class _Run:
     timed_out: bool = False
     returncode: int | None = None
     seconds: float = 0.0
+    stray: str = ""
+    """Why processes the program left may have outlived it (the launcher's sweep did not finish)."""
 
 
 def _supervise(argv: list[str], *, cwd: str | None, env: dict[str, str], identity: Identity, limits: Limits,
-               stdin: str) -> _Run:
+               stdin: str, launcher_first: bool) -> _Run:
     """Start the program in its own session, feed stdin, collect capped output, and kill
-    its whole process group at the deadline, on overflow, or once it has exited."""
+    its whole process group at the deadline, on overflow, or once it has exited
+    (`launcher_first`: after the launcher has killed what left the group, see _stop)."""
     run = _Run()
     started = time.monotonic()
     deadline = started + limits.timeout_s
@@ -133,7 +157,7 @@ def _supervise(argv: list[str], *, cwd: str | None, env: dict[str, str], identit
             except subprocess.TimeoutExpired:
                 run.timed_out = True
     finally:
-        _kill_group(proc)
+        run.stray = _stop(proc, launcher_first)
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             if not stream.closed:
                 stream.close()
@@ -167,6 +191,23 @@ def _drain(selector: selectors.BaseSelector, stream: IO[bytes], name: str, buffe
     buffer += chunk[:max(room, 0)]
     if len(chunk) > room:
         run.overflow = name
+
+
+def _stop(proc: subprocess.Popen, launcher_first: bool) -> str:
+    """Kill the program and all it started; why some may survive, else "".
+
+    In rlimits mode a process that setsid() left the group: the launcher, their subreaper,
+    kills those once the program has exited, or at our SIGTERM (the deadline, an overflow)."""
+    stray = ""
+    if launcher_first and proc.poll() is None:
+        proc.send_signal(signals.SIGTERM)
+        try:
+            proc.wait(timeout=SWEEP_S)
+        except subprocess.TimeoutExpired:
+            stray = (f"the launcher did not finish killing the program's processes within {SWEEP_S:g} s; "
+                     f"any that left its process group (setsid) may have outlived it")
+    _kill_group(proc)
+    return stray
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -228,6 +269,8 @@ def _result(run: _Run, limits: Limits, mode: str, note: str, folder: str) -> Cod
     else:
         status = "ok"
         message = "exited 0"
+    if run.stray:
+        message += f"; {run.stray}"
     return CodeResult(status=status, isolation=mode, message=message, exit_code=None if code < 0 else code,
                       signal=sig if sig is not None else (signals.SIGKILL if stopped_by_us else None),
                       stdout=stdout, stderr=stderr, stdout_truncated=run.overflow == "stdout",
