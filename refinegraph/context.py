@@ -21,7 +21,7 @@ from refinegraph.budget import MIN_COMPLETION_TOKENS, Budget, BudgetExceeded
 from refinegraph.cache import CachedSample, ReplayCache, call_key, sample_keys
 from refinegraph.config import Config, RetryPolicy
 from refinegraph.events import BudgetEvent, ErrorEvent, Event, Fallback, LLMCall, Retry
-from refinegraph.models.base import Model, ModelError, ModelUnavailable, Samples, Usage
+from refinegraph.models.base import Model, ModelError, ModelUnavailable, Samples, Usage, valid_unicode
 from refinegraph.retry import RetryScope, call_with_retries, describe, retry_scope
 
 current_node: contextvars.ContextVar[str | None] = contextvars.ContextVar("refinegraph_node", default=None)
@@ -138,6 +138,7 @@ class RunContext:
             self.cache_hits += 1
         else:
             samples, attempts = await self._call_backend(model, name, messages, n=n, params=params, keys=keys)
+            samples = self._storable(name, samples)
             source = "backend"
             if not samples.usage_reported:
                 self.fallback("usage_missing", f"model {name!r} reported no token usage: counted as 0")
@@ -240,6 +241,14 @@ class RunContext:
             raise ModelError(name, type(exc).__name__, message.removeprefix(prefix), attempts) from exc
         finally:
             retry_scope.reset(scope)
+
+    def _storable(self, name: str, samples: Samples) -> Samples:
+        texts = [valid_unicode(text) for text in samples.texts]
+        if texts == samples.texts:
+            return samples
+        self.fallback("lone_surrogate_replaced", f"model {name!r} answered text with lone UTF-16 surrogates (no "
+                                                 "Unicode): each replaced by U+FFFD, so the trace can store it")
+        return samples.model_copy(update={"texts": texts})
 
     def _cost(self, name: str, usage: Usage) -> float | None:
         spec = self.config.models.get(name)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import pydantic_core
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from pydantic import BaseModel, Field, ValidationError
@@ -272,6 +273,15 @@ async def _execute(ctx: RunContext, graph_name: str, graph_input: dict[str, Any]
     return result
 
 
+def _check_recordable(graph: str, graph_input: dict[str, Any]) -> None:
+    """Refuse, before anything is recorded, an input the trace cannot store (a lone UTF-16
+    surrogate, say, from undecodable bytes in argv): it would fail at the run's first event."""
+    try:
+        pydantic_core.to_json(graph_input)
+    except pydantic_core.PydanticSerializationError as exc:
+        raise ConfigError(f"the input of graph {graph!r} cannot be recorded: {exc}") from None
+
+
 async def run(graph: str, task: str | dict[str, Any], *, config: Config | None = None,
               params: dict[str, Any] | None = None, budget: Budget | None = None,
               models: dict[str, Model] | None = None, store: TraceStore | None = None,
@@ -288,6 +298,7 @@ async def run(graph: str, task: str | dict[str, Any], *, config: Config | None =
     graph_input = task if isinstance(task, dict) else {spec.input_key: task}
     if not str(graph_input.get(spec.input_key, "")).strip():
         raise ConfigError(f"the input of graph {graph!r} is empty")
+    _check_recordable(graph, graph_input)
     params = params or {}
     compiled_graph(graph, params)
     roles = dict(config.roles)

@@ -86,3 +86,9 @@ class MalformedResponse(RuntimeError):
 
 class ModelUnavailable(RuntimeError):
     """A backend that cannot start here (missing runtime or model file); says what to install."""
+
+
+def valid_unicode(text: str) -> str:
+    """`text` with each lone UTF-16 surrogate replaced by U+FFFD (pairs joined): a server's
+    JSON may escape one ("\\ud800"), and no trace, cache or UTF-8 writer can store it."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
