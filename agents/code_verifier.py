@@ -11,12 +11,12 @@ message); a sandbox weaker than bubblewrap, or none at all, is a recorded fallba
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Literal
 
 from refinegraph.context import RunContext
 from refinegraph.events import CodeExec
 from refinegraph.tools.code import CandidateProgram, CodeResult, arun_python, program_with_tests
+from refinegraph.trace.chain import content_digest
 
 Outcome = Literal["passed", "failed", "crashed"]
 TEXT_CHARS = 2000
@@ -35,7 +35,7 @@ def outcome_of(result: CodeResult, *, finished: bool) -> Outcome:
 
 
 def _digest(text: str) -> str:
-    return "sha256:" + hashlib.sha256(text.encode("utf-8", errors="replace")).hexdigest()
+    return content_digest(text.encode("utf-8", errors="replace"))
 
 
 def _storable(text: str) -> str:
