@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from refinegraph.bench.reliability_common import TOTALS, Section, summary_line
+from refinegraph.bench.reliability_common import Section, summary_line, totals_of
 from refinegraph.bench.report import environment, md_table
 
 
@@ -85,8 +85,7 @@ async def reliability(workdir: Path, parts: list[str] | None = None, **options: 
     if unknown:
         raise ValueError(f"unknown parts: {', '.join(unknown)}; known: {', '.join(p.name for p in PARTS)}")
     sections = [await run_part(part, workdir, options) for part in chosen]
-    totals = {key: sum(getattr(s, key) for s in sections) for key in TOTALS}
-    return {"sections": [s.model_dump() for s in sections], "totals": totals, "ok": all(s.ok for s in sections),
+    return {"sections": [s.model_dump() for s in sections], "totals": totals_of(sections), "ok": all(s.ok for s in sections),
             "summary": summary_line(sections), "options": {k: str(v) for k, v in options.items() if v is not None},
             "environment": environment()}
 

@@ -54,9 +54,14 @@ class Section(BaseModel):
 TOTALS = ("runs", "faults_injected", "traces_verified", "traces_failed", "events_lost", "writes_made")
 
 
+def totals_of(sections: list[Section]) -> dict[str, int]:
+    """Each of TOTALS summed over the parts."""
+    return {key: sum(getattr(s, key) for s in sections) for key in TOTALS}
+
+
 def summary_line(sections: list[Section]) -> str:
     """The bench's last printed line: totals over every part."""
-    totals = {key: sum(getattr(s, key) for s in sections) for key in TOTALS}
+    totals = totals_of(sections)
     verdict = "ok" if all(s.ok for s in sections) else "FAILED: " + ", ".join(s.name for s in sections if not s.ok)
     return (f"reliability: runs {totals['runs']}, faults injected {totals['faults_injected']}, "
             f"traces verified {totals['traces_verified']} (failed {totals['traces_failed']}), "
