@@ -86,8 +86,8 @@ async def reliability(workdir: Path, parts: list[str] | None = None, **options: 
         raise ValueError(f"unknown parts: {', '.join(unknown)}; known: {', '.join(p.name for p in PARTS)}")
     sections = [await run_part(part, workdir, options) for part in chosen]
     return {"sections": [s.model_dump() for s in sections], "totals": totals_of(sections),
-            "ok": all(s.ok for s in sections), "summary": summary_line(sections), "options": {k: str(v) for k, v in options.items() if v is not None},
-            "environment": environment()}
+            "ok": all(s.ok for s in sections), "summary": summary_line(sections),
+            "options": {k: str(v) for k, v in options.items() if v is not None}, "environment": environment()}
 
 
 def section_rows(report: dict[str, Any]) -> list[list[Any]]:
