@@ -35,6 +35,9 @@ config at all every role uses the embedded `local` model. Example:
 
     [server]
     api_key_env = "REFINEGRAPH_API_KEY"
+
+    [trace]
+    store = "postgresql://app@db.internal/audit"   # default: $REFINEGRAPH_HOME/traces.sqlite
 """
 
 from __future__ import annotations
@@ -147,7 +150,30 @@ class ServerSettings(BaseModel):
     max_message_chars: int = Field(32_000, ge=1)
     allow_request_db: bool = True
     """Whether a request may name the database of a SQL pipeline that fixes none."""
-    checkpoint: bool = True
+    checkpoint: bool = False
+    """LangGraph's checkpointer for every run (the trace alone makes runs resumable; graphs
+    that pause on `interrupt()` turn it on for themselves)."""
+
+
+class TraceSettings(BaseModel):
+    """The [trace] table: where runs are recorded.
+
+    `store`: a file path or `sqlite:///path` (SQLite), or `postgresql://user@host/db`
+    (refinegraph.trace.postgres; `?options=-csearch_path%3Dschema` or the `schema` setting
+    picks the schema). Default: $REFINEGRAPH_HOME/traces.sqlite. The environment variable
+    REFINEGRAPH_TRACE_STORE, when set, wins over this setting.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    store: str | None = None
+    schema_: str = Field("refinegraph", alias="schema", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+    """PostgreSQL: the schema the store's tables live in."""
+    synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    """SQLite: NORMAL (a commit survives a crash of the process) or FULL (a power cut too)."""
+
+    def location(self) -> str:
+        return os.environ.get("REFINEGRAPH_TRACE_STORE") or self.store or str(home() / "traces.sqlite")
 
 
 class Config(BaseModel):
@@ -160,6 +186,7 @@ class Config(BaseModel):
     pipelines: dict[str, PipelineSpec] = Field(default_factory=dict)
     """What `refinegraph serve` exposes (none: one pipeline per registered graph)."""
     server: ServerSettings = Field(default_factory=ServerSettings)
+    trace: TraceSettings = Field(default_factory=TraceSettings)
     source: str | None = None
 
     @model_validator(mode="after")

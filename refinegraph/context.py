@@ -167,6 +167,9 @@ class RunContext:
             finish_reasons=samples.finish_reasons, latency_ms=round(latency, 3), cost_usd=cost,
             max_tokens_capped=allowed < max_tokens,
         ))
+        # Committed before the node goes on, so a crash never re-pays this call (many
+        # concurrent runs share one transaction: TraceWriter.commit).
+        await self.writer.commit()
         return samples
 
     def _admit(self, name: str, n: int, max_tokens: int, messages: list[dict[str, Any]], min_tokens: int,

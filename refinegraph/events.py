@@ -42,9 +42,18 @@ class RunResumed(Event):
     """False: the run had stopped before its first step was checkpointed (no node had
     started), so it starts again from its recorded input under the same id."""
     superseded: list[int] = Field(default_factory=list)
-    """The node executions (their node_started seqs) this resume runs again: interrupted
-    inside, or finished after the checkpoint it resumes from was written. Their events
-    stay in the chain; their decisions are not the run's (refinegraph.runner.decisions)."""
+    """The node executions (their node_started seqs) this resume runs again: every one
+    recorded before it (a resume re-runs the graph from its input, each recorded model call
+    served from the trace). Their events stay in the chain; their decisions are not the
+    run's (refinegraph.runner.decisions)."""
+
+
+class RunInterrupted(Event):
+    """The run was stopped before its end (SIGINT, SIGTERM, a cancelled task, a client that
+    went away); it stays unsealed, listed as `interrupted`, and `refinegraph resume` finishes it."""
+
+    type: Literal["run_interrupted"] = "run_interrupted"
+    reason: str
 
 
 class NodeStarted(Event):
@@ -294,7 +303,7 @@ class Route(Event):
 
 
 AnyEvent = Annotated[
-    RunStarted | RunResumed | NodeStarted | NodeFinished | LLMCall | Retry | Critique | Verdict
+    RunStarted | RunResumed | RunInterrupted | NodeStarted | NodeFinished | LLMCall | Retry | Critique | Verdict
     | Refine | Fallback | BudgetEvent | ErrorEvent | Stop | RunFinished | SqlExec | Vote | Merge
     | SamplingCheck | Score | Difficulty | Judge | Route | CodeExec,
     Field(discriminator="type"),

@@ -1,21 +1,20 @@
 """Running a registered graph on one input: start, resume, replay.
 
-A run gets an id, a trace (run_started ... run_finished, hash-chained), a RunContext
-handed to every node, and a LangGraph SQLite checkpoint under the same id, so an
-interrupted run resumes where it stopped and re-pays no model call that had finished.
+A run gets an id, a trace (run_started ... run_finished, hash-chained) and a RunContext
+handed to every node. The trace is also what makes a run resumable: `resume` runs the graph
+again from its recorded input, every model call that had finished served from the trace
+(the replay cache), so nothing finished is paid twice and no checkpoint file is needed.
+LangGraph's checkpointer is used only where LangGraph itself needs one: a graph that waits
+on a human through `interrupt()` (pass `checkpoint=True`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import logging
 import os
 import socket
-import sqlite3
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -31,17 +30,16 @@ from refinegraph.budget import Budget, BudgetExceeded
 from refinegraph.cache import ReplayCache
 from refinegraph.config import Config, ConfigError, ModelSpec, home, load_config
 from refinegraph.context import ReplayMiss, RunContext
-from refinegraph.events import DECISION_TYPES, ErrorEvent, RunFinished, RunResumed, RunStarted
+from refinegraph.events import DECISION_TYPES, ErrorEvent, RunFinished, RunInterrupted, RunResumed, RunStarted
 from refinegraph.models import Model, ModelError, ModelUnavailable, build_model
 from refinegraph.models.base import Usage
 from refinegraph.registry import get_graph
 from refinegraph.sqlite_files import BUSY_TIMEOUT_S, prepare_once
 from refinegraph.trace.chain import canonical_json
-from refinegraph.trace.store import NullWriter, TraceStore, TraceWriter
-from refinegraph.trace.verify import TraceMark, verify_run
+from refinegraph.trace.store import BaseTraceStore, NullWriter, TraceWriter, open_store
+from refinegraph.trace.verify import verify_run
 
 RECURSION_LIMIT = 200
-_log = logging.getLogger(__name__)
 
 
 class RunResult(BaseModel):
@@ -77,65 +75,30 @@ class TraceUnusable(ValueError):
     """A recorded run whose trace cannot serve a replay or a resume (it names why)."""
 
 
-def default_store(*, full_check: bool = False) -> TraceStore:
-    return TraceStore(home() / "traces.sqlite", full_check=full_check)
+def default_store(config: Config | None = None) -> BaseTraceStore:
+    """The store runs are recorded in: REFINEGRAPH_TRACE_STORE, else the config's [trace]
+    store, else $REFINEGRAPH_HOME/traces.sqlite."""
+    settings = (config or Config()).trace
+    location = settings.location()
+    if location.startswith(("postgresql://", "postgres://")):
+        from refinegraph.trace.postgres import PostgresTraceStore
 
+        return PostgresTraceStore(location, schema=settings.schema_)
+    if "://" not in location and settings.synchronous != "NORMAL":
+        from refinegraph.trace.store import TraceStore
 
-TRACE_STORE_KEY = "refinegraph_trace_store"
-"""Checkpoint metadata: the path of the trace store the run's trace is in (a checkpoint
-file may serve runs of several stores)."""
-TRACE_SEQ_KEY = "refinegraph_trace_seq"
-"""Checkpoint metadata: the run's next trace seq when the checkpoint was written. Every
-event before it is committed, so every node that finished before it is in the checkpoint;
-a node that finished at or after it may have to run again (a crash came between its
-trace commit and its checkpoint), and its calls must then still be served from the trace."""
-
-
-def trace_marks(checkpoint_path: Path | None = None, run_id: str | None = None) -> dict[str, TraceMark]:
-    """run id -> how far its trace had reached when its latest checkpoint was written, and
-    in which store (TRACE_SEQ_KEY, TRACE_STORE_KEY): a trace shorter than its mark lost
-    events the checkpoint covers (a damaged or cut store). Read as SQL, metadata only, so
-    checking a big checkpoint file costs no state decoding; `run_id`: that run's only."""
-    path = checkpoint_path or home() / "checkpoints.sqlite"
-    if not path.is_file():
-        return {}
-    marks: dict[str, TraceMark] = {}
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
-    try:
-        query, args = "SELECT thread_id, metadata FROM checkpoints WHERE checkpoint_ns = ''", ()
-        if run_id is not None:
-            query, args = f"{query} AND thread_id = ?", (run_id,)
-        rows = conn.execute(query, args).fetchall()
-    except sqlite3.DatabaseError as exc:
-        _log.warning("cannot read trace marks from %s (%s): runs are verified without them", path, exc)
-        return {}
-    finally:
-        conn.close()
-    for thread_id, metadata in rows:
-        try:
-            data = json.loads(metadata)
-        except (TypeError, ValueError):
-            continue
-        mark = data.get(TRACE_SEQ_KEY)
-        if isinstance(mark, int) and (thread_id not in marks or mark > marks[thread_id].events):
-            marks[thread_id] = TraceMark(mark, data.get(TRACE_STORE_KEY))
-    return marks
+        return TraceStore(location, synchronous=settings.synchronous)
+    return open_store(location)
 
 
 class TraceFirstSaver(AsyncSqliteSaver):
-    """LangGraph's SQLite checkpointer that commits the run's held trace events before
-    each checkpoint write, so a resumed run never skips a step its trace lacks; each
-    checkpoint records how far the trace was (TRACE_SEQ_KEY)."""
+    """LangGraph's SQLite checkpointer that commits the run's held trace events before each
+    checkpoint write, so a paused run's trace is never behind its checkpoint."""
 
     flush: Any = None
-    writer: Any = None
 
     async def aput(self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Any:
         self.flush()
-        if self.writer is not None:
-            metadata = {**metadata, TRACE_SEQ_KEY: self.writer.next_seq}
-            if self.writer.store is not None:
-                metadata[TRACE_STORE_KEY] = str(self.writer.store.path.resolve())
         return await super().aput(config, checkpoint, metadata, new_versions)
 
     async def aput_writes(self, *args: Any, **kwargs: Any) -> Any:
@@ -143,7 +106,8 @@ class TraceFirstSaver(AsyncSqliteSaver):
         return await super().aput_writes(*args, **kwargs)
 
 
-def _checkpoint_path(path: Path | None) -> Path:
+def checkpoint_file(path: Path | None = None) -> Path:
+    """LangGraph's checkpoints, for runs that wait on a human ($REFINEGRAPH_HOME/checkpoints.sqlite)."""
     path = path or home() / "checkpoints.sqlite"
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
@@ -154,13 +118,13 @@ async def _checkpointer(enabled: bool, path: Path | None, writer: Any) -> AsyncI
     if not enabled:
         yield None
         return
-    async with _saver(_checkpoint_path(path)) as saver:
-        saver.flush, saver.writer = writer.flush, writer
+    async with open_saver(checkpoint_file(path)) as saver:
+        saver.flush = writer.flush
         yield saver
 
 
 @contextlib.asynccontextmanager
-async def _saver(path: Path) -> AsyncIterator[TraceFirstSaver]:
+async def open_saver(path: Path) -> AsyncIterator[TraceFirstSaver]:
     """A checkpointer on `path`, its schema made under the setup lock (concurrent runs and
     processes open the same file: see refinegraph.sqlite_files)."""
     prepare_once(path, lambda conn: SqliteSaver(conn).setup())
@@ -230,17 +194,21 @@ def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-async def _execute(ctx: RunContext, graph_name: str, graph_input: dict[str, Any] | None,
-                   params: dict[str, Any], *, checkpoint: bool,
-                   checkpoint_path: Path | None) -> RunResult:
+def _interrupt_reason(exc: BaseException) -> str:
+    """What stopped a run, from its cancellation (the CLI cancels with the signal's name)."""
+    reason = str(exc.args[0]) if exc.args and exc.args[0] else ""
+    return reason or "cancelled (Ctrl-C, or the caller cancelled the run's task)"
+
+
+async def _execute(ctx: RunContext, graph_name: str, graph_input: Any, params: dict[str, Any], *,
+                   checkpoint: bool, checkpoint_path: Path | None) -> RunResult:
     state: dict[str, Any] = {}
     error: BaseException | None = None
     async with _checkpointer(checkpoint, checkpoint_path, ctx.writer) as saver:
         compiled = compiled_graph(graph_name, params, saver)
         config = {"configurable": {"thread_id": ctx.run_id}, "recursion_limit": RECURSION_LIMIT}
         try:
-            # "sync": each step's checkpoint is on disk before the next step starts, so a
-            # crash never loses a finished step (LangGraph's default writes it in the background).
+            # "sync": each step's checkpoint is on disk before the next step starts.
             durable = {"durability": "sync"} if saver is not None else {}
             state = await compiled.ainvoke(graph_input, config=config, context=ctx, **durable)
         except BudgetExceeded as exc:  # a graph that did not handle it: still a budget stop
@@ -248,11 +216,11 @@ async def _execute(ctx: RunContext, graph_name: str, graph_input: dict[str, Any]
             ctx.fallback("budget_unhandled", str(exc))
         except (ModelError, ModelUnavailable, ReplayMiss) as exc:
             error = exc
-        except asyncio.CancelledError:
-            # Interrupted, not finished: the events held so far are committed with why it
-            # stopped, and the run stays unsealed so that `resume` can continue it.
-            ctx.emit(ErrorEvent(error_class="CancelledError", message="the run's task was cancelled"))
-            ctx.writer.flush()
+        except (asyncio.CancelledError, KeyboardInterrupt) as exc:
+            # Interrupted, not finished: what it did so far is committed with why it stopped,
+            # and the run stays unsealed, listed as interrupted, so `resume` finishes it.
+            ctx.emit(RunInterrupted(reason=_interrupt_reason(exc)))
+            ctx.writer.set_status("interrupted")
             raise
         except Exception as exc:  # noqa: BLE001 - recorded, the trace sealed, then re-raised as RunFailed
             ctx.emit(ErrorEvent(error_class=type(exc).__name__, message=str(exc)[:2000]))
@@ -282,16 +250,23 @@ def _check_recordable(graph: str, graph_input: dict[str, Any]) -> None:
         raise ConfigError(f"the input of graph {graph!r} cannot be recorded: {exc}") from None
 
 
+def new_run_id() -> str:
+    """A fresh run id (callers that must print it on an interrupt make it first)."""
+    return uuid.uuid4().hex
+
+
 async def run(graph: str, task: str | dict[str, Any], *, config: Config | None = None,
               params: dict[str, Any] | None = None, budget: Budget | None = None,
-              models: dict[str, Model] | None = None, store: TraceStore | None = None,
-              trace: bool = True, checkpoint: bool = True, checkpoint_path: Path | None = None,
+              models: dict[str, Model] | None = None, store: BaseTraceStore | None = None,
+              trace: bool = True, checkpoint: bool = False, checkpoint_path: Path | None = None,
               run_id: str | None = None) -> RunResult:
     """Run `graph` on `task` and return its answer; the trace is written as it goes.
 
     `models` overrides the config's backends by name (e.g. a test double). Everything
     that can be checked (graph, models, params, input) is checked before the run is
-    recorded.
+    recorded. The trace alone makes the run resumable; `checkpoint=True` adds LangGraph's
+    checkpointer, for graphs that pause on `interrupt()`. A store opened here is closed
+    when the run ends; a store passed in stays open.
     """
     spec = get_graph(graph)
     config = config or load_config()
@@ -304,21 +279,25 @@ async def run(graph: str, task: str | dict[str, Any], *, config: Config | None =
     roles = dict(config.roles)
     built = _build_models(config, _model_names(graph, roles, params, config), models)
     budget = budget or Budget()
-    run_id = run_id or uuid.uuid4().hex
-    if trace:
-        store = store or default_store()
-        writer: Any = TraceWriter(store, run_id, new=True)
-        writer.create_run(graph, str(graph_input.get(spec.input_key, graph_input)), owner=_owner())
-    else:
-        store, writer, checkpoint = None, NullWriter(run_id), False
-    ctx = RunContext(run_id=run_id, models=built, roles=roles, writer=writer, budget=budget, config=config)
-    ctx.emit(RunStarted(graph=graph, input=graph_input, params=params, roles=roles,
-                        models=_model_summary(config, built), budget=budget.limits(), version=__version__))
+    run_id = run_id or new_run_id()
+    opened = None
     try:
+        if trace:
+            if store is None:
+                store = opened = default_store(config)
+            writer: Any = TraceWriter(store, run_id, new=True)
+            writer.create_run(graph, str(graph_input.get(spec.input_key, graph_input)), owner=_owner())
+        else:
+            store, writer, checkpoint = None, NullWriter(run_id), False
+        ctx = RunContext(run_id=run_id, models=built, roles=roles, writer=writer, budget=budget, config=config)
+        ctx.emit(RunStarted(graph=graph, input=graph_input, params=params, roles=roles,
+                            models=_model_summary(config, built), budget=budget.limits(), version=__version__))
         return await _execute(ctx, graph, graph_input, params, checkpoint=checkpoint,
                               checkpoint_path=checkpoint_path)
     finally:
         await _close(built, models)
+        if opened is not None:
+            opened.close()
 
 
 async def _close(built: dict[str, Model], supplied: dict[str, Model] | None) -> None:
@@ -327,7 +306,7 @@ async def _close(built: dict[str, Model], supplied: dict[str, Model] | None) -> 
             await model.aclose()
 
 
-def _recorded(store: TraceStore, run_id: str, purpose: str) -> dict[str, Any]:
+def _recorded(store: BaseTraceStore, run_id: str, purpose: str) -> dict[str, Any]:
     """The run's run_started event, after checking that its trace holds."""
     report = verify_run(store, run_id)
     if not report.ok:
@@ -337,36 +316,6 @@ def _recorded(store: TraceStore, run_id: str, purpose: str) -> dict[str, Any]:
     if not events:
         raise TraceUnusable(f"cannot {purpose} run {run_id}: it has no run_started event")
     return events[0]
-
-
-class _Coverage:
-    """Which finished node executions the checkpoint a run resumes from holds: those that
-    finished before its TRACE_SEQ_KEY, and, after it, the first `with_writes[name]` of a
-    node that LangGraph kept the writes of (pending writes: those tasks do not run again).
-    Every other execution runs again, so its calls must stay in the cache for it."""
-
-    def __init__(self, trace_seq: int, with_writes: Counter):
-        self.trace_seq, self.with_writes, self._used = trace_seq, with_writes, Counter()
-
-    def holds(self, node_finished: dict[str, Any]) -> bool:
-        if node_finished["seq"] < self.trace_seq:
-            return True
-        name = node_finished["node"]
-        if self._used[name] < self.with_writes[name]:
-            self._used[name] += 1
-            return True
-        return False
-
-
-async def _coverage(saver: TraceFirstSaver, graph: str, params: dict[str, Any], config: dict[str, Any],
-                    checkpoint: Any) -> _Coverage | None:
-    """The coverage of `checkpoint` (None for one written without TRACE_SEQ_KEY: then every
-    finished execution is taken as held, as before the key existed)."""
-    trace_seq = (checkpoint.metadata or {}).get(TRACE_SEQ_KEY)
-    if trace_seq is None:
-        return None
-    snapshot = await compiled_graph(graph, params, saver).aget_state(config)
-    return _Coverage(trace_seq, Counter(t.name for t in snapshot.tasks if t.result is not None and t.error is None))
 
 
 def executions(events: list[dict[str, Any]]) -> dict[int, int]:
@@ -393,37 +342,19 @@ def superseded(events: list[dict[str, Any]]) -> set[int]:
     return {seq for event in events if event["type"] == "run_resumed" for seq in event.get("superseded", [])}
 
 
-def _restore(ctx: RunContext, store: TraceStore, run_id: str,
-             coverage: _Coverage | None = None) -> tuple[int, list[int]]:
-    """Put back what the run had spent and counted, and which identical requests it had
-    made in steps the checkpoint holds (a step that runs again finds its calls in the
-    cache: one that did not finish, and one that finished after the checkpoint it resumes
-    from was written). Returns the number of recorded model calls and the node executions
-    that will run again (by node_started seq; see RunResumed.superseded)."""
+def _restore(ctx: RunContext, store: BaseTraceStore, run_id: str) -> tuple[int, list[int]]:
+    """Put back what the run had paid (tokens, calls, cost) and counted (retries): the resume
+    runs every node again, each recorded call served from the cache without charge, and
+    records its own fallbacks. Returns the number of recorded model calls and the node
+    executions the resume supersedes (by node_started seq; see RunResumed.superseded)."""
     events = store.events(run_id)
-    owner = executions(events)
     before = superseded(events)
-    again: list[int] = []
-    started: set[int] = set()
-    for event in events:
-        start = owner.get(event["seq"])
-        if event["type"] == "node_started":
-            started.add(event["seq"])
-        elif event["type"] == "node_finished" and start is not None:
-            started.discard(start)
-            if start not in before and not (event["outcome"] == "ok" and (coverage is None or coverage.holds(event))):
-                again.append(start)
-    again += sorted(started - before)  # interrupted inside: runs again
-    dropped = before | set(again)
+    again = [e["seq"] for e in events if e["type"] == "node_started" and e["seq"] not in before]
     calls = 0
     for event in events:
         kind = event["type"]
-        start = owner.get(event["seq"])
-        counted = start not in dropped
         if kind == "llm_call":
             calls += 1
-            if start is not None and counted:  # a call of a step the checkpoint holds: not met again
-                ctx.occurrences[event["call_key"]] += 1
             if event["source"] == "backend":  # paid, whichever step it was in
                 ctx.model_calls += event["requests"]
                 ctx.budget.charge(event["prompt_tokens"] + event["completion_tokens"])
@@ -431,62 +362,52 @@ def _restore(ctx: RunContext, store: TraceStore, run_id: str,
                                               cached_prompt_tokens=event["cached_prompt_tokens"],
                                               completion_tokens=event["completion_tokens"])
                 ctx.cost_usd += event["cost_usd"] or 0.0
-            else:
-                ctx.cache_hits += 1
-        elif kind == "fallback" and counted:  # a rerun step records its own fallbacks again
-            ctx.fallbacks[event["kind"]] += 1
         elif kind == "retry":
             ctx.retries += 1
-    return calls, sorted(again)
+    return calls, again
 
 
 async def resume(run_id: str, *, config: Config | None = None, models: dict[str, Model] | None = None,
-                 store: TraceStore | None = None, checkpoint_path: Path | None = None,
-                 force: bool = False) -> RunResult:
-    """Continue an interrupted run from its last checkpoint.
+                 store: BaseTraceStore | None = None, force: bool = False) -> RunResult:
+    """Finish an interrupted run from its trace.
 
-    Finished steps are not run again (checkpoint); model calls that finished inside the
-    step that was interrupted are served from the run's own trace (replay cache). A run
-    stopped before its first checkpoint (no node had started) starts again from its
-    recorded input under the same id. A run still owned by a live process on this host
-    is refused unless `force`.
+    The graph runs again from the run's recorded input under the same id; every model
+    call that had finished is served from the run's own trace (not paid again), every
+    other call goes to the model. A run listed as running whose process is alive on this
+    host is refused unless `force`; an interrupted one is resumed without.
     """
-    store = store or default_store()
-    run_id = store.find_run(run_id)
-    row = store.run(run_id)
-    if row["status"] == "finished":  # type: ignore[index]
-        raise RunNotResumable(f"run {run_id} finished; there is nothing to resume (replay it instead)")
-    if row["replay_of"]:  # type: ignore[index]
-        raise RunNotResumable(f"run {run_id} is a replay; replay {row['replay_of']} again instead")  # type: ignore[index]
-    started = _recorded(store, run_id, "resume")
-    async with _saver(_checkpoint_path(checkpoint_path)) as saver:
-        thread = {"configurable": {"thread_id": run_id}}
-        latest = await saver.aget_tuple(thread)
-        checkpointed = latest is not None
-        coverage = await _coverage(saver, started["graph"], started["params"], thread, latest) if latest else None
-    if coverage is not None and store.last_link(run_id)[0] < coverage.trace_seq:
-        raise TraceUnusable(f"cannot resume run {run_id}: its checkpoint was written when its trace reached event "
-                            f"{coverage.trace_seq - 1}, but the trace now ends at event "
-                            f"{store.last_link(run_id)[0] - 1} (events were lost: a damaged store?)")
-    if not checkpointed and store.events(run_id, types={"node_started", "run_finished"}):
-        raise RunNotResumable(f"run {run_id} has no checkpoint to resume from "
-                              "(it ran without one, or its checkpoint file is gone)")
-    if not store.claim_run(run_id, row["owner"], _owner(), force=force):  # type: ignore[index]
-        raise RunNotResumable(f"run {run_id} is still running in process {row['owner']}; "  # type: ignore[index]
-                              "pass force=True (--force) if that process is gone")
-    config = config or load_config()
-    roles = started["roles"]
-    built = _build_models(config, sorted(set(roles.values()) | set(started["models"])), models)
-    ctx = RunContext(run_id=run_id, models=built, roles=roles, writer=TraceWriter(store, run_id),
-                     budget=Budget(**{f"max_{k}": v for k, v in started["budget"].items()}),
-                     cache=ReplayCache.from_trace(store, run_id), config=config, charge_cache_hits=False)
-    recorded, again = _restore(ctx, store, run_id, coverage)
-    ctx.emit(RunResumed(recorded_calls=recorded, from_checkpoint=checkpointed, superseded=again))
+    opened = None
+    if store is None:
+        store = opened = default_store(config)
     try:
-        return await _execute(ctx, started["graph"], None if checkpointed else started["input"], started["params"],
-                              checkpoint=True, checkpoint_path=checkpoint_path)
+        run_id = store.find_run(run_id)
+        row = store.run(run_id)
+        if row["status"] == "finished":  # type: ignore[index]
+            raise RunNotResumable(f"run {run_id} finished; there is nothing to resume (replay it instead)")
+        if row["replay_of"]:  # type: ignore[index]
+            raise RunNotResumable(f"run {run_id} is a replay; replay {row['replay_of']} again instead")  # type: ignore[index]
+        if row["status"] == "awaiting_approval":  # type: ignore[index]
+            raise RunNotResumable(f"run {run_id} awaits a human decision; answer it instead of resuming")
+        started = _recorded(store, run_id, "resume")
+        if not store.claim_run(run_id, row["owner"], _owner(), force=force, status=row["status"]):  # type: ignore[index]
+            raise RunNotResumable(f"run {run_id} is still running in process {row['owner']}; "  # type: ignore[index]
+                                  "pass force=True (--force) if that process is gone")
+        config = config or load_config()
+        roles = started["roles"]
+        built = _build_models(config, sorted(set(roles.values()) | set(started["models"])), models)
+        try:
+            ctx = RunContext(run_id=run_id, models=built, roles=roles, writer=TraceWriter(store, run_id),
+                             budget=Budget(**{f"max_{k}": v for k, v in started["budget"].items()}),
+                             cache=ReplayCache.from_trace(store, run_id), config=config, charge_cache_hits=False)
+            recorded, again = _restore(ctx, store, run_id)
+            ctx.emit(RunResumed(recorded_calls=recorded, from_checkpoint=False, superseded=again))
+            return await _execute(ctx, started["graph"], started["input"], started["params"],
+                                  checkpoint=False, checkpoint_path=None)
+        finally:
+            await _close(built, models)
     finally:
-        await _close(built, models)
+        if opened is not None:
+            opened.close()
 
 
 class ReplayModel:
@@ -519,7 +440,7 @@ class ReplayResult(RunResult):
     answer_matches: bool
 
 
-def decisions(store: TraceStore, run_id: str) -> list[dict[str, Any]]:
+def decisions(store: BaseTraceStore, run_id: str) -> list[dict[str, Any]]:
     """The run's decision events without run-specific fields, for comparing runs; those of
     node executions a resume ran again (superseded) are left out, their rerun's kept."""
     volatile = {"run_id", "seq", "ts", "elapsed_s", "elapsed_ms"}
@@ -529,14 +450,16 @@ def decisions(store: TraceStore, run_id: str) -> list[dict[str, Any]]:
             if event["type"] in DECISION_TYPES and owner.get(event["seq"]) not in dropped]
 
 
-async def replay(run_id: str, *, store: TraceStore | None = None) -> ReplayResult:
+async def replay(run_id: str, *, store: BaseTraceStore | None = None) -> ReplayResult:
     """Re-run a recorded run from its trace alone: no model is called.
 
     The replay is itself a run (with `replay_of` set) whose decisions are compared with
     the original's. Its budget is the original's less wall time, which no replay
     reproduces: where the original was refused for time, the replay is refused alike.
     """
-    store = store or default_store()
+    if store is None:
+        with default_store() as opened:
+            return await replay(run_id, store=opened)
     original = store.find_run(run_id)
     started = _recorded(store, original, "replay")
     roles = started["roles"]

@@ -1,4 +1,4 @@
-"""Resume: an interrupted run continues from its checkpoint without re-paying finished calls."""
+"""Resume: an interrupted run runs again from its input, every finished call served from its trace."""
 
 from __future__ import annotations
 
@@ -66,9 +66,11 @@ async def test_crash_inside_a_node_after_its_call_is_served_from_the_trace(store
 
     result = await resume(run_id, store=store, models={"local": model})
     assert model.counters == {"solver": 1, "critic": 1, "refiner": 0}
-    assert result.cache_hits == 1 and result.stop_reason == "done"
+    # The resume runs the graph again from its input: the solver's and the critic's calls
+    # both come from the trace, and nothing is paid twice.
+    assert result.cache_hits == 2 and result.stop_reason == "done"
     cached = [e for e in store.events(run_id, types={"llm_call"}) if e["source"] == "cache"]
-    assert len(cached) == 1 and cached[0]["role"] == "critic"
+    assert [e["role"] for e in cached] == ["solver", "critic"]
     assert verify_run(store, run_id).ok
 
 
@@ -124,8 +126,8 @@ asyncio.run(run("self-refine", "task", models={"local": model}, run_id="c" * 32)
 
 
 def test_hard_crash_leaves_a_trace_that_resumes(store, rg_home):
-    """The process dies without cleanup right after a checkpoint: the trace holds every
-    finished step (never behind the checkpoint), verifies, and resumes without re-paying."""
+    """The process dies without cleanup mid-run: the trace holds every finished model call,
+    verifies, and resumes without re-paying any of them."""
     import os
     import subprocess
     import sys
@@ -137,8 +139,10 @@ def test_hard_crash_leaves_a_trace_that_resumes(store, rg_home):
     report = verify_run(store, run_id)
     assert report.ok and not report.sealed
     before = store.events(run_id)
-    assert [e["type"] for e in before].count("llm_call") == 2
-    assert [e["node"] for e in before if e["type"] == "node_finished"] == ["solver", "critic", "decide"]
+    # Both finished calls were committed before their nodes went on (the critic's decision,
+    # made after its call, had not been: the resume makes it again from the recorded reply).
+    assert [(e["role"], e["source"]) for e in before if e["type"] == "llm_call"] == [("solver", "backend"),
+                                                                                     ("critic", "backend")]
 
     model = scripted_by_role([verdict(9, done=True)])
     result = await_resume(run_id, store, model)
@@ -157,7 +161,7 @@ class PowerCut(BaseException):
     """A hard stop (as kill -9 would be): nothing below it handles or records it."""
 
 
-async def test_a_run_stopped_before_its_first_checkpoint_resumes_under_the_same_id(store, monkeypatch):
+async def test_a_run_stopped_before_its_first_node_resumes_under_the_same_id(store, monkeypatch):
     import contextlib
 
     from refinegraph import runner
@@ -167,7 +171,7 @@ async def test_a_run_stopped_before_its_first_checkpoint_resumes_under_the_same_
 
     @contextlib.asynccontextmanager
     async def dies_on_open(*args, **kwargs):
-        raise PowerCut("killed between run_started and the first checkpoint")
+        raise PowerCut("killed between run_started and the first node")
         yield  # pragma: no cover
 
     monkeypatch.setattr(runner, "_checkpointer", dies_on_open)
@@ -179,22 +183,32 @@ async def test_a_run_stopped_before_its_first_checkpoint_resumes_under_the_same_
     result = await resume("early-crash", store=store, models={"local": model}, force=True)
     assert (result.run_id, result.stop_reason, result.answer) == ("early-crash", "done", "solver answer 1")
     resumed = store.events("early-crash", types={"run_resumed"})
-    assert [(e["recorded_calls"], e["from_checkpoint"]) for e in resumed] == [(0, False)]
+    assert [(e["recorded_calls"], e["superseded"]) for e in resumed] == [(0, [])]
     report = verify_run(store, "early-crash")
     assert report.ok and report.sealed
 
 
-async def test_a_run_that_ran_steps_without_a_checkpoint_is_still_refused(store, monkeypatch):
-    from refinegraph.runner import RunNotResumable
+async def test_a_run_resumes_from_its_trace_alone(store, monkeypatch, rg_home):
+    """No checkpoint file is written or needed: the trace is what a resume runs from."""
+    from refinegraph.runner import decisions
 
     async def crashing_decide(state, runtime):
         raise Injected("crash after the critic's call")
 
     model = scripted_by_role([verdict(4), verdict(9, done=True)])
+    real_decide = self_refine.decide
     monkeypatch.setattr(self_refine, "decide", crashing_decide)
     clear_compiled_graphs()
     with pytest.raises(RunFailed):
-        await run("self-refine", "task", store=store, models={"local": model}, checkpoint=False, run_id="no-ckpt")
+        await run("self-refine", "task", store=store, models={"local": model}, run_id="no-ckpt")
+    monkeypatch.setattr(self_refine, "decide", real_decide)
     clear_compiled_graphs()
-    with pytest.raises(RunNotResumable, match="no checkpoint"):
-        await resume("no-ckpt", store=store, models={"local": model})
+    result = await resume("no-ckpt", store=store, models={"local": model})
+    assert not (rg_home / "checkpoints.sqlite").exists()
+    assert model.counters == {"solver": 1, "critic": 2, "refiner": 1}
+    assert (result.cache_hits, result.model_calls, result.answer) == (2, 4, "refiner answer 1")
+    [resumed] = store.events("no-ckpt", types={"run_resumed"})
+    started = [e["seq"] for e in store.events("no-ckpt", types={"node_started"}) if e["seq"] < resumed["seq"]]
+    assert resumed["superseded"] == started and resumed["recorded_calls"] == 2
+    # The superseded attempt's decisions are not the run's: one critique each of 4 and 9.
+    assert [d["score"] for d in decisions(store, "no-ckpt") if d["type"] == "critique"] == [4, 9]

@@ -180,17 +180,3 @@ def test_an_unlinked_event_whose_body_is_not_an_object_is_named(store, body):
     db.close()
     report = verify_run(store, "r1")
     assert not report.ok and report.bad_seq == 3 and "does not link to event 2" in report.problem
-
-
-def test_a_checkpoint_mark_of_another_store_does_not_cut_this_one(store, tmp_path):
-    """A checkpoint file may serve several stores: a mark says how far a run had come in the
-    store it names, so a copy of that run here, shorter than the mark, is not called cut."""
-    from refinegraph.trace.verify import TraceMark, verify_store
-
-    count = write_run(store, "r1")
-    here = str(store.path.resolve())
-    elsewhere = {"r1": TraceMark(count + 5, str(tmp_path / "other.sqlite"))}
-    assert verify_store(store, elsewhere).ok
-    mine = {"r1": TraceMark(count + 5, here)}
-    [failed] = verify_store(store, mine).failed
-    assert "events were cut" in failed.problem

@@ -71,8 +71,7 @@ async def run_input(graph: str, ident: str, graph_input: dict[str, Any], run_id:
                 return rebuilt
         if row is not None:
             try:
-                result = await resume(run_id, config=config, models=models, store=store,
-                                      checkpoint_path=checkpoint_path, force=True)
+                result = await resume(run_id, config=config, models=models, store=store, force=True)
                 return result_row(ident, result, resumed=True, elapsed_s=time.perf_counter() - started)
             except (RunNotResumable, TraceUnusable):
                 run_id = uuid.uuid4().hex  # nothing to resume from: start over, recorded first

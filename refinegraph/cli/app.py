@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -12,11 +11,11 @@ from rich.table import Table
 
 from refinegraph.budget import Budget
 from refinegraph.cli import batch_cmd, bench_allocation, bench_cmds, bench_methods, serve_cmd, trace_cmds  # noqa: F401
-from refinegraph.cli.common import err, fail, open_store, out, print_json, resolve_run
+from refinegraph.cli.common import err, fail, open_store, out, print_json, resolve_run, run_until_signal
 from refinegraph.config import Config, ConfigError, load_config
 from refinegraph.models import ModelUnavailable
 from refinegraph.registry import UnknownGraph, get_graph, list_graphs
-from refinegraph.runner import RunFailed, RunNotResumable, RunResult, TraceUnusable, resume, run
+from refinegraph.runner import RunFailed, RunNotResumable, RunResult, TraceUnusable, new_run_id, resume, run
 from refinegraph.trace.store import TraceStoreError
 
 app = typer.Typer(help="Verify-and-refine LLM agents with auditable decision traces.",
@@ -84,9 +83,12 @@ def _prepare(graph: str, config: Path | None, model: str | None, param: list[str
 
 def _run_or_exit(graph: str, task: str | dict, cfg: Config, params: dict, budget: Budget,
                  as_json: bool) -> RunResult:
-    """The run's result, or a clear message and the documented exit code."""
+    """The run's result, or a clear message and the documented exit code (130 on Ctrl-C or
+    SIGTERM, after printing the run id and its resume line)."""
+    run_id = new_run_id()
     try:
-        return asyncio.run(run(graph, task, config=cfg, params=params, budget=budget, store=open_store()))
+        return run_until_signal(run(graph, task, config=cfg, params=params, budget=budget, store=open_store(cfg),
+                                    run_id=run_id), [run_id], as_json)
     except RunFailed as exc:
         _failed(exc, as_json)
     except ConfigError as exc:
@@ -115,11 +117,15 @@ def resume_cmd(
     force: bool = typer.Option(False, "--force", help="Resume even if its process seems alive."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Continue an interrupted run; finished model calls are not paid again."""
-    store = open_store()
+    """Finish an interrupted run; finished model calls are served from its trace, not paid again."""
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        fail(str(exc))
+    store = open_store(cfg)
     full = resolve_run(store, run_id)
     try:
-        result = asyncio.run(resume(full, config=load_config(config), store=store, force=force))
+        result = run_until_signal(resume(full, config=cfg, store=store, force=force), [full], as_json)
     except RunFailed as exc:
         _failed(exc, as_json)
     except (RunNotResumable, ConfigError) as exc:

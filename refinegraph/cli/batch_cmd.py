@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import shlex
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.markup import escape
 
-from refinegraph.cli.common import err, fail, open_store, out, print_json
+from refinegraph.cli.common import err, fail, open_store, out, print_json, run_until_signal
 
 
 def _progress(total: int):
@@ -67,12 +68,15 @@ def batch(
         total = len(read_inputs(inputs, get_graph(graph).input_key))
     except (UnknownGraph, ValueError) as exc:
         fail(str(exc))
-    store = open_store()
+    store = open_store(cfg)
+    again = shlex.join(["refinegraph", "batch", str(inputs), "--graph", graph, "--out", str(out_dir)])
     try:
-        summary = asyncio.run(run_batch(inputs, graph=graph, executor=executor, concurrency=concurrency,  # type: ignore[arg-type]
-                                        config=cfg, params=params, budget_tokens=budget_tokens, out=out_dir,
-                                        store=store, retry_errors=retry_errors, on_result=_progress(total),
-                                        ray_address=ray_address, worker_cpus=worker_cpus))
+        summary = run_until_signal(
+            run_batch(inputs, graph=graph, executor=executor, concurrency=concurrency,  # type: ignore[arg-type]
+                      config=cfg, params=params, budget_tokens=budget_tokens, out=out_dir,
+                      store=store, retry_errors=retry_errors, on_result=_progress(total),
+                      ray_address=ray_address, worker_cpus=worker_cpus),
+            [], as_json, [f"{again}  (the same command: runs done are kept, interrupted ones resumed)"])
     except (BatchInputError, BatchDirError, ValueError) as exc:
         fail(str(exc))
     except (RayUnavailable, ModelUnavailable, TraceStoreError) as exc:

@@ -12,10 +12,9 @@ from rich.table import Table
 
 from refinegraph.cli.common import err, fail, open_store, out, print_json, resolve_run
 from refinegraph.context import ReplayMiss
-from refinegraph.runner import RunFailed, TraceUnusable, replay, trace_marks
-from refinegraph.trace.recovery import summary as recovery_summary
-from refinegraph.trace.store import TraceStore, TraceStoreError
-from refinegraph.trace.verify import mark_reach, verify_run, verify_store
+from refinegraph.runner import RunFailed, TraceUnusable, replay
+from refinegraph.trace.store import BaseTraceStore, TraceStoreError
+from refinegraph.trace.verify import verify_run, verify_store
 
 app = typer.Typer(help="List, read, verify, export and replay decision traces.", no_args_is_help=True)
 
@@ -69,68 +68,53 @@ def _summary(e: dict) -> str:
 @app.command("verify")
 def verify(run: str | None = typer.Argument(None, help="Run id (or a unique prefix); none: every run."),
            as_json: bool = typer.Option(False, "--json")) -> None:
-    """Recompute hash chains; exit 0 when they hold, 1 naming the first bad event of each
-    broken run and what damage to the store file (and its recovery) broke or lost."""
-    store = open_store(full_check=True)
-    damage = _damage_lines(store)
+    """Check the store with the database's own integrity check, then recompute hash chains;
+    exit 0 when everything holds, 1 naming the first bad event of each broken run."""
+    store = open_store()
+    damage = store.integrity_problems()
     if run is None:
-        _verify_all(store, as_json, damage)
+        _verify_all(store, as_json)
         return
     run_id = resolve_run(store, run)
-    report = verify_run(store, run_id, mark_reach(trace_marks(run_id=run_id).get(run_id), store))
+    report = verify_run(store, run_id)
     if as_json:
         print_json({**report.__dict__, "store_damage": damage})
     else:
-        for line in damage:
-            out.print(escape(line), highlight=False)
+        _print_damage(store, damage)
         if report.ok:
             out.print(f"ok: {report.events} events, chain holds{', sealed' if report.sealed else ''}")
             for note in report.notes:
                 out.print(f"note: {escape(note)}", highlight=False)
         else:
             out.print(f"FAILED at event {report.bad_seq}: {escape(report.problem or '')}", highlight=False)
-    raise typer.Exit(0 if report.ok and not store.damage else 1)
+    raise typer.Exit(0 if report.ok and not damage else 1)
 
 
-def _damage_lines(store: TraceStore) -> list[str]:
-    """What opening the store found: a recovery made now, or damage left unrecovered."""
-    lines = []
-    if store.recovered is not None:
-        rec = store.recovered
-        lines.append(f"RECOVERED: {rec['reason']}")
-        lines.append(f"  the damaged files are kept as {rec['damaged_file']}; {recovery_summary(rec['detail'])}")
-    if store.damage:
-        lines.append(f"DAMAGED (not recovered: other processes have the store open; it is recovered when "
-                     f"opened with none): {store.damage}")
-    return lines
+def _print_damage(store: BaseTraceStore, damage: list[str]) -> None:
+    if not damage:
+        return
+    out.print(f"DAMAGED: the database's integrity check of {escape(store.location)} failed: "
+              f"{escape('; '.join(damage[:5]))}", highlight=False)
+    out.print("  copy what can still be read into a new store with SQLite's own recovery "
+              "(sqlite3 FILE .recover | sqlite3 NEW) or `refinegraph trace copy`, or restore a backup", highlight=False)
 
 
-def _verify_all(store: TraceStore, as_json: bool, damage: list[str]) -> None:
-    report = verify_store(store, trace_marks())
+def _verify_all(store: BaseTraceStore, as_json: bool) -> None:
+    report = verify_store(store)
     if as_json:
-        print_json({"store": report.path, "ok": report.ok, "damage": report.damage, "unreadable": report.unreadable,
-                    "recovered_now": report.recovered_now, "recoveries": report.recoveries,
-                    "runs_lost": report.runs_lost, "runs": [r.__dict__ for r in report.runs]})
+        print_json({"store": report.location, "ok": report.ok, "damage": report.damage,
+                    "unreadable": report.unreadable, "runs": [r.__dict__ for r in report.runs]})
         raise typer.Exit(0 if report.ok else 1)
-    for line in damage:
-        out.print(escape(line), highlight=False)
-    for rec in report.recoveries:
-        if report.recovered_now is None or rec["damaged_file"] != report.recovered_now["damaged_file"]:
-            out.print(f"note: recovered at {rec['at']} ({escape(rec['reason'])}); the damaged files are kept as "
-                      f"{escape(rec['damaged_file'])}; {escape(recovery_summary(rec['detail']))}", highlight=False)
+    _print_damage(store, report.damage)
     if report.unreadable:
         out.print(f"FAILED: the run listing cannot be read: {escape(report.unreadable)}", highlight=False)
         raise typer.Exit(1)
     for failed in report.failed:
         where = f"event {failed.bad_seq}" if failed.bad_seq is not None else "the run"
         out.print(f"FAILED run {failed.run_id} at {where}: {escape(failed.problem or '')}", highlight=False)
-    for run_id in report.runs_lost:
-        out.print(f"LOST run {run_id}: it has checkpoints or index entries, but none of its rows is in the store",
-                  highlight=False)
     sealed = sum(1 for r in report.runs if r.ok and r.sealed)
     out.print(f"{len(report.runs)} runs: {len(report.runs) - len(report.failed)} hold ({sealed} sealed), "
-              f"{len(report.failed)} FAILED" + (f", {len(report.runs_lost)} lost" if report.runs_lost else ""),
-              highlight=False)
+              f"{len(report.failed)} FAILED", highlight=False)
     raise typer.Exit(0 if report.ok else 1)
 
 

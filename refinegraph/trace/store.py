@@ -1,38 +1,39 @@
-"""SQLite trace store: append-only, hash-chained events and content-addressed blobs.
+"""Trace stores: append-only, hash-chained events and content-addressed blobs, in a database
+used by the book.
 
-One file in WAL mode. Several processes may write at once (each run is its own chain);
-triggers refuse UPDATE and DELETE on events, so the only way to change history is to go
-around the store, which `verify` then detects.
+A store is chosen by its location (`open_store`): a file path or `sqlite:///path` for SQLite
+(the default, one file in WAL mode), `postgresql://...` for PostgreSQL (shared by serve
+replicas, batch workers and hosts; refinegraph.trace.postgres). Both hold the same tables
+and run the same SQL, written once here in `BaseTraceStore`; a store class adds only its
+connection, schema and placeholder style.
 
-When an event is committed, in one transaction with the blobs it references:
-- an `llm_call` at once, with the events held before it: a finished model call is never
-  paid again on resume, even after a hard crash inside its node;
-- events outside nodes (run_started, run_finished, ...) at once;
-- everything else with the next of those, and always before LangGraph checkpoints a
-  step (the runner's checkpointer calls `flush` first), so the trace is never behind the
-  checkpoint a run resumes from. (A commit on a writer thread was tried: the hand-off
-  cost more than the commit it moved off the run's thread.)
+What is guaranteed, and by whom:
+- Atomic commit is the database's: a batch of rows (a run's listing, events, blobs, seal)
+  is one transaction, all or nothing, whatever happens to the process (kill -9, a crash, a
+  full disk: the transaction is rolled back and its rows stay held by the writer for a
+  later try). Nothing here re-implements or repairs after the database.
+- SQLite runs in WAL mode with `synchronous=NORMAL`: a committed transaction survives any
+  crash of the process; after a power cut the last transactions may be rolled back, never
+  half-applied (the file stays consistent). `synchronous=FULL` makes every commit survive
+  a power cut too, at an fsync per commit (`TraceStore(path, synchronous="FULL")`).
+- History is append-only: triggers refuse UPDATE and DELETE on events and seals (and on
+  PostgreSQL, the documented application role has INSERT and SELECT only). Anything that
+  goes around the database is found by `refinegraph trace verify`: each event's hash
+  covers its body and its predecessor's hash, seals are kept in a table of their own.
+- No process that holds a connection opens the database files with anything but SQLite
+  (closing any other descriptor on them would drop the process's POSIX locks: "How To
+  Corrupt An SQLite Database File", 2.2). Copy a live store with `refinegraph trace copy`
+  (through the database), never with `cp`.
 
-A damaged file (cut short, a page lost, a -wal cut mid-frame) is found when the store is
-opened: a cut file or -wal in O(1) on every open (a process's first open, or after the
-file changed), a damaged page by SQLite's `quick_check`, which reads the whole file and so
-runs only where the last user did not close the store (its -wal is still there while no
-process has it open: a crash, a kill, a cut mid-write) or a full check is asked for
-(`TraceStore(path, full_check=True)`: `refinegraph trace verify`).
-
-The process that opens a damaged store while no other process has it open (each store
-holds a shared lock on `<file>.users` while open) recovers it, losing nothing it can
-read: the damaged files are kept beside the store (`<file>.damaged-<UTC time>`), every
-readable row goes into a fresh store, and a `recoveries` row says when, why, where the
-damaged files are, and which events and runs were lost (refinegraph.trace.recovery).
-`refinegraph trace verify` prints it and names the runs the damage broke. Damage found
-while other processes have the store open is reported (`damage`) and left for the next
-open; an operation that meets damage raises TraceStoreError naming the file, and the next
-open recovers it.
+When a commit happens (see TraceWriter): a model call's `llm_call` event is committed before
+the node that made the call goes on (`await writer.commit()`; concurrent runs of one event
+loop share one transaction: group commit), so a crash never re-pays a finished call; events
+outside nodes (run_started, run_finished, ...) at once; everything else with the next of those.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -40,20 +41,25 @@ import socket
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from refinegraph.events import Event, utcnow
-from refinegraph.sqlite_files import BUSY_TIMEOUT_S, prepare_once, setup_lock
-from refinegraph.trace import recovery
 from refinegraph.trace.chain import canonical_json, content_digest, event_body, event_hash, genesis_hash
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no users lock, so damage is reported, never recovered
-    fcntl = None  # type: ignore[assignment]
+BUSY_TIMEOUT_S = 30.0
+SCHEMA_VERSION = 1
 
-SCHEMA = """
+RUN_COLUMNS = ("run_id", "graph", "input_preview", "created_at", "status", "stop_reason", "answer_preview",
+               "sealed_hash", "replay_of", "owner")
+EVENT_COLUMNS = ("run_id", "seq", "type", "body", "prev_hash", "hash")
+RUN_STATUSES = ("running", "finished", "error", "interrupted", "awaiting_approval")
+"""A run's status in its listing: `running` (or its process died: resume it), `finished`
+and `error` (sealed), `interrupted` (stopped by a signal or a cancelled request: resume it),
+`awaiting_approval` (paused for a human decision)."""
+
+SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
     graph TEXT NOT NULL,
@@ -93,204 +99,169 @@ CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
 BEGIN SELECT RAISE(ABORT, 'trace events are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
 BEGIN SELECT RAISE(ABORT, 'trace events are append-only'); END;
-CREATE TABLE IF NOT EXISTS recoveries (
-    id INTEGER PRIMARY KEY,
-    at TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    damaged_file TEXT NOT NULL,
-    detail TEXT NOT NULL
-);
-CREATE TRIGGER IF NOT EXISTS recoveries_no_update BEFORE UPDATE ON recoveries
-BEGIN SELECT RAISE(ABORT, 'recoveries are append-only'); END;
-CREATE TRIGGER IF NOT EXISTS recoveries_no_delete BEFORE DELETE ON recoveries
-BEGIN SELECT RAISE(ABORT, 'recoveries are append-only'); END;
 """
 
-
-SCHEMA_VERSION = 1
+_log = logging.getLogger(__name__)
 
 
 class TraceStoreError(RuntimeError):
-    """The store file cannot be opened or read as a trace store."""
+    """The store cannot be opened or read as a trace store (it names the store and why)."""
 
 
-_found_whole: dict[str, tuple[tuple, bool]] = {}
-"""store path -> (the state of its files when this process last found them whole, whether
-that was a full check)."""
+@dataclass
+class Batch:
+    """Rows to commit in one transaction: new run listings, blobs, events, seals, and
+    listing updates (status, stop reason, answer, seal hash, owner)."""
+
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    events: list[tuple[str, int, str, str, str, str]] = field(default_factory=list)
+    seals: list[tuple[str, int, str]] = field(default_factory=list)
+    listings: list[dict[str, Any]] = field(default_factory=list)
+    """Each: run_id and the columns to set (any of status, stop_reason, answer_preview,
+    sealed_hash, owner)."""
+
+    def __bool__(self) -> bool:
+        return bool(self.runs or self.blobs or self.events or self.seals or self.listings)
+
+    def extend(self, other: Batch) -> None:
+        self.runs += other.runs
+        self.blobs.update(other.blobs)
+        self.events += other.events
+        self.seals += other.seals
+        self.listings += other.listings
 
 
-def _file_state(path: Path) -> tuple:
-    state = []
-    for suffix in ("", "-wal"):
-        try:
-            stat = os.stat(f"{path}{suffix}")
-            state.append((stat.st_ino, stat.st_size, stat.st_mtime_ns))
-        except FileNotFoundError:
-            state.append(None)
-    return tuple(state)
+def new_run_row(run_id: str, graph: str, input_preview: str, replay_of: str | None = None,
+                owner: str | None = None) -> dict[str, Any]:
+    """A run's listing as it starts."""
+    return {"run_id": run_id, "graph": graph, "input_preview": input_preview[:200], "created_at": utcnow(),
+            "status": "running", "stop_reason": None, "answer_preview": None, "sealed_hash": None,
+            "replay_of": replay_of, "owner": owner}
 
 
-class TraceStore:
-    """A trace store in one SQLite file (created with its schema on first open; checked,
-    and recovered when damaged, on open: see the module docstring)."""
+class _Group:
+    """Writers of one event loop waiting for the next group commit."""
 
-    def __init__(self, path: str | Path, *, full_check: bool = False):
-        self.path = Path(path)
-        self._full_check = full_check
-        """SQLite's quick_check on open (reads every page; `trace verify` asks for it). Without
-        it, opening checks in O(1) for a cut file or -wal (see recovery.inspect)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self) -> None:
+        self.waiting: list[tuple[TraceWriter, asyncio.Future]] = []
+        self.scheduled = False
+
+
+class BaseTraceStore:
+    """What every trace store does, in SQL both databases run (`?` placeholders, which a
+    store class translates). Subclasses provide `_connect_query`, `_apply` and `location`."""
+
+    location: str
+    """Where the store is, for messages (a file path, or a URL without its password)."""
+    kind: str = "base"
+
+    def __init__(self) -> None:
         self._lock = threading.RLock()
-        self.recovered: dict[str, Any] | None = None
-        """What opening the store recovered (a `recoveries` row, decoded), if anything."""
-        self.damage: str | None = None
-        """Damage found on open and not recovered, since other processes had the store open."""
-        self._users: Any = None
+        self._groups: dict[asyncio.AbstractEventLoop, _Group] = {}
+
+    # -- to provide -----------------------------------------------------------------------
+
+    def _query(self, sql: str, args: tuple = ()) -> list[dict[str, Any]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _apply(self, batch: Batch) -> None:  # pragma: no cover - abstract
+        """Commit `batch` in one transaction, or raise with nothing committed."""
+        raise NotImplementedError
+
+    def _execute(self, sql: str, args: tuple = ()) -> int:  # pragma: no cover - abstract
+        """Run one statement in a transaction of its own; the number of rows it changed."""
+        raise NotImplementedError
+
+    def close(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def integrity_problems(self) -> list[str]:
+        """What the database's own check finds wrong with its files (none by default)."""
+        return []
+
+    def __enter__(self) -> BaseTraceStore:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- writing --------------------------------------------------------------------------
+
+    def commit(self, batch: Batch) -> None:
+        """All of `batch` or nothing, now."""
+        if batch:
+            with self._lock:
+                self._apply(batch)
+
+    async def commit_group(self, writer: TraceWriter) -> None:
+        """Commit what `writer` holds together with whatever other writers of this event loop
+        hand in before the loop's next turn: one transaction for many concurrent runs."""
+        loop = asyncio.get_running_loop()
+        group = self._groups.get(loop)
+        if group is None:
+            group = self._groups[loop] = _Group()
+        future = loop.create_future()
+        group.waiting.append((writer, future))
+        if not group.scheduled:
+            group.scheduled = True
+            loop.call_soon(self._commit_waiting, loop)
+        await future
+
+    def _commit_waiting(self, loop: asyncio.AbstractEventLoop) -> None:
+        group = self._groups.pop(loop)
+        taken = [(writer, writer.take(), future) for writer, future in group.waiting]
+        merged = Batch()
+        for _, batch, _ in taken:
+            merged.extend(batch)
         try:
-            self._check_on_open()
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                       timeout=BUSY_TIMEOUT_S)
-            try:
-                prepare_once(self.path, self._create_schema)
-                self._db.execute("PRAGMA synchronous=NORMAL")
-            except sqlite3.DatabaseError:
-                if self.damage is None:
-                    raise
-                # damaged and left for a later open (see `damage`): opened as it is, to read what it can
-        except sqlite3.DatabaseError as exc:
-            self._abandon()
-            raise TraceStoreError(f"{self.path}: not a usable trace store: {exc}") from exc
-        except BaseException:
-            self._abandon()
-            raise
-
-    def _abandon(self) -> None:
-        """Let go of what a failed open took."""
-        if getattr(self, "_db", None) is not None:
-            self._db.close()
-        self._release_users()
-
-    def _users_lock(self, mode: int, *, wait: bool = True) -> bool:
-        """Take `mode` on `<file>.users` (shared while open; exclusive to recover)."""
-        if fcntl is None:
-            return False
-        if self._users is None:
-            self._users = open(f"{self.path}.users", "a+b")  # noqa: SIM115 - held while the store is open
-        try:
-            fcntl.flock(self._users, mode | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            return False
-        return True
-
-    def _release_users(self) -> None:
-        if self._users is not None:
-            self._users.close()  # releases its lock
-            self._users = None
-
-    def _check_on_open(self) -> None:
-        """Check the file when it changed since this process last found it whole, and
-        recover it when damaged and no other process has it open (exclusive on the users
-        lock, under the setup lock: no process opens the store meanwhile)."""
-        key = str(self.path)
-        with setup_lock(self.path):
-            sole = self._users_lock(fcntl.LOCK_EX, wait=False) if fcntl else False
-            state = _file_state(self.path)
-            # A -wal left behind when no process has the store open means the last one did not
-            # close it (a crash, a kill, a cut mid-write): then every page is checked, once.
-            full = self._full_check or (sole and os.path.exists(f"{self.path}-wal"))
-            seen = _found_whole.get(key)
-            checked = seen is not None and seen[0] == state and (seen[1] or not full)
-            damage = None if checked else recovery.inspect(self.path, sole=sole, version=SCHEMA_VERSION, full=full)
-            if damage is None:
-                _found_whole[key] = (state, full or (checked and seen[1]))
-            elif damage.kind == "foreign":
-                raise TraceStoreError(f"{self.path}: not a usable trace store: {damage.reason}")
-            elif not sole:
-                self.damage = damage.reason
-                _log.warning("trace store %s is damaged (%s); not recovered now: other processes have it open",
-                             self.path, damage.reason)
-            elif damage.kind == "file":
-                self.recovered = recovery.recover_file(self.path, damage, SCHEMA, SCHEMA_VERSION)
-            else:
-                kept = recovery.keep_cut_wal(self.path)
-                conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+            self.commit(merged)
+        except Exception:  # noqa: BLE001 - one run's rows may be at fault: each is committed on its own below
+            for writer, batch, future in taken:
                 try:
-                    self._create_schema(conn)
-                    self.recovered = recovery.recover_wal(self.path, damage, conn, kept)
-                finally:
-                    conn.close()
-            self._users_lock(fcntl.LOCK_SH if fcntl else 0)
-
-    def _create_schema(self, conn: sqlite3.Connection) -> None:
-        """The tables and triggers, once per process (see refinegraph.sqlite_files)."""
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        tables = conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE type='table'").fetchone()[0]
-        if tables and version != SCHEMA_VERSION:
-            raise TraceStoreError(f"{self.path}: not a refinegraph trace store of schema {SCHEMA_VERSION} "
-                                  f"(found user_version {version}); use another REFINEGRAPH_HOME")
-        conn.executescript(SCHEMA)
-        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-            self._release_users()
-
-    def recoveries(self) -> list[dict[str, Any]]:
-        """Every recovery of this store from damage, oldest first (detail decoded)."""
-        rows = self._query("SELECT * FROM recoveries ORDER BY id")
-        for row in rows:
-            row["detail"] = json.loads(row["detail"])
-        return rows
-
-    def _damaged(self, exc: sqlite3.DatabaseError) -> TraceStoreError:
-        return TraceStoreError(f"{self.path} is damaged ({exc}); it is recovered when next opened by a process "
-                               "while no other has it open (e.g. `refinegraph trace verify`)")
-
-    # -- runs -----------------------------------------------------------------------------
+                    self.commit(batch)
+                except Exception as exc:  # noqa: BLE001 - handed to the run that waits for this commit
+                    writer.give_back(batch)
+                    if not future.done():
+                        future.set_exception(exc)
+                    continue
+                if not future.done():
+                    future.set_result(None)
+            return
+        for _, _, future in taken:
+            if not future.done():
+                future.set_result(None)
 
     def create_run(self, run_id: str, graph: str, input_preview: str, replay_of: str | None = None,
                    owner: str | None = None) -> None:
-        self.transaction([create_run_statement(run_id, graph, input_preview, replay_of, owner)])
+        self.commit(Batch(runs=[new_run_row(run_id, graph, input_preview, replay_of, owner)]))
 
-    def transaction(self, statements: list[tuple[str, tuple]], blobs: list[tuple[str, bytes]] = (),
-                    events: list[tuple[str, int, str, str, str, str]] = (),
-                    after: list[tuple[str, tuple]] = ()) -> None:
-        """Statements, then blobs (digest, data) and event rows, then `after`: all committed or none."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, args in statements:
-                    self._db.execute(sql, args)
-                if blobs:
-                    self._db.executemany("INSERT OR IGNORE INTO blobs (digest, data) VALUES (?, ?)", blobs)
-                if events:
-                    self._db.executemany(
-                        "INSERT INTO events (run_id, seq, type, body, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?)",
-                        events)
-                for sql, args in after:
-                    self._db.execute(sql, args)
-                self._db.execute("COMMIT")
-            except BaseException as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.DatabaseError) and recovery.is_corruption(exc):
-                    raise self._damaged(exc) from exc
-                raise
+    def set_status(self, run_id: str, status: str, *, only_if: str | None = None) -> bool:
+        """Change an unsealed run's listed status (interrupted, awaiting_approval, running);
+        `only_if`: only when its status is that now. Whether the row changed."""
+        if status not in RUN_STATUSES:
+            raise ValueError(f"unknown run status {status!r}; known: {', '.join(RUN_STATUSES)}")
+        sql, args = "UPDATE runs SET status=? WHERE run_id=? AND sealed_hash IS NULL", (status, run_id)
+        if only_if is not None:
+            sql, args = f"{sql} AND status=?", (*args, only_if)
+        return self._execute(sql, args) == 1
 
-    def seals(self, run_id: str) -> list[dict[str, Any]]:
-        return self._query("SELECT seq, hash FROM seals WHERE run_id=? ORDER BY seq", (run_id,))
-
-    def claim_run(self, run_id: str, seen_owner: str | None, owner: str, *, force: bool = False) -> bool:
+    def claim_run(self, run_id: str, seen_owner: str | None, owner: str, *, force: bool = False,
+                  status: str | None = None) -> bool:
         """Take an unfinished run over for resuming: refused while its owner process is alive
-        on this host (unless forced), and atomic against a concurrent claim."""
-        if not force and _owner_alive(seen_owner):
+        on this host (unless forced, or the run is listed as interrupted or awaiting
+        approval: its owner let it go), and atomic against a concurrent claim."""
+        if not force and status not in ("interrupted", "awaiting_approval") and _owner_alive(seen_owner):
             return False
-        with self._lock:
-            cursor = self._db.execute(
-                "UPDATE runs SET owner=?, status='running', sealed_hash=NULL WHERE run_id=? AND owner IS ?",
-                (owner, run_id, seen_owner))
-            return cursor.rowcount == 1
+        if seen_owner is None:
+            sql, args = ("UPDATE runs SET owner=?, status='running', sealed_hash=NULL "
+                         "WHERE run_id=? AND owner IS NULL"), (owner, run_id)
+        else:
+            sql, args = ("UPDATE runs SET owner=?, status='running', sealed_hash=NULL "
+                         "WHERE run_id=? AND owner=?"), (owner, run_id, seen_owner)
+        return self._execute(sql, args) == 1
+
+    # -- runs -----------------------------------------------------------------------------
 
     def run(self, run_id: str) -> dict[str, Any] | None:
         rows = self._query("SELECT * FROM runs WHERE run_id=?", (run_id,))
@@ -303,19 +274,22 @@ class TraceStore:
         rows = self._query("SELECT run_id FROM runs WHERE substr(run_id, 1, ?) = ? ORDER BY created_at",
                            (len(prefix), prefix))
         if not rows:
-            raise KeyError(f"no run {prefix!r} in {self.path}")
+            raise KeyError(f"no run {prefix!r} in {self.location}")
         if len(rows) > 1 and rows[0]["run_id"] != prefix:
             raise KeyError(f"{prefix!r} names {len(rows)} runs; give more of the id")
         return rows[0]["run_id"]
 
     def all_runs(self) -> list[dict[str, Any]]:
-        """Every run row, oldest first (merging stores walks them all)."""
-        return self._query("SELECT * FROM runs ORDER BY created_at")
+        """Every run row, oldest first (copying stores walks them all)."""
+        return self._query("SELECT * FROM runs ORDER BY created_at, run_id")
 
     def runs(self, limit: int = 50) -> list[dict[str, Any]]:
         return self._query(
             "SELECT r.*, (SELECT COUNT(*) FROM events e WHERE e.run_id=r.run_id) AS events "
-            "FROM runs r ORDER BY created_at DESC LIMIT ?", (limit,))
+            "FROM runs r ORDER BY created_at DESC, run_id DESC LIMIT ?", (limit,))
+
+    def seals(self, run_id: str) -> list[dict[str, Any]]:
+        return self._query("SELECT seq, hash FROM seals WHERE run_id=? ORDER BY seq", (run_id,))
 
     # -- events ---------------------------------------------------------------------------
 
@@ -351,14 +325,120 @@ class TraceStore:
         """A blob's value, after checking that its content still hashes to its address."""
         data = self.blob_bytes(digest)
         if data is None:
-            raise TraceStoreError(f"blob {digest} is missing from {self.path}")
+            raise TraceStoreError(f"blob {digest} is missing from {self.location}")
         if content_digest(data) != digest:
-            raise TraceStoreError(f"blob {digest} in {self.path} was altered")
+            raise TraceStoreError(f"blob {digest} in {self.location} was altered")
         return json.loads(data)
 
     def blob_bytes(self, digest: str) -> bytes | None:
         rows = self._query("SELECT data FROM blobs WHERE digest=?", (digest,))
         return bytes(rows[0]["data"]) if rows else None
+
+
+class TraceStore(BaseTraceStore):
+    """A trace store in one SQLite file, in WAL mode (created with its schema on first open).
+
+    Several processes and threads may read and write at once: SQLite's locks serialise the
+    writers (each waits up to BUSY_TIMEOUT_S), readers never block them.
+    """
+
+    kind = "sqlite"
+
+    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL"):
+        super().__init__()
+        if synchronous.upper() not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
+        self.path = Path(path)
+        self.location = str(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                       timeout=BUSY_TIMEOUT_S)
+        except sqlite3.Error as exc:
+            raise TraceStoreError(f"{self.path}: not a usable trace store: {exc}") from exc
+        try:
+            self._prepare()
+            self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise TraceStoreError(f"{self.path}: not a usable trace store: {exc}") from exc
+
+    def _prepare(self) -> None:
+        """WAL mode and the schema, made once by whichever process comes first: the check is
+        a read; the setup runs under BEGIN IMMEDIATE, so concurrent first opens wait for each
+        other through SQLite's own lock and busy timeout."""
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return
+        if self._db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            tables = self._db.execute("SELECT COUNT(*) FROM sqlite_master WHERE type='table'").fetchone()[0]
+            if tables and version not in (0, SCHEMA_VERSION) or (tables and version == 0 and not self._ours()):
+                raise TraceStoreError(f"{self.path}: not a refinegraph trace store of schema {SCHEMA_VERSION} "
+                                      f"(found user_version {version}); use another REFINEGRAPH_HOME")
+            if version != SCHEMA_VERSION:
+                for statement in _statements(SQLITE_SCHEMA):
+                    self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+
+    def _ours(self) -> bool:
+        """Whether an unversioned file's tables are (a prefix of) this schema's."""
+        names = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        return names <= {"runs", "events", "blobs", "seals", "recoveries"}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def integrity_problems(self) -> list[str]:
+        """SQLite's `quick_check` of every page (what `trace verify` runs first)."""
+        try:
+            rows = self._query("PRAGMA quick_check")
+        except TraceStoreError as exc:
+            return [str(exc)]
+        problems = [str(next(iter(row.values()))) for row in rows]
+        return [] if problems == ["ok"] else problems
+
+    def _apply(self, batch: Batch) -> None:
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if batch.runs:
+                    db.executemany(f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES "
+                                   f"({', '.join('?' * len(RUN_COLUMNS))})",
+                                   [tuple(row[c] for c in RUN_COLUMNS) for row in batch.runs])
+                if batch.blobs:
+                    db.executemany("INSERT OR IGNORE INTO blobs (digest, data) VALUES (?, ?)", batch.blobs.items())
+                if batch.events:
+                    db.executemany("INSERT INTO events (run_id, seq, type, body, prev_hash, hash) "
+                                   "VALUES (?, ?, ?, ?, ?, ?)", batch.events)
+                if batch.seals:
+                    db.executemany("INSERT OR IGNORE INTO seals (run_id, seq, hash) VALUES (?, ?, ?)", batch.seals)
+                for listing in batch.listings:
+                    db.execute(*_listing_update(listing))
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise TraceStoreError(f"{self.path}: the commit failed and was rolled back: {exc}") from exc
+
+    def _execute(self, sql: str, args: tuple = ()) -> int:
+        with self._lock:
+            try:
+                return self._db.execute(sql, args).rowcount
+            except sqlite3.Error as exc:
+                raise TraceStoreError(f"{self.path}: {exc}") from exc
 
     def _query(self, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
         with self._lock:
@@ -366,31 +446,50 @@ class TraceStore:
                 cursor = self._db.execute(sql, args)
                 names = [d[0] for d in cursor.description]
                 return [dict(zip(names, row)) for row in cursor.fetchall()]
-            except sqlite3.DatabaseError as exc:
-                if recovery.is_corruption(exc):
-                    raise self._damaged(exc) from exc
-                raise
+            except sqlite3.Error as exc:
+                raise TraceStoreError(f"{self.path}: cannot read the store: {exc}") from exc
 
 
-# Events inside a node that commit at once (with whatever of the run is pending).
-COMMIT_NOW = frozenset({"llm_call"})
-# Events committed by `seal`, with the run's seal, rather than at once.
-SEALING = frozenset({"run_finished"})
+def _statements(script: str) -> list[str]:
+    """The statements of a schema script (triggers hold `;` inside BEGIN ... END)."""
+    out, current = [], []
+    for line in script.strip().splitlines():
+        current.append(line)
+        text = "\n".join(current).strip()
+        if text.endswith(";") and sqlite3.complete_statement(text):
+            out.append(text)
+            current = []
+    return out
 
 
-def create_run_statement(run_id: str, graph: str, input_preview: str, replay_of: str | None,
-                         owner: str | None) -> tuple[str, tuple]:
-    return ("INSERT INTO runs (run_id, graph, input_preview, created_at, status, replay_of, owner) "
-            "VALUES (?, ?, ?, ?, 'running', ?, ?)", (run_id, graph, input_preview[:200], utcnow(), replay_of, owner))
+def _listing_update(listing: dict[str, Any]) -> tuple[str, tuple]:
+    columns = [c for c in ("status", "stop_reason", "answer_preview", "sealed_hash", "owner") if c in listing]
+    return (f"UPDATE runs SET {', '.join(f'{c}=?' for c in columns)} WHERE run_id=?",
+            (*(listing[c] for c in columns), listing["run_id"]))
 
 
-def seal_statements(run_id: str, seq: int, sealed_hash: str, status: str, stop_reason: str,
-                    answer: str | None) -> list[tuple[str, tuple]]:
+def open_store(location: str | Path) -> BaseTraceStore:
+    """The trace store at `location`: `postgresql://...` (or `postgres://`), `sqlite:///path`,
+    or a file path (SQLite)."""
+    text = str(location)
+    if text.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+        from refinegraph.trace.postgres import PostgresTraceStore
+
+        return PostgresTraceStore(text)
+    if text.startswith("sqlite:"):  # as SQLAlchemy writes it: sqlite:///relative.db, sqlite:////abs/path.db
+        if not text.startswith("sqlite:///") or len(text) == len("sqlite:///"):
+            raise TraceStoreError(f"{text!r}: a SQLite store URL is sqlite:///relative/path or sqlite:////abs/path")
+        text = text[len("sqlite:///"):]
+    return TraceStore(text)
+
+
+def seal_batch(run_id: str, seq: int, sealed_hash: str, status: str, stop_reason: str,
+               answer: str | None) -> Batch:
     """The seal (last event's seq and hash) goes into an append-only table, so cutting
     events after any seal the run was ever given is detected; the listing is updated."""
-    return [("INSERT INTO seals (run_id, seq, hash) VALUES (?, ?, ?)", (run_id, seq, sealed_hash)),
-            ("UPDATE runs SET status=?, stop_reason=?, answer_preview=?, sealed_hash=? WHERE run_id=?",
-             (status, stop_reason, (answer or "")[:200], sealed_hash, run_id))]
+    return Batch(seals=[(run_id, seq, sealed_hash)],
+                 listings=[{"run_id": run_id, "status": status, "stop_reason": stop_reason,
+                            "answer_preview": (answer or "")[:200], "sealed_hash": sealed_hash}])
 
 
 def _owner_alive(owner: str | None) -> bool:
@@ -411,11 +510,9 @@ def _owner_alive(owner: str | None) -> bool:
 
 EventObserver = Callable[["TraceWriter", Event], None]
 OBSERVERS: list[EventObserver] = []
-"""Called with (writer, event) after each event is chained (and committed, where it commits
-at once): how refinegraph.trace.otel follows runs live. Set REFINEGRAPH_OTEL=1 to add its
-exporter. An observer that raises is logged; it never breaks the run."""
-
-_log = logging.getLogger(__name__)
+"""Called with (writer, event) after each event is chained: how refinegraph.trace.otel
+follows runs live. Set REFINEGRAPH_OTEL=1 to add its exporter. An observer that raises is
+logged; it never breaks the run."""
 
 
 def _observers_from_env() -> None:
@@ -426,43 +523,49 @@ def _observers_from_env() -> None:
         enable_live()
 
 
+# Events committed by `seal`, with the run's seal, rather than at once.
+SEALING = frozenset({"run_finished"})
+
+
 class TraceWriter:
     """Appends one run's events to its chain, setting seq, time and hashes.
 
-    Events of a node are held until its next `llm_call` (or a checkpoint) and then
-    committed in one transaction (see the module docstring); events outside any node are
-    committed at once. `flush()` commits what is held.
+    Events of a node are held until the node's next model call is committed (`commit`, which
+    the RunContext awaits after each `llm_call`) or `flush`; events outside any node are
+    committed at once; `seal` commits what is held with the run's end.
     """
 
-    def __init__(self, store: TraceStore, run_id: str, *, new: bool = False):
+    def __init__(self, store: BaseTraceStore, run_id: str, *, new: bool = False):
         self.store = store
         self.run_id = run_id
         self.next_seq, self.last_hash = (0, genesis_hash(run_id)) if new else store.last_link(run_id)
         self.written = 0
-        self._events: list[tuple[str, int, str, str, str, str]] = []
-        self._blobs: list[tuple[str, bytes]] = []
-        self._statements: list[tuple[str, tuple]] = []
+        self._held = Batch()
         _observers_from_env()
 
     def create_run(self, graph: str, input_preview: str, *, replay_of: str | None = None,
                    owner: str | None = None) -> None:
         """List the run; the row is committed with its first events (one transaction)."""
-        self._statements.append(create_run_statement(self.run_id, graph, input_preview, replay_of, owner))
+        self._held.runs.append(new_run_row(self.run_id, graph, input_preview, replay_of, owner))
 
     def seal(self, status: str, stop_reason: str, answer: str | None) -> None:
         """Commit what is held together with the run's seal and final listing."""
-        after = seal_statements(self.run_id, self.next_seq - 1, self.last_hash, status, stop_reason, answer)
-        self.store.transaction(self._statements, self._blobs, self._events, after)
-        self._events, self._blobs, self._statements = [], [], []
+        self._held.extend(seal_batch(self.run_id, self.next_seq - 1, self.last_hash, status, stop_reason, answer))
+        self.flush()
+
+    def set_status(self, status: str) -> None:
+        """Commit what is held, then list the (unsealed) run as `status`."""
+        self._held.listings.append({"run_id": self.run_id, "status": status})
+        self.flush()
 
     def append(self, event: Event) -> Event:
         event.run_id, event.seq, event.ts = self.run_id, self.next_seq, utcnow()
         body = event_body(event)
         digest = event_hash(self.last_hash, body)
-        self._events.append((self.run_id, event.seq, event.type, body, self.last_hash, digest))  # type: ignore[attr-defined]
+        self._held.events.append((self.run_id, event.seq, event.type, body, self.last_hash, digest))  # type: ignore[attr-defined]
         self.last_hash, self.next_seq = digest, self.next_seq + 1
         self.written += 1
-        if event.type in COMMIT_NOW or (event.node is None and event.type not in SEALING):  # type: ignore[attr-defined]
+        if event.node is None and event.type not in SEALING:  # type: ignore[attr-defined]
             self.flush()
         for observer in tuple(OBSERVERS):
             try:
@@ -475,15 +578,35 @@ class TraceWriter:
         """The blob's digest; the blob is committed with the event that references it."""
         data = canonical_json(value).encode()
         digest = content_digest(data)
-        self._blobs.append((digest, data))
+        self._held.blobs[digest] = data
         return digest
 
+    def take(self) -> Batch:
+        """What is held, handed over for a commit (see give_back)."""
+        batch, self._held = self._held, Batch()
+        return batch
+
+    def give_back(self, batch: Batch) -> None:
+        """A batch whose commit failed is held again, before anything held since."""
+        batch.extend(self._held)
+        self._held = batch
+
     def flush(self) -> None:
-        """Commit the held events and blobs (kept for a later try if the commit fails)."""
-        if not self._events and not self._blobs and not self._statements:
+        """Commit what is held now (kept for a later try if the commit fails)."""
+        batch = self.take()
+        if not batch:
             return
-        self.store.transaction(self._statements, self._blobs, self._events)
-        self._events, self._blobs, self._statements = [], [], []
+        try:
+            self.store.commit(batch)
+        except BaseException:
+            self.give_back(batch)
+            raise
+
+    async def commit(self) -> None:
+        """Commit what is held before going on, in one transaction with whatever other runs
+        of this event loop commit meanwhile (group commit)."""
+        if self._held:
+            await self.store.commit_group(self)
 
 
 class NullWriter:
@@ -508,8 +631,14 @@ class NullWriter:
     def flush(self) -> None:
         return None
 
+    async def commit(self) -> None:
+        return None
+
     def create_run(self, graph: str, input_preview: str, **kwargs: Any) -> None:
         return None
 
     def seal(self, status: str, stop_reason: str, answer: str | None) -> None:
+        return None
+
+    def set_status(self, status: str) -> None:
         return None
