@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 
-from refinegraph.runner import _saver
+from refinegraph.runner import open_saver as _saver
 from refinegraph.trace.store import TraceStore
 
 

@@ -2,7 +2,7 @@
 
 Each part lives in its own module and returns a `Section` (reliability_common): the
 proxy faults between refinegraph and its model (reliability_faults), crashes and trace
-store damage (reliability_crash, reliability_damage), hostile SQL and prompt-injected questions
+crashes, concurrent use and tampering (reliability_crash, reliability_torture, reliability_damage), hostile SQL and prompt-injected questions
 (reliability_sql), hostile programs in the code sandbox (reliability_sandbox), and the
 server under fuzzing (reliability_fuzz) and load (reliability_load). Parts run one after another, so no
 part's load skews another's figures; a part that raises is reported as failed with its
@@ -43,7 +43,7 @@ PARTS = (
     Part("faults", "reliability_faults", "faults_section", ("runs", "concurrency")),
     Part("crash", "reliability_crash", "crash_section", ("batch_runs",)),
     Part("concurrent-writers", "reliability_crash", "concurrent_writers_section"),
-    Part("truncation", "reliability_damage", "truncation_section"),
+    Part("torture", "reliability_torture", "torture_section"),
     Part("tamper", "reliability_damage", "tamper_section"),
     Part("sql", "reliability_sql", "sql_section", ("spider_dir", "pg_dsn")),
     Part("sandbox", "reliability_sandbox", "sandbox_section"),

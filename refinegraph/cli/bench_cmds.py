@@ -116,7 +116,7 @@ def vllm_cmd(
 @app.command("reliability")
 def reliability_cmd(
     parts: str | None = typer.Option(None, "--parts", help="Comma-separated parts (default: all): faults, crash, "
-                                     "concurrent-writers, truncation, tamper, sql, sandbox, server-fuzz, server-load."),
+                                     "concurrent-writers, torture, tamper, sql, sandbox, server-fuzz, server-load."),
     runs: int = typer.Option(200, "--runs", min=1, help="Graph runs through the fault-injecting proxy."),
     concurrency: int = typer.Option(4, "--concurrency", min=1, help="Runs at once through the proxy."),
     batch_runs: int = typer.Option(50, "--batch-runs", min=2, help="Runs of the batch that is killed and resumed."),
