@@ -376,7 +376,7 @@ class TraceStore(BaseTraceStore):
         try:
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             tables = self._db.execute("SELECT COUNT(*) FROM sqlite_master WHERE type='table'").fetchone()[0]
-            if tables and version not in (0, SCHEMA_VERSION) or (tables and version == 0 and not self._ours()):
+            if tables and version != SCHEMA_VERSION:
                 raise TraceStoreError(f"{self.path}: not a refinegraph trace store of schema {SCHEMA_VERSION} "
                                       f"(found user_version {version}); use another REFINEGRAPH_HOME")
             if version != SCHEMA_VERSION:
@@ -388,11 +388,6 @@ class TraceStore(BaseTraceStore):
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
-
-    def _ours(self) -> bool:
-        """Whether an unversioned file's tables are (a prefix of) this schema's."""
-        names = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        return names <= {"runs", "events", "blobs", "seals", "recoveries"}
 
     def close(self) -> None:
         with self._lock:
