@@ -11,9 +11,11 @@ on a human through `interrupt()` (pass `checkpoint=True`).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
 import socket
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -89,6 +91,36 @@ def default_store(config: Config | None = None) -> BaseTraceStore:
 
         return TraceStore(location, synchronous=settings.synchronous)
     return open_store(location)
+
+
+_shared: dict[tuple[int, str, str, str], BaseTraceStore] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_store(config: Config | None = None) -> BaseTraceStore:
+    """The store `run`, `resume` and `replay` use when given none: one per location and
+    process, opened on first use and closed at exit. Opening a store per run costs a
+    connection and, on SQLite, a WAL checkpoint when the last connection closes: more than
+    the whole trace of a fast run. (A store made in a parent process is not reused in a
+    forked child: the key holds the process id.)"""
+    settings = (config or Config()).trace
+    key = (os.getpid(), settings.location(), settings.schema_, settings.synchronous)
+    with _shared_lock:
+        store = _shared.get(key)
+        if store is None:
+            if not _shared:
+                atexit.register(close_shared_stores)
+            store = _shared[key] = default_store(config)
+        return store
+
+
+def close_shared_stores() -> None:
+    """Close the stores `shared_store` opened (at exit; tests that move REFINEGRAPH_HOME)."""
+    with _shared_lock:
+        for key, store in list(_shared.items()):
+            if key[0] == os.getpid():
+                store.close()
+        _shared.clear()
 
 
 class TraceFirstSaver(AsyncSqliteSaver):
@@ -265,8 +297,8 @@ async def run(graph: str, task: str | dict[str, Any], *, config: Config | None =
     `models` overrides the config's backends by name (e.g. a test double). Everything
     that can be checked (graph, models, params, input) is checked before the run is
     recorded. The trace alone makes the run resumable; `checkpoint=True` adds LangGraph's
-    checkpointer, for graphs that pause on `interrupt()`. A store opened here is closed
-    when the run ends; a store passed in stays open.
+    checkpointer, for graphs that pause on `interrupt()`. With no `store`, the process's
+    shared store of the config's location is used (see shared_store).
     """
     spec = get_graph(graph)
     config = config or load_config()
@@ -280,11 +312,9 @@ async def run(graph: str, task: str | dict[str, Any], *, config: Config | None =
     built = _build_models(config, _model_names(graph, roles, params, config), models)
     budget = budget or Budget()
     run_id = run_id or new_run_id()
-    opened = None
     try:
         if trace:
-            if store is None:
-                store = opened = default_store(config)
+            store = store or shared_store(config)
             writer: Any = TraceWriter(store, run_id, new=True)
             writer.create_run(graph, str(graph_input.get(spec.input_key, graph_input)), owner=_owner())
         else:
@@ -296,8 +326,6 @@ async def run(graph: str, task: str | dict[str, Any], *, config: Config | None =
                               checkpoint_path=checkpoint_path)
     finally:
         await _close(built, models)
-        if opened is not None:
-            opened.close()
 
 
 async def _close(built: dict[str, Model], supplied: dict[str, Model] | None) -> None:
@@ -376,38 +404,32 @@ async def resume(run_id: str, *, config: Config | None = None, models: dict[str,
     other call goes to the model. A run listed as running whose process is alive on this
     host is refused unless `force`; an interrupted one is resumed without.
     """
-    opened = None
-    if store is None:
-        store = opened = default_store(config)
+    store = store or shared_store(config)
+    run_id = store.find_run(run_id)
+    row = store.run(run_id)
+    if row["status"] == "finished":  # type: ignore[index]
+        raise RunNotResumable(f"run {run_id} finished; there is nothing to resume (replay it instead)")
+    if row["replay_of"]:  # type: ignore[index]
+        raise RunNotResumable(f"run {run_id} is a replay; replay {row['replay_of']} again instead")  # type: ignore[index]
+    if row["status"] == "awaiting_approval":  # type: ignore[index]
+        raise RunNotResumable(f"run {run_id} awaits a human decision; answer it instead of resuming")
+    started = _recorded(store, run_id, "resume")
+    if not store.claim_run(run_id, row["owner"], _owner(), force=force, status=row["status"]):  # type: ignore[index]
+        raise RunNotResumable(f"run {run_id} is still running in process {row['owner']}; "  # type: ignore[index]
+                              "pass force=True (--force) if that process is gone")
+    config = config or load_config()
+    roles = started["roles"]
+    built = _build_models(config, sorted(set(roles.values()) | set(started["models"])), models)
     try:
-        run_id = store.find_run(run_id)
-        row = store.run(run_id)
-        if row["status"] == "finished":  # type: ignore[index]
-            raise RunNotResumable(f"run {run_id} finished; there is nothing to resume (replay it instead)")
-        if row["replay_of"]:  # type: ignore[index]
-            raise RunNotResumable(f"run {run_id} is a replay; replay {row['replay_of']} again instead")  # type: ignore[index]
-        if row["status"] == "awaiting_approval":  # type: ignore[index]
-            raise RunNotResumable(f"run {run_id} awaits a human decision; answer it instead of resuming")
-        started = _recorded(store, run_id, "resume")
-        if not store.claim_run(run_id, row["owner"], _owner(), force=force, status=row["status"]):  # type: ignore[index]
-            raise RunNotResumable(f"run {run_id} is still running in process {row['owner']}; "  # type: ignore[index]
-                                  "pass force=True (--force) if that process is gone")
-        config = config or load_config()
-        roles = started["roles"]
-        built = _build_models(config, sorted(set(roles.values()) | set(started["models"])), models)
-        try:
-            ctx = RunContext(run_id=run_id, models=built, roles=roles, writer=TraceWriter(store, run_id),
-                             budget=Budget(**{f"max_{k}": v for k, v in started["budget"].items()}),
-                             cache=ReplayCache.from_trace(store, run_id), config=config, charge_cache_hits=False)
-            recorded, again = _restore(ctx, store, run_id)
-            ctx.emit(RunResumed(recorded_calls=recorded, from_checkpoint=False, superseded=again))
-            return await _execute(ctx, started["graph"], started["input"], started["params"],
-                                  checkpoint=False, checkpoint_path=None)
-        finally:
-            await _close(built, models)
+        ctx = RunContext(run_id=run_id, models=built, roles=roles, writer=TraceWriter(store, run_id),
+                         budget=Budget(**{f"max_{k}": v for k, v in started["budget"].items()}),
+                         cache=ReplayCache.from_trace(store, run_id), config=config, charge_cache_hits=False)
+        recorded, again = _restore(ctx, store, run_id)
+        ctx.emit(RunResumed(recorded_calls=recorded, from_checkpoint=False, superseded=again))
+        return await _execute(ctx, started["graph"], started["input"], started["params"],
+                              checkpoint=False, checkpoint_path=None)
     finally:
-        if opened is not None:
-            opened.close()
+        await _close(built, models)
 
 
 class ReplayModel:
@@ -457,9 +479,7 @@ async def replay(run_id: str, *, store: BaseTraceStore | None = None) -> ReplayR
     the original's. Its budget is the original's less wall time, which no replay
     reproduces: where the original was refused for time, the replay is refused alike.
     """
-    if store is None:
-        with default_store() as opened:
-            return await replay(run_id, store=opened)
+    store = store or shared_store()
     original = store.find_run(run_id)
     started = _recorded(store, original, "replay")
     roles = started["roles"]

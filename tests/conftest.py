@@ -16,10 +16,15 @@ from refinegraph.trace.store import TraceStore
 
 @pytest.fixture(autouse=True)
 def rg_home(tmp_path, monkeypatch):
-    """Every test gets its own home: traces, checkpoints and config never leak between tests."""
+    """Every test gets its own home: traces, checkpoints and config never leak between tests
+    (the stores the runner shares per location are closed after each test)."""
+    from refinegraph.runner import close_shared_stores
+
     home = tmp_path / "rghome"
     monkeypatch.setenv("REFINEGRAPH_HOME", str(home))
-    return home
+    monkeypatch.delenv("REFINEGRAPH_TRACE_STORE", raising=False)
+    yield home
+    close_shared_stores()
 
 
 @pytest.fixture

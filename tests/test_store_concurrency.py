@@ -47,7 +47,12 @@ def test_an_app_running_runs_while_a_shell_lists_them_loses_nothing(tmp_path, mo
         for i in range(RUNS):
             model = ScriptedModel([f"The answer is {i}."], name="local")
             try:
-                result = await run("greedy", f"What is {i} + 0?", config=Config(), models={"local": model})
+                if i % 2:  # an app that opens and closes a store of its own per run
+                    with open_store(location) as store:
+                        result = await run("greedy", f"What is {i} + 0?", config=Config(), models={"local": model},
+                                           store=store)
+                else:  # the Python API's default store
+                    result = await run("greedy", f"What is {i} + 0?", config=Config(), models={"local": model})
                 run_ids.append(result.run_id)
             except Exception as exc:  # counted: the assertion below names them
                 failures.append(f"run {i}: {type(exc).__name__}: {exc}")

@@ -1,8 +1,8 @@
 """The trace store under ordinary concurrent use and kill -9: the `torture` part of
 `refinegraph bench reliability`, and what tests/test_store_concurrency.py runs small.
 
-Writer processes each run graphs through the Python API as an app does (`refinegraph.run`
-with no `store=`: the store is opened and closed per run), a reader process runs
+Writer processes each run graphs through the Python API as apps do (`refinegraph.run`
+with no `store=`, and with a store opened and closed per run), a reader process runs
 `refinegraph trace list` and `trace verify` in a loop meanwhile, and one writer is killed
 with SIGKILL at a random moment. Then: every run a writer saw finish is whole and verifies,
 every other run the store lists is resumable (and is resumed, paying no finished call
@@ -52,18 +52,26 @@ def _delayed_model(delay_s: float) -> Any:
 
 def writer_main(location: str, worker: int, runs: int, log_path: str, graph: str = "self-refine",
                 delay_s: float = 0.002) -> None:
-    """A writer process: `runs` runs through the Python API, each id logged once it returned."""
+    """A writer process: `runs` runs through the Python API, each id logged once it returned;
+    every other run opens and closes a store of its own, the rest use the shared one."""
     os.environ[STORE_ENV] = location
     from refinegraph import run
     from refinegraph.config import Config
+    from refinegraph.trace.store import open_store
 
     model = _delayed_model(delay_s)
+
+    async def one(run_id: str, task: str, own_store: bool) -> Any:
+        if not own_store:  # the Python API's default: the process's shared store
+            return await run(graph, task, config=Config(), models={"local": model}, run_id=run_id)
+        with open_store(location) as store:  # an app that opens and closes a store per run
+            return await run(graph, task, config=Config(), models={"local": model}, run_id=run_id, store=store)
+
     with open(log_path, "a", encoding="utf-8") as log:
         for i in range(runs):
             run_id = f"w{worker}-{i:04d}-{os.getpid()}"
             try:
-                result = asyncio.run(run(graph, f"worker {worker} task {i}", config=Config(),
-                                         models={"local": model}, run_id=run_id))
+                result = asyncio.run(one(run_id, f"worker {worker} task {i}", own_store=i % 2 == 1))
                 log.write(json.dumps({"run_id": result.run_id, "ok": True}) + "\n")
             except Exception as exc:  # noqa: BLE001 - logged for the parent, which counts it as a failure
                 log.write(json.dumps({"run_id": run_id, "ok": False, "error": f"{type(exc).__name__}: {exc}"}) + "\n")
