@@ -267,7 +267,7 @@ async def _execute(ctx: RunContext, graph_name: str, graph_input: Any, params: d
     )
     ctx.emit(RunFinished(answer=result.answer, stop_reason=stop_reason, usage=result.usage,
                          model_calls=ctx.model_calls, cache_hits=ctx.cache_hits))
-    ctx.writer.seal("error" if error else "finished", stop_reason, result.answer)
+    await ctx.writer.seal_async("error" if error else "finished", stop_reason, result.answer)
     if error is not None:
         raise RunFailed(result, error) from error
     return result
@@ -315,13 +315,14 @@ async def run(graph: str, task: str | dict[str, Any], *, config: Config | None =
     try:
         if trace:
             store = store or shared_store(config)
-            writer: Any = TraceWriter(store, run_id, new=True)
+            writer: Any = TraceWriter(store, run_id, new=True, deferred=True)
             writer.create_run(graph, str(graph_input.get(spec.input_key, graph_input)), owner=_owner())
         else:
             store, writer, checkpoint = None, NullWriter(run_id), False
         ctx = RunContext(run_id=run_id, models=built, roles=roles, writer=writer, budget=budget, config=config)
         ctx.emit(RunStarted(graph=graph, input=graph_input, params=params, roles=roles,
                             models=_model_summary(config, built), budget=budget.limits(), version=__version__))
+        await writer.commit()  # listed, with its input, before any work
         return await _execute(ctx, graph, graph_input, params, checkpoint=checkpoint,
                               checkpoint_path=checkpoint_path)
     finally:
@@ -421,11 +422,12 @@ async def resume(run_id: str, *, config: Config | None = None, models: dict[str,
     roles = started["roles"]
     built = _build_models(config, sorted(set(roles.values()) | set(started["models"])), models)
     try:
-        ctx = RunContext(run_id=run_id, models=built, roles=roles, writer=TraceWriter(store, run_id),
+        ctx = RunContext(run_id=run_id, models=built, roles=roles, writer=TraceWriter(store, run_id, deferred=True),
                          budget=Budget(**{f"max_{k}": v for k, v in started["budget"].items()}),
                          cache=ReplayCache.from_trace(store, run_id), config=config, charge_cache_hits=False)
         recorded, again = _restore(ctx, store, run_id)
         ctx.emit(RunResumed(recorded_calls=recorded, from_checkpoint=False, superseded=again))
+        await ctx.writer.commit()
         return await _execute(ctx, started["graph"], started["input"], started["params"],
                               checkpoint=False, checkpoint_path=None)
     finally:

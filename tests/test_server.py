@@ -509,7 +509,14 @@ async def test_a_client_that_goes_away_cancels_its_run(store):
         calls = len(slow.calls)
         await asyncio.sleep(1.0)
         assert len(slow.calls) == calls < 17  # no more calls after the client left
-    assert store.run(run_id)["status"] == "running"  # unsealed: `refinegraph resume` can finish it
+    # Unsealed and listed as interrupted, so `refinegraph resume` finishes it without --force
+    # while the server (the run's owner process) is still up.
+    assert store.run(run_id)["status"] == "interrupted"
+    [stopped] = store.events(run_id, types={"run_interrupted"})
+    assert "cancel" in stopped["reason"].lower()
+    assert store.claim_run(run_id, "elsewhere:1", "me:2", status="interrupted") is False  # owner must match
+    row = store.run(run_id)
+    assert store.claim_run(run_id, row["owner"], "resumer:1", status=row["status"])
 
 
 async def test_a_fixed_database_cannot_be_swapped_by_a_request(store, tmp_path):

@@ -56,6 +56,9 @@ class BareContext:
     def supports_json_schema(self, role: str) -> bool:
         return self.model.supports_json_schema
 
+    def model_name(self, role: str) -> str:
+        return self.model.name
+
 
 @dataclass
 class Configuration:
@@ -97,7 +100,7 @@ def configurations(workdir: Path, model: InstantModel) -> tuple[list[Configurati
         Configuration("bare", "bare LangGraph", bare),
         Configuration("traces_off", "refinegraph, traces off", traces_off),
         Configuration("traces_on", "refinegraph, traces on (one store)", traces_on),
-        Configuration("default", "refinegraph default path (store per run, resumable)", default_path),
+        Configuration("default", "refinegraph default path (run() with no store: traced, resumable)", default_path),
         Configuration("traces_checkpoint", "refinegraph, traces + LangGraph SQLite checkpointer", traces_checkpoint,
                       informative=True),
     ], store
@@ -174,7 +177,7 @@ def goal_lines(report: dict[str, Any]) -> list[str]:
     return [
         (f"refinegraph with traces / bare LangGraph = {a['ratio']:.2f}x (goal <= {a['goal']:.2f}x)"
          f" {'met' if a['met'] else 'MISSED'}"),
-        (f"default path (traces, resumable, store per run) / bare LangGraph = {b['ratio']:.2f}x "
+        (f"default path (traced, resumable) / bare LangGraph = {b['ratio']:.2f}x "
          f"(goal <= {b['goal']:.2f}x) {'met' if b['met'] else 'MISSED'}"),
         (f"tracing costs {cost['ms_per_run']:.3f} ms a run = {cost['us_per_event']:.1f} us per event "
          f"({report['events_per_traced_run']} events); refinegraph without traces costs "

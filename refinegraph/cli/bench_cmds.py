@@ -38,6 +38,30 @@ def overhead_cmd(
     _finish(table, goal_lines(report), out_dir, report, markdown(report))
 
 
+@app.command("throughput")
+def throughput_cmd(
+    runs: int = typer.Option(320, "--runs", min=32, help="Runs per configuration and round."),
+    rounds: int = typer.Option(3, "--rounds", min=1, help="Interleaved rounds."),
+    concurrency: int = typer.Option(32, "--concurrency", min=1, help="Runs at once."),
+    postgres: str | None = typer.Option(None, "--postgres", envvar="REFINEGRAPH_PG_DSN",
+                                        help="Also measure a PostgreSQL store at this DSN (a schema of its own)."),
+    out_dir: Path = typer.Option(Path("bench-reports/throughput"), "--out", help="Folder for report.json/.md."),
+) -> None:
+    """Runs per second at 32 concurrent runs of an instant model: bare LangGraph, no trace,
+    the default path on SQLite (and PostgreSQL)."""
+    from refinegraph.bench.throughput import goal_lines, markdown, throughput
+
+    err.print(f"measuring {runs} runs per configuration and round, {concurrency} at a time, {rounds} rounds ...")
+    report = asyncio.run(throughput(runs, rounds, concurrency, postgres))
+    table = Table(title=f"{concurrency} concurrent runs on an instant model")
+    for column in ("graph", "configuration", "runs/s", "vs no trace"):
+        table.add_column(column, justify="right" if column in ("runs/s", "vs no trace") else "left")
+    for graph, rows in report["graphs"].items():
+        for name, row in rows.items():
+            table.add_row(graph, name, f"{row['runs_per_s']:.1f}", f"{row['vs_no_trace']:.2f}x")
+    _finish(table, goal_lines(report), out_dir, report, markdown(report))
+
+
 @app.command("sampling")
 def sampling_cmd(
     n: int = typer.Option(8, "--n", min=1, help="Samples per configuration."),

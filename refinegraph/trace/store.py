@@ -26,9 +26,10 @@ What is guaranteed, and by whom:
   (through the database), never with `cp`.
 
 When a commit happens (see TraceWriter): a model call's `llm_call` event is committed before
-the node that made the call goes on (`await writer.commit()`; concurrent runs of one event
-loop share one transaction: group commit), so a crash never re-pays a finished call; events
-outside nodes (run_started, run_finished, ...) at once; everything else with the next of those.
+the node that made the call goes on, so a crash never re-pays a finished call; a run's start,
+resume and end are committed before the runner goes on; everything else with the next of
+those. Each such commit is `await writer.commit()`: the runs of one event loop that commit
+before the loop's next turn share one transaction (group commit).
 """
 
 from __future__ import annotations
@@ -530,9 +531,13 @@ class TraceWriter:
     committed at once; `seal` commits what is held with the run's end.
     """
 
-    def __init__(self, store: BaseTraceStore, run_id: str, *, new: bool = False):
+    def __init__(self, store: BaseTraceStore, run_id: str, *, new: bool = False, deferred: bool = False):
         self.store = store
         self.run_id = run_id
+        self.deferred = deferred
+        """Events outside nodes wait for the caller's next `await commit()` (the runner's way:
+        its run_started, resumed and finished events join a group commit) instead of being
+        committed on the spot."""
         self.next_seq, self.last_hash = (0, genesis_hash(run_id)) if new else store.last_link(run_id)
         self.written = 0
         self._held = Batch()
@@ -548,6 +553,11 @@ class TraceWriter:
         self._held.extend(seal_batch(self.run_id, self.next_seq - 1, self.last_hash, status, stop_reason, answer))
         self.flush()
 
+    async def seal_async(self, status: str, stop_reason: str, answer: str | None) -> None:
+        """`seal`, in a group commit with the other runs of the event loop."""
+        self._held.extend(seal_batch(self.run_id, self.next_seq - 1, self.last_hash, status, stop_reason, answer))
+        await self.commit()
+
     def set_status(self, status: str) -> None:
         """Commit what is held, then list the (unsealed) run as `status`."""
         self._held.listings.append({"run_id": self.run_id, "status": status})
@@ -560,7 +570,7 @@ class TraceWriter:
         self._held.events.append((self.run_id, event.seq, event.type, body, self.last_hash, digest))  # type: ignore[attr-defined]
         self.last_hash, self.next_seq = digest, self.next_seq + 1
         self.written += 1
-        if event.node is None and event.type not in SEALING:  # type: ignore[attr-defined]
+        if event.node is None and not self.deferred and event.type not in SEALING:  # type: ignore[attr-defined]
             self.flush()
         for observer in tuple(OBSERVERS):
             try:
@@ -633,6 +643,9 @@ class NullWriter:
         return None
 
     def seal(self, status: str, stop_reason: str, answer: str | None) -> None:
+        return None
+
+    async def seal_async(self, status: str, stop_reason: str, answer: str | None) -> None:
         return None
 
     def set_status(self, status: str) -> None:
