@@ -1,7 +1,8 @@
 """Embedding a refinegraph graph in a user's app: as a LangGraph subgraph, or as a LangChain Runnable.
 
 Each invocation is a whole refinegraph run (`refinegraph.runner.run`): its own run id,
-hash-chained trace, budget, checkpoint and replay, exactly as `refinegraph run` makes.
+hash-chained trace (which makes it resumable), budget and replay, exactly as `refinegraph
+run` makes.
 
 Why a wrapper and not the bare compiled graph: refinegraph's nodes need a RunContext as
 LangGraph's runtime context (models, budget, trace writer), and their state schema
@@ -13,9 +14,8 @@ parent's input key and whose output schema is the keys it writes back, so
 `builder.add_node("refine", as_subgraph(...))` works in any parent state with those keys.
 
 The inner run is started with LangChain's parent-config context variable cleared, so it
-does not become part of the parent's Pregel run: it checkpoints under its own run id in
-refinegraph's checkpoint store (not the parent's checkpointer) and the parent sees one
-node. Re-running the parent's node (e.g. resuming the parent after a crash) starts a new
+does not become part of the parent's Pregel run: it is traced under its own run id in
+refinegraph's trace store (not the parent's checkpointer) and the parent sees one node. Re-running the parent's node (e.g. resuming the parent after a crash) starts a new
 refinegraph run; the earlier one stays in the trace store.
 """
 
@@ -96,7 +96,7 @@ def as_subgraph(graph_name: str, *, params: dict[str, Any] | None = None, config
                 input_key: str | Mapping[str, str] = "question", output_key: str = "answer",
                 run_id_key: str | None = "run_id", stop_reason_key: str | None = None,
                 budget: Budget | None = None, models: dict[str, Model] | None = None,
-                store: TraceStore | None = None, checkpoint: bool = True, name: str | None = None) -> Any:
+                store: TraceStore | None = None, checkpoint: bool = False, name: str | None = None) -> Any:
     """A compiled LangGraph graph that runs `graph_name` as one refinegraph run per invocation.
 
     `input_key`: the parent's key holding the graph's input (its registered input key,
@@ -177,7 +177,7 @@ class RefinegraphRunnable(Runnable[Any, AIMessage]):
 
     def __init__(self, graph_name: str, *, params: dict[str, Any] | None = None, config: Config | None = None,
                  budget: Budget | None = None, models: dict[str, Model] | None = None,
-                 store: TraceStore | None = None, checkpoint: bool = True, name: str | None = None):
+                 store: TraceStore | None = None, checkpoint: bool = False, name: str | None = None):
         self.graph_name = graph_name
         self.input_key = get_graph(graph_name).input_key
         self.name = name or f"refinegraph:{graph_name}"
@@ -233,7 +233,7 @@ class RefinegraphRunnable(Runnable[Any, AIMessage]):
 
 def as_runnable(graph_name: str, *, params: dict[str, Any] | None = None, config: Config | None = None,
                 budget: Budget | None = None, models: dict[str, Model] | None = None,
-                store: TraceStore | None = None, checkpoint: bool = True) -> RefinegraphRunnable:
+                store: TraceStore | None = None, checkpoint: bool = False) -> RefinegraphRunnable:
     """`graph_name` as a LangChain Runnable (invoke, ainvoke, batch, abatch, `prompt | runnable`).
 
     `budget` is the limit of each invocation (every one starts unspent).
