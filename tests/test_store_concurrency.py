@@ -1,0 +1,103 @@
+"""Ordinary concurrent use of one trace store, on SQLite and on PostgreSQL (issue 11):
+
+- an app that calls `refinegraph.run(...)` in a loop (each call opens and closes the store)
+  while another process lists the runs: every run finishes and verifies;
+- 32 runs at once in one event loop share their commits (group commit) and all verify.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from refinegraph import run
+from refinegraph.models import ScriptedModel
+from refinegraph.trace.verify import verify_store
+
+from conftest import scripted_by_role, verdict
+
+pytestmark = pytest.mark.both_stores
+
+RUNS = 150
+LISTINGS = 20
+
+APP = f"""
+import asyncio, json
+import refinegraph
+from refinegraph.models import ScriptedModel
+
+failures = []
+for i in range({RUNS}):
+    model = ScriptedModel(lambda messages: "The answer is 42.", name="local")
+    try:
+        asyncio.run(refinegraph.run("greedy", f"task {{i}}", models={{"local": model}}))
+    except Exception as exc:
+        failures.append(repr(exc))
+print(json.dumps(failures))
+"""
+
+# `refinegraph trace list`, 20 times from one process (a command per call, each opening and
+# closing the store as the command does; one interpreter, so the listings overlap the app's runs
+# on a loaded machine rather than its start-up).
+LISTER = f"""
+import json, time
+from typer.testing import CliRunner
+from refinegraph.cli.app import app
+
+failed = []
+for _ in range({LISTINGS}):
+    result = CliRunner().invoke(app, ["trace", "list", "--json"])
+    if result.exit_code != 0:
+        failed.append(result.output[-300:])
+    time.sleep(0.1)
+print(json.dumps(failed))
+"""
+
+
+def test_an_app_running_in_a_loop_while_another_process_lists_runs(make_store, store):
+    env = dict(os.environ)
+    app = subprocess.Popen([sys.executable, "-c", APP], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    lister = subprocess.Popen([sys.executable, "-c", LISTER], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    app_out, app_err = app.communicate(timeout=600)
+    list_out, list_err = lister.communicate(timeout=600)
+    assert app.returncode == 0, app_err[-2000:]
+    assert lister.returncode == 0, list_err[-2000:]
+    assert json.loads(app_out.splitlines()[-1]) == []
+    assert json.loads(list_out.splitlines()[-1]) == []
+    report = verify_store(store)
+    assert report.ok, (report.damage, report.unreadable, [(r.run_id, r.problem) for r in report.failed])
+    assert len(report.runs) == RUNS and all(r.sealed for r in report.runs)
+
+
+async def test_32_concurrent_runs_share_commits_and_all_verify(store, monkeypatch):
+    commits = []
+    apply = store._apply
+
+    def counted(batch):
+        commits.append(len(batch.events))
+        apply(batch)
+
+    monkeypatch.setattr(store, "_apply", counted)
+    models = [scripted_by_role([verdict(4), verdict(9, done=True)]) for _ in range(32)]
+    results = await asyncio.gather(*(run("self-refine", f"task {i}", store=store, models={"local": model})
+                                     for i, model in enumerate(models)))
+    report = verify_store(store)
+    assert report.ok and len(report.runs) == 32 and all(r.sealed for r in report.runs)
+    calls = sum(len(store.events(r.run_id, types={"llm_call"})) for r in results)
+    assert calls == 32 * 4
+    # Every call's event was committed before its node went on, most of them together.
+    assert max(commits) > 32 and len(commits) < calls
+
+
+def test_a_scripted_greedy_run_is_what_the_app_runs(store):
+    """The app above runs greedy on a scripted model: one call, a finished, sealed run."""
+    model = ScriptedModel(lambda messages: "The answer is 42.", name="local")
+    result = asyncio.run(run("greedy", "task", store=store, models={"local": model}))
+    assert store.run(result.run_id)["status"] == "finished"
