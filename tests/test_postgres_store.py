@@ -173,3 +173,23 @@ def test_a_schema_holding_other_tables_is_refused(pg):
         db.execute(psycopg.sql.SQL("CREATE TABLE {}.orders (id int)").format(psycopg.sql.Identifier(pg.schemas[0])))
     with pytest.raises(TraceStoreError, match="not a refinegraph trace store"):
         PostgresTraceStore(url)
+
+
+def test_a_commit_whose_answer_was_lost_is_not_applied_twice(pg, monkeypatch):
+    """The connection breaks after the server committed, before it answered: the commit
+    is tried once more on a new connection, which finds it done instead of failing on its
+    own rows (and holding the run's events for ever)."""
+    store = pg.new()
+    real = store._transaction
+    cuts = []
+
+    def commit_then_cut(batch):
+        real(batch)
+        if not cuts:
+            cuts.append(batch)
+            store._conn.close()
+            raise psycopg.OperationalError("the connection was lost")
+
+    monkeypatch.setattr(store, "_transaction", commit_then_cut)
+    run_id = record(store)
+    assert cuts and verify_run(store, run_id).sealed

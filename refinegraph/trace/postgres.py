@@ -10,7 +10,8 @@ so even a role that could drop a trigger is not the one the application runs as.
 
 One connection per store object, used under the store's lock: reads in autocommit, each
 `_apply` one transaction. A connection found broken (the server restarted, an idle
-connection was cut) is opened again once before the error is raised.
+connection was cut) is opened again once before the error is raised; a commit whose
+connection broke is tried again only if the server did not commit it already.
 """
 
 from __future__ import annotations
@@ -237,7 +238,28 @@ class PostgresTraceStore(BaseTraceStore):
         return self._once_more(lambda: self._conn.execute(to_postgres(sql), args).rowcount)
 
     def _apply(self, batch: Batch) -> None:
-        self._once_more(self._transaction, batch, doing="the commit failed and was rolled back: ")
+        tries = []
+
+        def once() -> None:
+            tries.append(1)
+            if len(tries) > 1 and self._committed_before(batch):
+                return  # the connection broke after the server committed, before it said so
+            self._transaction(batch)
+
+        self._once_more(once, doing="the commit failed and was rolled back: ")
+
+    def _committed_before(self, batch: Batch) -> bool:
+        """Whether a batch tried on a connection that broke was committed all the same: its
+        first event (or run) is there. A batch is one transaction, and only its writer appends
+        at that place of its run's chain, so its first row tells for all of it."""
+        if batch.events:
+            run_id, seq, *_, digest = batch.events[0]
+            found = self._conn.execute("SELECT hash FROM events WHERE run_id=%s AND seq=%s", (run_id, seq)).fetchone()
+            return found is not None and found["hash"] == digest
+        if batch.runs:
+            return self._conn.execute("SELECT 1 FROM runs WHERE run_id=%s",
+                                      (batch.runs[0]["run_id"],)).fetchone() is not None
+        return False  # blobs, seals and listing updates alone can be applied again
 
     def _transaction(self, batch: Batch) -> None:
         with self._conn.transaction(), self._conn.cursor() as cur:
