@@ -138,3 +138,10 @@ def test_copy_from_a_missing_store_is_a_clear_error(store, tmp_path):
     missing = tmp_path / "nowhere.sqlite"
     done = cli.invoke(app, ["trace", "copy", "--from", str(missing), "--to", str(tmp_path / "t.sqlite")])
     assert done.exit_code == 2 and "no trace store" in done.output and not missing.exists()
+
+
+def test_render_of_a_missing_run_names_the_store(store):
+    from refinegraph.trace.html import render_run
+
+    with pytest.raises(KeyError, match="no run 'nosuchrun' in"):
+        render_run(store, "nosuchrun")
