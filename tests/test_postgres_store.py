@@ -103,6 +103,27 @@ def test_the_application_role_writes_runs_but_cannot_change_them(pg, app_role):
         assert verify_run(store, run_id).sealed
 
 
+def test_the_application_role_cannot_make_a_store_and_is_told_who_can(pg, app_role):
+    from refinegraph.trace.postgres import PostgresTraceStore
+
+    role, url = app_role
+    with pytest.raises(TraceStoreError, match="open it once as the role that owns the schema"):
+        PostgresTraceStore(url.replace(pg.schemas[0], "rg_test_not_made"))
+
+
+def test_the_config_names_the_schema(pg, monkeypatch):
+    from refinegraph.config import Config, TraceSettings
+    from refinegraph.runner import default_store
+
+    from conftest import pg_dsn
+
+    monkeypatch.delenv("REFINEGRAPH_TRACE_STORE")
+    pg.location(0)
+    with default_store(Config(trace=TraceSettings(store=pg_dsn(), schema=pg.schemas[0]))) as store:
+        assert store.kind == "postgres" and store.schema == pg.schemas[0]
+        assert f"(schema {pg.schemas[0]})" in store.location
+
+
 def test_the_password_is_never_shown(pg, monkeypatch):
     from refinegraph.trace.postgres import PostgresTraceStore
 

@@ -152,6 +152,11 @@ class PostgresTraceStore(BaseTraceStore):
         try:
             self._connect()
             self._prepare()
+        except self._psycopg.errors.InsufficientPrivilege as exc:
+            self.close()
+            raise TraceStoreError(f"{self.location}: the store is not made yet, and this role may not make it "
+                                  f"({self._scrub(exc)}): open it once as the role that owns the schema, then "
+                                  "`refinegraph trace grant --role ROLE --apply`") from exc
         except self._psycopg.Error as exc:
             self.close()
             raise TraceStoreError(f"{self.location}: not a usable trace store: {self._scrub(exc)}") from exc
