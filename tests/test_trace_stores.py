@@ -145,3 +145,36 @@ def test_render_of_a_missing_run_names_the_store(store):
 
     with pytest.raises(KeyError, match="no run 'nosuchrun' in"):
         render_run(store, "nosuchrun")
+
+
+WRITER = """
+import asyncio, sys
+import refinegraph
+from refinegraph.models import ScriptedModel
+
+for i in range(int(sys.argv[1])):
+    model = ScriptedModel(lambda messages: "The answer is 42.", name="local")
+    asyncio.run(refinegraph.run("greedy", f"task {i}", models={"local": model}))
+"""
+
+
+def test_copying_a_store_while_runs_are_written_to_it(make_store, store):
+    """What `trace copy` promises for a live store: each copy made while another process
+    writes runs verifies in the target, and the copy after the writer ends holds every run."""
+    import os
+    import subprocess
+    import sys
+
+    target = make_store.new()
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, "40"], env=dict(os.environ), stderr=subprocess.PIPE,
+                              text=True)
+    copies = 0
+    while writer.poll() is None:
+        report = copy_store(store, target)
+        assert report.ok, report.unverified
+        copies += 1
+    assert writer.returncode == 0, writer.stderr.read()[-2000:]
+    final = copy_store(store, target)
+    assert final.ok and copies > 1
+    assert len(target.all_runs()) == 40
+    assert all(verify_run(target, row["run_id"]).sealed for row in target.all_runs())
