@@ -164,7 +164,7 @@ class TraceSettings(BaseModel):
     REFINEGRAPH_TRACE_STORE, when set, wins over this setting.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)  # read back from its own JSON
 
     store: str | None = None
     schema_: str = Field("refinegraph", alias="schema", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")

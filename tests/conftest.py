@@ -3,15 +3,48 @@
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import sqlite3
 from collections.abc import Callable
+from functools import cache
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
 from refinegraph.bench.hostile_sql import make_scratch, remove_scratch
 from refinegraph.bench.stub_server import role_of
 from refinegraph.models import ScriptedModel
-from refinegraph.trace.store import TraceStore
+from refinegraph.trace.store import SQLITE_SCHEMA, BaseTraceStore, _statements
+
+STORE_KINDS = ("sqlite", "postgres")
+DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "both_stores: run each test that takes a trace store on SQLite and on "
+                                       "PostgreSQL (the store_kind fixture)")
+
+
+def pytest_generate_tests(metafunc):
+    """Tests marked both_stores that take a store (store, make_store, store_kind) run once
+    per store kind; every other test keeps SQLite."""
+    if "store_kind" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_stores"):
+        metafunc.parametrize("store_kind", STORE_KINDS, indirect=True)
+
+
+@cache
+def pg_dsn() -> str | None:
+    """REFINEGRAPH_PG_DSN, else the local test server when it answers; None when none does."""
+    dsn = os.environ.get("REFINEGRAPH_PG_DSN") or DEFAULT_PG_DSN
+    try:
+        import psycopg
+
+        psycopg.connect(dsn, connect_timeout=3).close()
+    except Exception:  # noqa: BLE001 - any failure means no server for these tests: they skip, saying so
+        return None
+    return dsn
 
 
 @pytest.fixture(autouse=True)
@@ -27,11 +60,107 @@ def rg_home(tmp_path, monkeypatch):
     close_shared_stores()
 
 
+class Stores:
+    """Trace stores of one kind for a test: SQLite files in the test's home, or PostgreSQL
+    schemas `rg_test_<random>` of their own (dropped at teardown)."""
+
+    def __init__(self, kind: str, home):
+        self.kind, self.home = kind, home
+        self.opened: list[BaseTraceStore] = []
+        self.schemas: list[str] = []
+
+    def url(self, schema: str) -> str:
+        """The PostgreSQL URL of a schema (as REFINEGRAPH_TRACE_STORE or `trace copy` take it)."""
+        dsn = pg_dsn()
+        return f"{dsn}{'&' if '?' in dsn else '?'}options={quote(f'-csearch_path={schema}')}"
+
+    def location(self, index: int = 0) -> str:
+        """Where the index-th store of this test is (a path or a URL), whether opened or not."""
+        if self.kind == "sqlite":
+            return str(self.home / ("traces.sqlite" if index == 0 else f"traces-{index}.sqlite"))
+        while len(self.schemas) <= index:
+            self.schemas.append(f"rg_test_{secrets.token_hex(6)}")
+        return self.url(self.schemas[index])
+
+    def new(self) -> BaseTraceStore:
+        """Another empty store (the first is the one the CLI and default_store find)."""
+        from refinegraph.trace.store import open_store
+
+        store = open_store(self.location(len(self.opened)))
+        self.opened.append(store)
+        return store
+
+    def tamper(self, store: BaseTraceStore, sql: str, args: tuple = ()) -> list[tuple]:
+        """Run `sql` (`?` placeholders) on `store` as its superuser would, around the
+        append-only triggers: what an attacker with the database could do. The rows it
+        returns, if any."""
+        if store.kind == "sqlite":
+            db = sqlite3.connect(store.path, isolation_level=None)
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                triggers = [s for s in _statements(SQLITE_SCHEMA) if s.startswith("CREATE TRIGGER")]
+                for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='trigger'").fetchall():
+                    db.execute(f"DROP TRIGGER {name}")
+                rows = db.execute(sql, args).fetchall()
+                for statement in triggers:
+                    db.execute(statement)
+                db.execute("COMMIT")
+                return rows
+            finally:
+                db.close()
+        import psycopg
+
+        from refinegraph.trace.postgres import to_postgres
+
+        with psycopg.connect(pg_dsn()) as db:
+            db.execute("SET LOCAL session_replication_role = replica")
+            db.execute(psycopg.sql.SQL("SET LOCAL search_path TO {}").format(psycopg.sql.Identifier(store.schema)))
+            cursor = db.execute(to_postgres(sql), args)
+            return cursor.fetchall() if cursor.description else []
+
+    def close(self) -> None:
+        for store in self.opened:
+            store.close()
+        if self.schemas:
+            import psycopg
+
+            with psycopg.connect(pg_dsn(), autocommit=True) as db:
+                for schema in self.schemas:
+                    db.execute(psycopg.sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                        psycopg.sql.Identifier(schema)))
+
+
 @pytest.fixture
-def store(rg_home) -> TraceStore:
-    s = TraceStore(rg_home / "traces.sqlite")
-    yield s
-    s.close()
+def store_kind(request) -> str:
+    """sqlite, or postgres in modules marked both_stores (skipped without a server)."""
+    kind = getattr(request, "param", "sqlite")
+    if kind == "postgres" and pg_dsn() is None:
+        pytest.skip(f"no PostgreSQL answers at REFINEGRAPH_PG_DSN or {DEFAULT_PG_DSN}: set REFINEGRAPH_PG_DSN "
+                    "to a database where the tests may create schemas to run the PostgreSQL store's tests")
+    return kind
+
+
+@pytest.fixture
+def make_store(store_kind, rg_home, monkeypatch) -> Stores:
+    """Stores of the test's kind: `.new()` opens another, `.tamper(store, sql)` edits one
+    around its triggers. The first is where the CLI and `refinegraph.run` without `store=`
+    look (SQLite: the home's traces.sqlite; PostgreSQL: named by REFINEGRAPH_TRACE_STORE)."""
+    stores = Stores(store_kind, rg_home)
+    if store_kind == "postgres":
+        monkeypatch.setenv("REFINEGRAPH_TRACE_STORE", stores.location(0))
+    yield stores
+    stores.close()
+
+
+@pytest.fixture
+def store(make_store) -> BaseTraceStore:
+    return make_store.new()
+
+
+@pytest.fixture
+def tamper(make_store, store) -> Callable[..., list[tuple]]:
+    """`tamper(sql, args=())`: edit the test's store around its append-only triggers."""
+    return lambda sql, args=(): make_store.tamper(store, sql, args)
 
 
 def verdict(score: int, done: bool = False, edits: list[str] | None = None) -> str:

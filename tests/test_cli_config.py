@@ -136,3 +136,13 @@ def test_bench_overhead_runs_and_writes_its_report(tmp_path):
     assert "traces on / traces off" in result.output
     report = json.loads((tmp_path / "report.json").read_text())
     assert report
+
+
+def test_a_config_survives_its_json_round_trip():
+    """Ray's batch workers get the config as JSON: every setting must read back (the trace
+    schema's field is named schema_ and written so)."""
+    from refinegraph.config import Config, TraceSettings
+
+    config = Config(trace=TraceSettings(store="postgresql://app@db/audit", schema="audit"))
+    again = Config.model_validate_json(config.model_dump_json())
+    assert again == config and again.trace.schema_ == "audit"

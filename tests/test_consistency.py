@@ -97,6 +97,7 @@ async def test_budget_mid_graph_returns_the_vote_so_far(store):
 
 @pytest.mark.parametrize(("graph", "params"), [("greedy", {}), ("self-consistency", {"n": 4}),
                                                ("adaptive-sc", {"n": 8})])
+@pytest.mark.both_stores
 async def test_replay_makes_no_model_call(store, graph, params):
     model = cycling("The answer is 12.", "The answer is 12.", "The answer is 3.")
     original = await run(graph, QUESTION, params=params, models={"local": model}, store=store)
@@ -126,6 +127,7 @@ async def test_on_the_embedded_model(store, graph, params):
     assert replayed.model_calls == 0 and replayed.decisions_match
 
 
+@pytest.mark.both_stores
 async def test_replay_reports_the_recorded_cost(store):
     from refinegraph.config import Config, ModelSpec
 

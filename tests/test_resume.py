@@ -1,4 +1,5 @@
-"""Resume: an interrupted run runs again from its input, every finished call served from its trace."""
+"""Resume: an interrupted run runs again from its input, every finished call served from its
+trace (on SQLite and on PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from refinegraph.runner import clear_compiled_graphs
 from refinegraph.trace.verify import verify_run
 
 from conftest import scripted_by_role, verdict
+
+pytestmark = pytest.mark.both_stores
 
 
 class Injected(RuntimeError):

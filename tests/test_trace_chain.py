@@ -1,8 +1,9 @@
-"""The hash chain: every edit, deletion, reordering or splice is detected and named."""
+"""The hash chain: every edit, deletion, reordering or splice is detected and named, on
+SQLite and on PostgreSQL (edits go around the append-only triggers, as a superuser would)."""
 
 from __future__ import annotations
 
-import sqlite3
+import uuid
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,11 +12,13 @@ from typer.testing import CliRunner
 
 from refinegraph.cli.app import app
 from refinegraph.events import Fallback, NodeFinished, NodeStarted, RunFinished, RunStarted
-from refinegraph.trace.store import TraceStore, TraceWriter
+from refinegraph.trace.store import BaseTraceStore, TraceStoreError, TraceWriter
 from refinegraph.trace.verify import verify_run
 
+pytestmark = pytest.mark.both_stores
 
-def write_run(store: TraceStore, run_id: str, n_middle: int = 5) -> int:
+
+def write_run(store: BaseTraceStore, run_id: str, n_middle: int = 5) -> int:
     store.create_run(run_id, "self-refine", "task")
     writer = TraceWriter(store, run_id)
     writer.append(RunStarted(graph="self-refine", input={"task": "t"}))
@@ -28,14 +31,6 @@ def write_run(store: TraceStore, run_id: str, n_middle: int = 5) -> int:
     return writer.next_seq
 
 
-def raw(store: TraceStore) -> sqlite3.Connection:
-    """A connection that goes around the store, as an attacker with the file would."""
-    db = sqlite3.connect(store.path, isolation_level=None)
-    db.execute("DROP TRIGGER IF EXISTS events_no_update")
-    db.execute("DROP TRIGGER IF EXISTS events_no_delete")
-    return db
-
-
 def test_intact_run_verifies(store):
     count = write_run(store, "r1")
     report = verify_run(store, "r1")
@@ -43,40 +38,41 @@ def test_intact_run_verifies(store):
 
 
 def test_store_refuses_update_and_delete(store):
+    """The database itself refuses, on the store's own connection (its tables' owner)."""
     write_run(store, "r1")
-    db = sqlite3.connect(store.path, isolation_level=None)
-    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-        db.execute("UPDATE events SET body = body || ' ' WHERE run_id='r1' AND seq=2")
-    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-        db.execute("DELETE FROM events WHERE run_id='r1' AND seq=2")
+    for sql in ("UPDATE events SET body = body || ' ' WHERE run_id='r1' AND seq=2",
+                "DELETE FROM events WHERE run_id='r1' AND seq=2",
+                "UPDATE seals SET hash='0' WHERE run_id='r1'", "DELETE FROM seals WHERE run_id='r1'"):
+        with pytest.raises(TraceStoreError, match="append-only"):
+            store._execute(sql)
+    assert verify_run(store, "r1").ok
 
 
-def test_one_changed_byte_is_named(store):
+def test_one_changed_byte_is_named(store, tamper):
     write_run(store, "r1")
-    db = raw(store)
-    body = db.execute("SELECT body FROM events WHERE run_id='r1' AND seq=5").fetchone()[0]
+    [(body,)] = tamper("SELECT body FROM events WHERE run_id='r1' AND seq=5")
     changed = body.replace("reason 1", "reason 7")
     assert changed != body and len(changed) == len(body)
-    db.execute("UPDATE events SET body=? WHERE run_id='r1' AND seq=5", (changed,))
+    tamper("UPDATE events SET body=? WHERE run_id='r1' AND seq=5", (changed,))
     report = verify_run(store, "r1")
     assert not report.ok and report.bad_seq == 5 and "altered" in report.problem
 
 
-def test_deleted_event_is_named(store):
+def test_deleted_event_is_named(store, tamper):
     write_run(store, "r1")
-    raw(store).execute("DELETE FROM events WHERE run_id='r1' AND seq=3")
+    tamper("DELETE FROM events WHERE run_id='r1' AND seq=3")
     report = verify_run(store, "r1")
     assert not report.ok and report.bad_seq == 3 and "missing" in report.problem
 
 
-def test_deleted_last_event_breaks_the_seal(store):
+def test_deleted_last_event_breaks_the_seal(store, tamper):
     count = write_run(store, "r1")
-    raw(store).execute("DELETE FROM events WHERE run_id='r1' AND seq=?", (count - 1,))
+    tamper("DELETE FROM events WHERE run_id='r1' AND seq=?", (count - 1,))
     report = verify_run(store, "r1")
     assert not report.ok and report.bad_seq == count - 1 and "sealed" in report.problem
 
 
-def test_altered_blob_is_named(store):
+def test_altered_blob_is_named(store, tamper):
     from refinegraph.events import LLMCall
     store.create_run("r1", "g", "t")
     writer = TraceWriter(store, "r1")
@@ -85,20 +81,19 @@ def test_altered_blob_is_named(store):
                           call_key="c", cache_keys=["k"], request_blob=writer.put_blob({"messages": []}),
                           response_blob=ref))
     assert verify_run(store, "r1").ok
-    raw(store).execute("UPDATE blobs SET data=? WHERE digest=?", (b'{"texts":["HELLO"]}', ref))
+    tamper("UPDATE blobs SET data=? WHERE digest=?", (b'{"texts":["HELLO"]}', ref))
     report = verify_run(store, "r1")
     assert not report.ok and report.bad_seq == 0 and "blob" in report.problem
 
 
-def test_run_spliced_from_another_store_is_detected(tmp_path):
-    a, b = TraceStore(tmp_path / "a.sqlite"), TraceStore(tmp_path / "b.sqlite")
+def test_run_spliced_from_another_store_is_detected(make_store):
+    a, b = make_store.new(), make_store.new()
     write_run(a, "r1")
     write_run(b, "r2", n_middle=2)
     # Copy r2's chain into a under r1's id, replacing r1's events.
-    db = raw(a)
-    db.execute("DELETE FROM events WHERE run_id='r1'")
+    make_store.tamper(a, "DELETE FROM events WHERE run_id='r1'")
     for row in b.raw_events("r2"):
-        db.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
+        make_store.tamper(a, "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
                    ("r1", row["seq"], row["type"], row["body"], row["prev_hash"], row["hash"]))
     report = verify_run(a, "r1")
     assert not report.ok and report.bad_seq == 0
@@ -109,48 +104,44 @@ MUTATIONS = st.sampled_from(["edit", "delete", "swap"])
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n_middle=st.integers(1, 6), mutation=MUTATIONS, data=st.data())
-def test_any_single_mutation_is_detected_at_its_event(tmp_path_factory, n_middle, mutation, data):
-    store = TraceStore(tmp_path_factory.mktemp("chain") / "t.sqlite")
-    count = write_run(store, "r", n_middle=n_middle)
-    db = raw(store)
+def test_any_single_mutation_is_detected_at_its_event(store, tamper, n_middle, mutation, data):
+    run = f"r-{uuid.uuid4().hex[:8]}"  # one store for every example: each writes a run of its own
+    count = write_run(store, run, n_middle=n_middle)
     i = data.draw(st.integers(0, count - 1), label="event")
     if mutation == "edit":
-        body = db.execute("SELECT body FROM events WHERE run_id='r' AND seq=?", (i,)).fetchone()[0]
+        [(body,)] = tamper("SELECT body FROM events WHERE run_id=? AND seq=?", (run, i))
         pos = data.draw(st.integers(0, len(body) - 1), label="position")
         replacement = "A" if body[pos] != "A" else "B"
-        db.execute("UPDATE events SET body=? WHERE run_id='r' AND seq=?",
-                   (body[:pos] + replacement + body[pos + 1:], i))
+        tamper("UPDATE events SET body=? WHERE run_id=? AND seq=?", (body[:pos] + replacement + body[pos + 1:], run, i))
         expected = i
     elif mutation == "delete":
-        db.execute("DELETE FROM events WHERE run_id='r' AND seq=?", (i,))
+        tamper("DELETE FROM events WHERE run_id=? AND seq=?", (run, i))
         expected = i
     else:
         j = data.draw(st.integers(0, count - 1).filter(lambda j: j != i), label="other")
         lo, hi = sorted((i, j))
-        rows = {r["seq"]: r for r in store.raw_events("r")}
+        rows = {r["seq"]: r for r in store.raw_events(run)}
         for seq, other in ((lo, hi), (hi, lo)):
-            db.execute("UPDATE events SET body=?, type=?, prev_hash=?, hash=? WHERE run_id='r' AND seq=?",
-                       (rows[other]["body"], rows[other]["type"], rows[other]["prev_hash"],
-                        rows[other]["hash"], seq))
+            tamper("UPDATE events SET body=?, type=?, prev_hash=?, hash=? WHERE run_id=? AND seq=?",
+                   (rows[other]["body"], rows[other]["type"], rows[other]["prev_hash"], rows[other]["hash"], run, seq))
         expected = lo
-    report = verify_run(store, "r")
+    report = verify_run(store, run)
     assert not report.ok
     assert report.bad_seq == expected, report.problem
-    store.close()
 
 
-def test_cli_verify_exit_codes(store):
+def test_cli_verify_exit_codes(store, tamper):
     write_run(store, "abc123")
     runner = CliRunner()
     ok = runner.invoke(app, ["trace", "verify", "abc1"])
     assert ok.exit_code == 0 and "chain holds" in ok.output
-    raw(store).execute("DELETE FROM events WHERE run_id='abc123' AND seq=4")
+    tamper("DELETE FROM events WHERE run_id='abc123' AND seq=4")
     bad = runner.invoke(app, ["trace", "verify", "abc123"])
     assert bad.exit_code == 1 and "event 4" in bad.output
 
 
 @pytest.mark.parametrize("damage", ["missing", "altered"])
-def test_a_program_blob_missing_or_altered_is_named(store, damage):
+def test_a_program_blob_missing_or_altered_is_named(store, tamper, damage):
     """Every blob an event refers to is checked, not only a model call's request and response."""
     from refinegraph.events import CodeExec
 
@@ -161,22 +152,18 @@ def test_a_program_blob_missing_or_altered_is_named(store, damage):
     writer.append(CodeExec(candidate=0, status="ok", passed=True, isolation="bwrap", program_blob=ref))
     writer.flush()
     assert verify_run(store, "code").ok
-    db = raw(store)
     if damage == "missing":
-        db.execute("DELETE FROM blobs WHERE digest=?", (ref,))
+        tamper("DELETE FROM blobs WHERE digest=?", (ref,))
     else:
-        db.execute("UPDATE blobs SET data=? WHERE digest=?", (b'{"program":"import os"}', ref))
-    db.close()
+        tamper("UPDATE blobs SET data=? WHERE digest=?", (b'{"program":"import os"}', ref))
     report = verify_run(store, "code")
     assert not report.ok and report.bad_seq == 1
     assert ("which is missing" if damage == "missing" else "was altered") in report.problem
 
 
 @pytest.mark.parametrize("body", ["[1]", "1", '"x"', "null"])
-def test_an_unlinked_event_whose_body_is_not_an_object_is_named(store, body):
+def test_an_unlinked_event_whose_body_is_not_an_object_is_named(store, tamper, body):
     write_run(store, "r1")
-    db = raw(store)
-    db.execute("UPDATE events SET body=?, prev_hash='0' WHERE run_id='r1' AND seq=3", (body,))
-    db.close()
+    tamper("UPDATE events SET body=?, prev_hash='0' WHERE run_id='r1' AND seq=3", (body,))
     report = verify_run(store, "r1")
     assert not report.ok and report.bad_seq == 3 and "does not link to event 2" in report.problem

@@ -234,15 +234,13 @@ async def test_model_output_is_escaped(store):
     assert HOSTILE in call.text()  # shown as text, in the response and in the request
 
 
-async def test_tampered_event_is_shown(store):
+@pytest.mark.both_stores
+async def test_tampered_event_is_shown(store, tamper):
     run_id = await self_consistency_run(store)
-    db = sqlite3.connect(store.path, isolation_level=None)
-    db.execute("DROP TRIGGER IF EXISTS events_no_update")
-    (seq, body), = db.execute("SELECT seq, body FROM events WHERE run_id=? AND type='vote'", (run_id,)).fetchall()
+    (seq, body), = tamper("SELECT seq, body FROM events WHERE run_id=? AND type='vote'", (run_id,))
     data = json.loads(body)
     data["winner"] = "7"
-    db.execute("UPDATE events SET body=? WHERE run_id=? AND seq=?", (json.dumps(data), run_id, seq))
-    db.close()
+    tamper("UPDATE events SET body=? WHERE run_id=? AND seq=?", (json.dumps(data), run_id, seq))
     dom = Dom(render_run(store, run_id))
     (status,) = dom.root.find_all(id="verify")
     assert status.attrs["data-ok"] == "false" and status.attrs["data-bad-seq"] == str(seq)
@@ -252,17 +250,16 @@ async def test_tampered_event_is_shown(store):
     assert "broke the chain" in bad.text()
 
 
-async def test_unparseable_tampered_body_still_renders(store):
+@pytest.mark.both_stores
+async def test_unparseable_tampered_body_still_renders(store, tamper):
     run_id = await self_consistency_run(store)
-    db = sqlite3.connect(store.path, isolation_level=None)
-    db.execute("DROP TRIGGER IF EXISTS events_no_update")
-    db.execute("UPDATE events SET body='{not json' WHERE run_id=? AND seq=1", (run_id,))
-    db.close()
+    tamper("UPDATE events SET body='{not json' WHERE run_id=? AND seq=1", (run_id,))
     dom = Dom(render_run(store, run_id))
     assert dom.root.find_all(id="verify")[0].attrs["data-bad-seq"] == "1"
     assert "{not json" in dom.root.find_all(cls="tampered")[0].text()
 
 
+@pytest.mark.both_stores
 async def test_cli_writes_the_page(store, tmp_path):
     run_id = await self_refine_run(store)
     target = tmp_path / "page.html"

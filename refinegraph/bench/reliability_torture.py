@@ -228,6 +228,7 @@ def torture_section(*, workdir: Path | None = None, runs: int = 40, processes: i
 
 
 def _with_schema(dsn: str, schema: str) -> str:
-    """The DSN with the trace store's schema set (a fresh one per torture run)."""
-    separator = "&" if "?" in dsn else "?"
-    return f"{dsn}{separator}refinegraph_schema={schema}"
+    """The DSN with the trace store's schema as its search path (a fresh one per torture run)."""
+    from urllib.parse import quote
+
+    return f"{dsn}{'&' if '?' in dsn else '?'}options={quote(f'-csearch_path={schema}')}"

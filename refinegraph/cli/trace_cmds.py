@@ -1,4 +1,5 @@
-"""`refinegraph trace ...`: list, show, verify, export, replay and render (html) recorded runs."""
+"""`refinegraph trace ...`: list, show, verify, export, replay and render (html) recorded runs;
+copy runs between stores; print or apply the grants of a PostgreSQL store's application role."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from refinegraph.cli.common import err, fail, open_store, out, print_json, resol
 from refinegraph.context import ReplayMiss
 from refinegraph.runner import RunFailed, TraceUnusable, replay
 from refinegraph.trace.store import BaseTraceStore, TraceStoreError
+from refinegraph.trace.store import open_store as open_location
 from refinegraph.trace.verify import verify_run, verify_store
 
 app = typer.Typer(help="List, read, verify, export and replay decision traces.", no_args_is_help=True)
@@ -169,3 +171,74 @@ def html_cmd(run: str = typer.Argument(..., help="Run id (or a unique prefix).")
     except OSError as exc:
         fail(f"cannot write {path}: {exc}", 1)
     err.print(f"wrote {escape(str(path))}", highlight=False)
+
+
+@app.command("copy")
+def copy_cmd(source: str = typer.Option(..., "--from", help="The store to read: a path, sqlite:///path or "
+                                                             "postgresql://user@host/db."),
+             target: str = typer.Option(..., "--to", help="The store to write (made if missing)."),
+             skip_conflicts: bool = typer.Option(False, "--skip-conflicts",
+                                                 help="Leave out runs the target holds with another history "
+                                                      "(default: refuse, writing nothing)."),
+             as_json: bool = typer.Option(False, "--json")) -> None:
+    """Copy every run of one store into another, as stored, and verify each in the target.
+
+    Reads go through the database, so this is how to copy a live SQLite store (never `cp`).
+    Copying again adds only what is new: runs resumed since are extended, the rest skipped.
+    A PostgreSQL URL picks its schema with ?options=-csearch_path%3Dname (default refinegraph).
+    """
+    from refinegraph.trace.merge import MergeConflict, copy_store
+
+    if "://" not in source or source.startswith("sqlite:"):
+        path = Path(source.removeprefix("sqlite:///") if source.startswith("sqlite:///") else source)
+        if not path.is_file():
+            fail(f"no trace store at {path} to copy from")
+    try:
+        with open_location(source) as src, open_location(target) as dst:
+            report = copy_store(src, dst, on_conflict="skip" if skip_conflicts else "refuse")
+            where = dst.location
+    except MergeConflict as exc:
+        fail(str(exc), 1)
+    except (TraceStoreError, ValueError) as exc:
+        fail(str(exc), 1)
+    if as_json:
+        print_json({"to": where, "ok": report.ok, **{k: v for k, v in report.__dict__.items()}})
+    else:
+        out.print(f"{escape(where)}: {report.summary()}", highlight=False)
+        for run_id, problem in report.unverified.items():
+            out.print(f"NOT VERIFIED run {run_id}: {escape(problem)}", highlight=False)
+        for run_id in report.conflicts:
+            out.print(f"skipped run {run_id}: the target holds it with another history", highlight=False)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command("grant")
+def grant_cmd(role: str = typer.Option(..., "--role", help="The application's PostgreSQL role."),
+              store: str | None = typer.Option(None, "--store", help="The PostgreSQL store (default: the "
+                                                                      "configured one)."),
+              apply: bool = typer.Option(False, "--apply", help="Run the statements (as the tables' owner); "
+                                                                 "default: print them.")) -> None:
+    """The grants of an application role on a PostgreSQL store: INSERT and SELECT on its
+    history, UPDATE of a run's listing columns only (see docs/traces.md)."""
+    from refinegraph.trace.postgres import grant_statements
+
+    try:
+        opened = open_location(store) if store else open_store()
+    except TraceStoreError as exc:
+        fail(str(exc), 1)
+    try:
+        if opened.kind != "postgres":
+            fail(f"{opened.location} is not a PostgreSQL store: grants are PostgreSQL's "
+                 "(a SQLite store is guarded by its file's permissions)")
+        try:
+            statements = opened.grant(role) if apply else grant_statements(opened.schema, role)  # type: ignore[attr-defined]
+        except ValueError as exc:
+            fail(str(exc))
+        except TraceStoreError as exc:
+            fail(str(exc), 1)
+    finally:
+        opened.close()
+    for statement in statements:
+        typer.echo(f"{statement};")
+    if apply:
+        err.print(f"granted to {escape(role)} on {escape(opened.location)}", highlight=False)

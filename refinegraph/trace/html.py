@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from refinegraph.trace.store import TraceStore, TraceStoreError
+from refinegraph.trace.store import BaseTraceStore, TraceStoreError
 from refinegraph.trace.verify import VerifyReport, verify_run
 
 CSS = """
@@ -125,7 +125,7 @@ def build_tree(events: list[dict[str, Any]]) -> list[Any]:
 class Renderer:
     """Renders one run's events (see `render_run`)."""
 
-    def __init__(self, store: TraceStore, run_id: str, report: VerifyReport):
+    def __init__(self, store: BaseTraceStore, run_id: str, report: VerifyReport):
         self.store, self.run_id, self.report = store, run_id, report
         self.calls = 0
         self.steps = 0
@@ -363,7 +363,7 @@ def _elapsed(start: str | None, end: str | None) -> str:
     return f"{seconds:.3f} s"
 
 
-def load_events(store: TraceStore, run_id: str) -> list[dict[str, Any]]:
+def load_events(store: BaseTraceStore, run_id: str) -> list[dict[str, Any]]:
     """Event bodies; a body that is no longer JSON (tampered) is kept as its raw text."""
     events = []
     for row in store.raw_events(run_id):
@@ -377,11 +377,11 @@ def load_events(store: TraceStore, run_id: str) -> list[dict[str, Any]]:
     return events
 
 
-def render_run(store: TraceStore, run_id: str) -> str:
+def render_run(store: BaseTraceStore, run_id: str) -> str:
     """The run's page: header, chain verification, then every step with its calls and decisions."""
     run = store.run(run_id)
     if run is None:
-        raise KeyError(f"no run {run_id!r} in {store.path}")
+        raise KeyError(f"no run {run_id!r} in {store.location}")
     report = verify_run(store, run_id)
     events = load_events(store, run_id)
     started = next((e for e in events if e.get("type") == "run_started"), {})
@@ -432,7 +432,7 @@ def render_run(store: TraceStore, run_id: str) -> str:
             f"event(s). Written by refinegraph from the run's trace.</p></footer></body></html>\n")
 
 
-def write_html(store: TraceStore, run_id: str, path: str | Path) -> Path:
+def write_html(store: BaseTraceStore, run_id: str, path: str | Path) -> Path:
     """Write the run's page to `path` (UTF-8) and return it."""
     path = Path(path)
     path.write_text(render_run(store, run_id), encoding="utf-8")

@@ -1,4 +1,12 @@
-"""Merging trace stores: the shards a batch's Ray workers wrote become one store.
+"""Merging and copying trace stores: the shards a batch's Ray workers wrote become one
+store, and `refinegraph trace copy` moves runs between any two stores (SQLite or
+PostgreSQL, either way). One mechanism: the runs to copy become one `Batch` that the
+target commits like any writer's.
+
+Reading goes through the source's database, so copying a live SQLite store (runs still
+being written) is safe, unlike `cp`: a run still going is copied as far as it is
+committed, and a later copy extends it. Each run's listing is read before its seals and
+its seals before its events, so what is copied always verifies.
 
 Runs, their events, seals and blobs are copied as stored (bodies and hashes untouched),
 so every merged run verifies exactly as it did in its shard. A run id already in the
@@ -22,8 +30,11 @@ from pathlib import Path
 from typing import Literal
 
 from refinegraph.trace.chain import blob_refs
-from refinegraph.trace.store import TraceStore
+from refinegraph.trace.store import RUN_COLUMNS, BaseTraceStore, Batch, open_store
 from refinegraph.trace.verify import verify_run
+
+StoreLike = BaseTraceStore | str | Path
+"""A store object, or where one is: a path, sqlite:///path or postgresql://..."""
 
 
 class MergeConflict(ValueError):
@@ -56,43 +67,45 @@ class MergeReport:
         return ", ".join(parts) + f"; {self.events} events, {self.blobs} blobs written"
 
 
-RUN_COLUMNS = ("run_id", "graph", "input_preview", "created_at", "status", "stop_reason", "answer_preview",
-               "sealed_hash", "replay_of", "owner")
+LISTING = ("status", "stop_reason", "answer_preview", "sealed_hash")
 
 
-def run_ids(store: TraceStore) -> list[str]:
+def run_ids(store: BaseTraceStore) -> list[str]:
     """Every run id the store holds, oldest first."""
     return [row["run_id"] for row in store.all_runs()]
 
 
-def _open(source: TraceStore | str | Path) -> tuple[TraceStore, bool]:
-    if isinstance(source, TraceStore):
+def _open(source: StoreLike) -> tuple[BaseTraceStore, bool]:
+    if isinstance(source, BaseTraceStore):
         return source, False
-    return TraceStore(source), True
+    return open_store(source), True
 
 
-def merge_stores(sources: Iterable[TraceStore | str | Path], target: TraceStore | str | Path, *,
+def _identity(store: BaseTraceStore) -> str:
+    """What names one store whatever way it was opened (a SQLite file by its real path)."""
+    return str(Path(store.location).resolve()) if store.kind == "sqlite" else store.location
+
+
+def merge_stores(sources: Iterable[StoreLike], target: StoreLike, *,
                  on_conflict: Literal["refuse", "skip"] = "refuse", verify: bool = True) -> MergeReport:
     """Copy every run of `sources` into `target` (see the module docstring); then, with
     `verify`, check each run written with `verify_run` and list any that fails."""
     report = MergeReport()
     target_store, close_target = _open(target)
-    statements: list[tuple[str, tuple]] = []
-    events: list[tuple[str, int, str, str, str, str]] = []
-    blobs: dict[str, bytes] = {}
+    batch = Batch()
     planned: set[str] = set()  # run ids seen in this merge's sources
     try:
         for source in sources:
             store, close = _open(source)
             try:
-                if store.path.resolve() == target_store.path.resolve():
-                    raise ValueError(f"cannot merge {store.path} into itself")
-                _plan_store(store, target_store, on_conflict, report, statements, events, blobs, planned)
+                if _identity(store) == _identity(target_store):
+                    raise ValueError(f"cannot merge {store.location} into itself")
+                _plan_store(store, target_store, on_conflict, report, batch, planned)
             finally:
                 if close:
                     store.close()
-        target_store.transaction(statements, list(blobs.items()), events)
-        report.events, report.blobs = len(events), len(blobs)
+        target_store.commit(batch)
+        report.events, report.blobs = len(batch.events), len(batch.blobs)
         if verify:
             for run_id in report.copied + report.extended:
                 result = verify_run(target_store, run_id)
@@ -104,19 +117,26 @@ def merge_stores(sources: Iterable[TraceStore | str | Path], target: TraceStore 
             target_store.close()
 
 
-def _plan_store(store: TraceStore, target: TraceStore, on_conflict: str, report: MergeReport,
-                statements: list, events: list, blobs: dict[str, bytes], planned: set[str]) -> None:
-    """Add one source's runs to the pending transaction (conflicts raise before any write)."""
+def copy_store(source: StoreLike, target: StoreLike, *, on_conflict: Literal["refuse", "skip"] = "refuse",
+               verify: bool = True) -> MergeReport:
+    """Every run of `source` into `target`, verified there (`refinegraph trace copy`)."""
+    return merge_stores([source], target, on_conflict=on_conflict, verify=verify)
+
+
+def _plan_store(store: BaseTraceStore, target: BaseTraceStore, on_conflict: str, report: MergeReport,
+                batch: Batch, planned: set[str]) -> None:
+    """Add one source's runs to the pending batch (conflicts raise before any write)."""
     for row in store.all_runs():
         run_id = row["run_id"]
+        seals = store.seals(run_id)  # listing, then seals, then events: a run sealed meanwhile stays whole
         source_rows = store.raw_events(run_id)
         if run_id in planned:
             raise MergeConflict(f"run {run_id} is in more than one of the stores being merged "
-                                f"(again in {store.path}); merge them one at a time to see which holds what")
-        existing = target.raw_events(run_id) if target.run(run_id) is not None else None
+                                f"(again in {store.location}); merge them one at a time to see which holds what")
+        target_row = target.run(run_id)
+        existing = target.raw_events(run_id) if target_row is not None else None
         if existing is None:
-            statements.append((f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES "
-                               f"({', '.join('?' * len(RUN_COLUMNS))})", tuple(row[c] for c in RUN_COLUMNS)))
+            batch.runs.append({c: row[c] for c in RUN_COLUMNS})
             new_rows = source_rows
             report.copied.append(run_id)
         else:
@@ -126,30 +146,21 @@ def _plan_store(store: TraceStore, target: TraceStore, on_conflict: str, report:
                 if on_conflict == "skip":
                     report.conflicts.append(run_id)
                     continue
-                raise MergeConflict(f"run {run_id} from {store.path} is already in {target.path} with a "
+                raise MergeConflict(f"run {run_id} from {store.location} is already in {target.location} with a "
                                     "different history: refusing to merge (nothing was written)")
             new_rows = source_rows[prefix:]
-            target_row = target.run(run_id)
-            listing = tuple(row[c] for c in ("status", "stop_reason", "answer_preview", "sealed_hash"))
-            if not new_rows and listing == tuple(target_row[c] for c in ("status", "stop_reason", "answer_preview",
-                                                                         "sealed_hash")):
+            if not new_rows and tuple(row[c] for c in LISTING) == tuple(target_row[c] for c in LISTING):
                 report.already.append(run_id)
                 planned.add(run_id)
                 continue
             report.extended.append(run_id)
         planned.add(run_id)
-        events.extend((r["run_id"], r["seq"], r["type"], r["body"], r["prev_hash"], r["hash"]) for r in new_rows)
-        for seal in store.seals(run_id):
-            statements.append(("INSERT OR IGNORE INTO seals (run_id, seq, hash) VALUES (?, ?, ?)",
-                               (run_id, seal["seq"], seal["hash"])))
+        batch.events.extend((r["run_id"], r["seq"], r["type"], r["body"], r["prev_hash"], r["hash"]) for r in new_rows)
+        batch.seals.extend((run_id, seal["seq"], seal["hash"]) for seal in seals)
         if existing is not None:
-            statements.append(("UPDATE runs SET status=?, stop_reason=?, answer_preview=?, sealed_hash=?, owner=? "
-                               "WHERE run_id=?", (row["status"], row["stop_reason"], row["answer_preview"],
-                                                  row["sealed_hash"], row["owner"], run_id)))
-        for digest in (ref for row in new_rows for ref in blob_refs(json.loads(row["body"]))):
-            if digest not in blobs:
+            batch.listings.append({"run_id": run_id, **{c: row[c] for c in (*LISTING, "owner")}})
+        for digest in (ref for r in new_rows for ref in blob_refs(json.loads(r["body"]))):
+            if digest not in batch.blobs:
                 data = store.blob_bytes(digest)
                 if data is not None:  # a missing blob is copied as missing: verify names it
-                    blobs[digest] = data
-
-
+                    batch.blobs[digest] = data
