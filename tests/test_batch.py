@@ -102,12 +102,16 @@ async def test_a_crashed_batch_resumes_without_paying_finished_calls_again(tmp_p
     with pytest.raises(PowerCut):
         await run_batch(tasks, graph="self-refine", models={"local": crashing}, out=out, concurrency=2, store=store)
     paid_before = crashing.answered
-    assert paid_before == crash_on - 1
+    # The other run in flight may get one more call answered (and committed) while the
+    # failure unwinds: each run yields to the loop while its call's event commits.
+    assert crash_on - 1 <= paid_before <= crash_on
     done_before = results(out)
     assert len(done_before) < len(tasks) and all(r["status"] == "finished" for r in done_before.values())
     started = {r["id"]: r["run_id"] for r in read_jsonl(out / "started.jsonl")}
     interrupted = {i: run_id for i, run_id in started.items() if i not in done_before}
-    assert interrupted and all(store.run(r)["status"] == "running" for r in interrupted.values()
+    # The run the power cut hit stays "running"; its siblings, cancelled by the batch on the
+    # way out, are recorded as "interrupted".
+    assert interrupted and all(store.run(r)["status"] in ("running", "interrupted") for r in interrupted.values()
                                if store.run(r) is not None)
 
     healthy = CountingModel()
@@ -205,7 +209,7 @@ async def test_a_run_resumed_after_a_merge_extends_it(tmp_path):
     target = TraceStore(tmp_path / "merged.sqlite")
     assert merge_stores([shard], target).copied == ["r1"]
     assert not verify_run(target, "r1").sealed
-    await resume("r1", store=shard, models={"local": CountingModel()}, checkpoint_path=ckpt)
+    await resume("r1", store=shard, models={"local": CountingModel()})
     report = merge_stores([shard], target)
     assert report.extended == ["r1"] and report.ok
     check = verify_run(target, "r1")
