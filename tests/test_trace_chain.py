@@ -167,3 +167,20 @@ def test_an_unlinked_event_whose_body_is_not_an_object_is_named(store, tamper, b
     tamper("UPDATE events SET body=?, prev_hash='0' WHERE run_id='r1' AND seq=3", (body,))
     report = verify_run(store, "r1")
     assert not report.ok and report.bad_seq == 3 and "does not link to event 2" in report.problem
+
+
+def test_a_run_whose_listing_was_deleted_is_named_by_verify(store, tamper):
+    """A `runs` row deleted around the store (its events remain) is named by verify of the
+    whole store, rather than the run silently leaving the listing."""
+    from typer.testing import CliRunner
+
+    from refinegraph.cli.app import app
+    from refinegraph.trace.verify import verify_store
+
+    write_run(store, "r1")
+    write_run(store, "r2")
+    tamper("DELETE FROM runs WHERE run_id='r1'")
+    report = verify_store(store)
+    assert report.unlisted == ["r1"] and not report.ok
+    result = CliRunner().invoke(app, ["trace", "verify"])
+    assert result.exit_code == 1 and "FAILED run r1: it has events but no listing" in result.output

@@ -105,7 +105,8 @@ def _verify_all(store: BaseTraceStore, as_json: bool) -> None:
     report = verify_store(store)
     if as_json:
         print_json({"store": report.location, "ok": report.ok, "damage": report.damage,
-                    "unreadable": report.unreadable, "runs": [r.__dict__ for r in report.runs]})
+                    "unreadable": report.unreadable, "unlisted": report.unlisted,
+                    "runs": [r.__dict__ for r in report.runs]})
         raise typer.Exit(0 if report.ok else 1)
     _print_damage(store, report.damage)
     if report.unreadable:
@@ -114,6 +115,8 @@ def _verify_all(store: BaseTraceStore, as_json: bool) -> None:
     for failed in report.failed:
         where = f"event {failed.bad_seq}" if failed.bad_seq is not None else "the run"
         out.print(f"FAILED run {failed.run_id} at {where}: {escape(failed.problem or '')}", highlight=False)
+    for run_id in report.unlisted:
+        out.print(f"FAILED run {run_id}: it has events but no listing (its runs row was deleted)", highlight=False)
     sealed = sum(1 for r in report.runs if r.ok and r.sealed)
     out.print(f"{len(report.runs)} runs: {len(report.runs) - len(report.failed)} hold ({sealed} sealed), "
               f"{len(report.failed)} FAILED", highlight=False)

@@ -134,6 +134,8 @@ class StoreReport:
     """What the database's integrity check found (SQLite: quick_check lines)."""
     unreadable: str | None = None
     """Why the store's run listing cannot be read, if it cannot."""
+    unlisted: list[str] = field(default_factory=list)
+    """Runs with events but no listing: a `runs` row was deleted around the store."""
 
     @property
     def failed(self) -> list[VerifyReport]:
@@ -141,7 +143,7 @@ class StoreReport:
 
     @property
     def ok(self) -> bool:
-        return not (self.damage or self.unreadable or self.failed)
+        return not (self.damage or self.unreadable or self.failed or self.unlisted)
 
 
 def verify_store(store: BaseTraceStore) -> StoreReport:
@@ -149,6 +151,8 @@ def verify_store(store: BaseTraceStore) -> StoreReport:
     report = StoreReport(store.location, damage=store.integrity_problems())
     try:
         run_ids = [row["run_id"] for row in store.all_runs()]
+        report.unlisted = [row["run_id"] for row in store._query(
+            "SELECT DISTINCT run_id FROM events WHERE run_id NOT IN (SELECT run_id FROM runs) ORDER BY run_id")]
     except TraceStoreError as exc:
         report.unreadable = str(exc)
         return report
