@@ -15,7 +15,8 @@ parent's input key and whose output schema is the keys it writes back, so
 
 The inner run is started with LangChain's parent-config context variable cleared, so it
 does not become part of the parent's Pregel run: it is traced under its own run id in
-refinegraph's trace store (not the parent's checkpointer) and the parent sees one node. Re-running the parent's node (e.g. resuming the parent after a crash) starts a new
+refinegraph's trace store (not the parent's checkpointer) and the parent sees one node.
+Re-running the parent's node (e.g. resuming the parent after a crash) starts a new
 refinegraph run; the earlier one stays in the trace store.
 """
 

@@ -1,10 +1,11 @@
 """`refinegraph bench reliability`: faults, crashes and hostile input, measured in one run.
 
 Each part lives in its own module and returns a `Section` (reliability_common): the
-proxy faults between refinegraph and its model (reliability_faults), crashes and trace
-store under crashes, concurrent use and tampering (reliability_crash, reliability_torture, reliability_damage), hostile SQL and
-(reliability_sql), hostile programs in the code sandbox (reliability_sandbox), and the
-server under fuzzing (reliability_fuzz) and load (reliability_load). Parts run one after another, so no
+proxy faults between refinegraph and its model (reliability_faults), the trace store under
+crashes, concurrent use and tampering (reliability_crash, reliability_torture,
+reliability_damage), hostile SQL and prompt-injected questions (reliability_sql), hostile
+programs in the code sandbox (reliability_sandbox), and the server under fuzzing
+(reliability_fuzz) and load (reliability_load). Parts run one after another, so no
 part's load skews another's figures; a part that raises is reported as failed with its
 error, and the others still run.
 """
