@@ -125,6 +125,8 @@ def _verify_chain(store: TraceStore, run_id: str) -> VerifyReport:
                 last["stop_reason"], expected_status, (last["answer"] or "")[:200]):
             return bad(len(rows) - 1, "the run's listing (status, stop reason or answer) differs from its "
                                       "run_finished event")
+    elif run["status"].startswith("awaiting_"):  # paused by interrupt(): refinegraph.runner._waiting
+        report.notes.append(f"run is not sealed: {run['status']} (it waits on a person)")
     elif run["status"] != "running":
         return bad(len(rows), f"the run is listed as {run['status']} but is not sealed: its end was removed")
     else:
