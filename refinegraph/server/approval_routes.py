@@ -1,0 +1,96 @@
+"""Approval of text-to-SQL through the server: a run that waits, then a follow-up request.
+
+A pipeline whose params set `approve = true` (graphs sql-greedy, sql-sc, csc-sql) answers
+a chat request, once the graph has chosen its SQL, with an empty message and, in the body's
+`refinegraph` object, `stop_reason: "awaiting_approval"` and `pending: {run_id, sql, ...}`.
+Then:
+
+- `GET /v1/runs/{run_id}/approval`: the SQL that waits (404 no such run, 409 not waiting);
+- `POST /v1/runs/{run_id}/approval` with `{"decision": "approve" | "refuse" | "edit",
+  "sql": "..." (edit only), "by": "who"}`: continues the run to its end and answers with
+  its SQL, rows and answer (200), or why nothing ran (`stop_reason` "refused_by_human" or
+  "edit_refused", `sql` null, `refused_sql`, `error`). 400 a malformed decision (the run
+  keeps waiting), 409 a run that is not waiting (decided already: one decision wins),
+  502 the run failed.
+
+The run id is the whole id (no prefixes); the same API key as the chat route is required.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+
+from refinegraph import approval
+from refinegraph.runner import RunFailed, RunResult
+from refinegraph.server.body import parse_json_object, read_limited
+from refinegraph.server.errors import ApiError
+
+if TYPE_CHECKING:
+    from refinegraph.server.app import Server
+
+log = logging.getLogger("refinegraph.server")
+
+
+def waits_on_a_person(params: dict[str, Any]) -> bool:
+    """Whether a pipeline's runs pause for approval (and so need the checkpointer)."""
+    return bool(params.get("approve"))
+
+
+def with_pending(body: dict[str, Any], result: RunResult) -> dict[str, Any]:
+    """A chat-completion body, with what waits for approval where the run waits."""
+    waiting = approval.pending(result)
+    if waiting is not None:
+        body["refinegraph"]["pending"] = waiting.model_dump()
+    return body
+
+
+def outcome(result: RunResult) -> dict[str, Any]:
+    state = result.state
+    return {"run_id": result.run_id, "stop_reason": result.stop_reason, "sql": state.get("sql"),
+            "refused_sql": state.get("refused_sql"), "error": state.get("error"),
+            "columns": state.get("columns", []), "rows": state.get("rows", []), "answer": result.answer,
+            "usage": result.usage, "model_calls": result.model_calls}
+
+
+def install_approval_routes(app: FastAPI, server: Server) -> None:
+    def waiting(run_id: str) -> approval.PendingApproval:
+        if server.store.run(run_id) is None:
+            raise ApiError(404, f"no run {run_id!r}", code="run_not_found")
+        try:
+            return approval.pending_run(run_id, store=server.store)
+        except approval.NotAwaitingApproval as exc:
+            raise ApiError(409, str(exc), code="not_awaiting_approval") from None
+
+    @app.get("/v1/runs/{run_id}/approval", response_model=None)
+    async def show_pending(run_id: str, request: Request) -> dict[str, Any]:
+        server.check_auth(request)
+        return waiting(run_id).model_dump()
+
+    @app.post("/v1/runs/{run_id}/approval", response_model=None)
+    async def decide(run_id: str, request: Request) -> dict[str, Any]:
+        server.check_auth(request)
+        data = parse_json_object(await read_limited(request, server.settings.max_body_bytes),
+                                 request.headers.get("content-type"))
+        try:
+            decision = approval.as_decision({"by": "server client", **data, "via": "server"})
+        except approval.DecisionRefused as exc:
+            raise ApiError(400, str(exc), code="invalid_decision") from None
+        waiting(run_id)
+        started = server.store.events(run_id, types={"run_started"})[0]
+        models = server.pool.get(set(started["roles"].values()) | set(started["models"]))
+        try:
+            async with server.semaphore:
+                result = await approval.decide(run_id, decision, config=server.config, models=models,
+                                               store=server.store)
+        except approval.NotAwaitingApproval as exc:
+            raise ApiError(409, str(exc), code="not_awaiting_approval") from None
+        except RunFailed as exc:
+            log.warning("run %s failed after its approval: %s", run_id, exc.cause)
+            raise ApiError(502, f"run {run_id} failed: {exc.cause}", code="run_failed") from None
+        return outcome(result)
+
+
+__all__ = ["install_approval_routes", "waits_on_a_person", "with_pending"]
