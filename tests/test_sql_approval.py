@@ -281,3 +281,13 @@ async def test_server_refuse_and_edit(db, store, decision, stop):
         assert body["sql"] is None and body["refused_sql"] and body["error"]
     assert item_count(db) == 3
 
+
+
+async def test_server_a_request_cannot_turn_approval_off(db, store):
+    app = server_app(db, store)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://rg.test") as http:
+        reply = await http.post("/v1/chat/completions", json={
+            "model": "shop", "messages": [{"role": "user", "content": QUESTION}],
+            "refinegraph": {"params": {"approve": False}}})
+    assert reply.status_code == 400 and "cannot turn that off" in reply.json()["error"]["message"]
+    assert store.runs() == []

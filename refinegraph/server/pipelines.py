@@ -197,6 +197,9 @@ def prepare(pipeline: Pipeline, request: ChatRequest, *, max_messages: int, max_
         raise ApiError(400, f"db and evidence apply to SQL graphs only; pipeline {pipeline.name!r} runs "
                             f"{pipeline.spec.graph!r}", param="refinegraph")
     params = {**pipeline.spec.params, **request.refinegraph.params}
+    if pipeline.spec.params.get("approve") and not params.get("approve"):  # see server/approval_routes.py
+        raise ApiError(400, f"pipeline {pipeline.name!r} waits for a person's approval of its SQL; a request "
+                            "cannot turn that off", param="refinegraph.params", code="bad_params")
     try:
         compiled_graph(pipeline.spec.graph, params)
     except ConfigError as exc:
