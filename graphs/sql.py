@@ -25,6 +25,7 @@ return sql None, the statement in refused_sql and the reason in error.
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
@@ -135,8 +136,10 @@ async def request_approval(state: SqlState, runtime: Runtime[RunContext]) -> dic
     return {}
 
 
-async def approval(state: SqlState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+async def approval(state: SqlState, runtime: Runtime[RunContext], *, execute_after: bool = False) -> dict[str, Any]:
     """Wait for the decision (refinegraph.human.ask), record it, and end the run on a refusal.
+    `execute_after` (sql-greedy): the statement that will run becomes the one candidate for the
+    executor, so it is executed and recorded (sql_exec) like any candidate.
 
     Not wrapped in `traced`: LangGraph runs this node again from its start when the run is
     continued, so its first, paused pass would read as a failed node."""
@@ -159,7 +162,10 @@ async def approval(state: SqlState, runtime: Runtime[RunContext]) -> dict[str, A
         ctx.emit(Stop(node="approval", reason=reason))
         return {"sql": None, "refused_sql": decision.sql if decision.decision == "edit" else sql,
                 "error": event.reason, "columns": [], "rows": [], "answer": None, "stop_reason": reason}
-    return {"sql": decision.sql} if decision.decision == "edit" else {}
+    final = decision.sql if decision.decision == "edit" else sql
+    if execute_after:
+        return {"sql": None, "candidates": [{"sql": final}]}
+    return {"sql": final}
 
 
 def _guard_problem(sql: str, db: str) -> str | None:
@@ -205,7 +211,7 @@ def _build(params: dict[str, Any] | None, *, checkpointer: Any, name: str, vote_
     graph.add_edge(START, "start")
     graph.add_edge("start", "writer")
     greedy_approval = approve and not vote_on  # its one query waits unexecuted
-    after_writer = "pick" if greedy_approval else "executor"
+    after_writer = "propose" if greedy_approval else "executor"
     graph.add_conditional_edges("writer", lambda s: "finish" if s.get("stop_reason") else after_writer,
                                 [after_writer, "finish"])
     if vote_on:
@@ -218,8 +224,8 @@ def _build(params: dict[str, Any] | None, *, checkpointer: Any, name: str, vote_
             graph.add_node("merge", wrap("merge", stops_on_budget(merge_revise)))
             graph.add_edge("merge", chosen)
     elif greedy_approval:
-        graph.add_node("pick", wrap("pick", _pick_unexecuted))
-        graph.add_edge("pick", chosen)
+        graph.add_node("propose", wrap("propose", _pick_unexecuted))
+        graph.add_edge("propose", chosen)
     else:
         graph.add_node("executor", wrap("executor", execute_candidates))
         graph.add_node("pick", wrap("pick", _pick_first))
@@ -227,10 +233,15 @@ def _build(params: dict[str, Any] | None, *, checkpointer: Any, name: str, vote_
         graph.add_edge("pick", "finish")
     if approve:
         graph.add_node("request_approval", wrap("request_approval", request_approval))
-        graph.add_node("approval", approval)
+        graph.add_node("approval", functools.partial(approval, execute_after=greedy_approval))
         graph.add_edge("request_approval", "approval")
-        graph.add_conditional_edges("approval", lambda s: END if s.get("refused_sql") else "finish",
-                                    ["finish", END])
+        after = "executor" if greedy_approval else "finish"
+        graph.add_conditional_edges("approval", lambda s: END if s.get("refused_sql") else after, [after, END])
+        if greedy_approval:  # the approved statement, executed as the one candidate, then picked
+            graph.add_node("executor", wrap("executor", execute_candidates))
+            graph.add_node("pick", wrap("pick", _pick_first))
+            graph.add_edge("executor", "pick")
+            graph.add_edge("pick", "finish")
     graph.add_edge("finish", END)
     return graph.compile(checkpointer=checkpointer, name=name)
 

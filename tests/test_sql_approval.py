@@ -85,6 +85,8 @@ async def test_approve_runs_the_sql_and_records_who(db, store):
     assert (event["decision"], event["by"], event["via"], event["accepted"]) == ("approve", "ana", "api", True)
     assert store.run(result.run_id)["status"] == "finished" and verify_run(store, result.run_id).ok
     assert done.model_calls == 1  # the writer's call, not paid again
+    (execution,) = store.events(result.run_id, types={"sql_exec"})  # run once, after the decision
+    assert execution["sql"] == COUNT and execution["seq"] > event["seq"]
     with pytest.raises(NotAwaitingApproval, match="not awaiting"):
         await decide(store, result.run_id, decision="refuse", by="bo")
 
@@ -107,6 +109,14 @@ async def test_an_edit_runs_the_edited_sql(db, store):
     assert done.state["rows"] == [["a"], ["b"], ["c"]]
     event = decided_event(store, result.run_id)
     assert (event["decision"], event["sql"], event["edited_sql"], event["accepted"]) == ("edit", COUNT, NAMES, True)
+
+
+async def test_an_edit_that_fails_on_the_database_is_no_answer(db, store):
+    result = await paused(db, store)
+    done = await decide(store, result.run_id, decision="edit", sql="SELECT nope FROM items", by="ana")
+    assert done.stop_reason == "no_valid_sql" and done.answer is None and done.fallbacks == {"no_valid_sql": 1}
+    (execution,) = store.events(result.run_id, types={"sql_exec"})
+    assert execution["error_class"] == "execution"
 
 
 @pytest.mark.parametrize("edit", ["DELETE FROM items", "SELECT 1; DROP TABLE items", "ATTACH 'x.db' AS x"])
