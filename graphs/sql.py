@@ -18,14 +18,14 @@ graph shows it to a person and waits (LangGraph's `interrupt()`, so the run need
 checkpointer; refinegraph.approval runs and continues it). sql-greedy then writes its one
 query and runs nothing before the decision; sql-sc and csc-sql still execute their
 candidates, read-only and guarded, because their vote is over execution results. Approved:
-the SQL runs. Edited: the edit passes the SQL guard, then runs; an edit the guard refuses
-ends the run ("edit_refused"). Refused: nothing runs ("refused_by_human"). Both endings
+the SQL runs (node run_approved, an sql_exec event; if it fails there the run ends as
+"no_valid_sql"). Edited: the edit passes the SQL guard, then runs the same way; an edit the
+guard refuses ends the run ("edit_refused"). Refused: nothing runs ("refused_by_human"). Both endings
 return sql None, the statement in refused_sql and the reason in error.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Annotated, Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
@@ -136,10 +136,10 @@ async def request_approval(state: SqlState, runtime: Runtime[RunContext]) -> dic
     return {}
 
 
-async def approval(state: SqlState, runtime: Runtime[RunContext], *, execute_after: bool = False) -> dict[str, Any]:
+async def approval(state: SqlState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     """Wait for the decision (refinegraph.human.ask), record it, and end the run on a refusal.
-    `execute_after` (sql-greedy): the statement that will run becomes the one candidate for the
-    executor, so it is executed and recorded (sql_exec) like any candidate.
+    Otherwise the statement that will run becomes the one candidate of `run_approved`, so it
+    is executed and recorded (sql_exec) like any candidate, and fails as one would.
 
     Not wrapped in `traced`: LangGraph runs this node again from its start when the run is
     continued, so its first, paused pass would read as a failed node."""
@@ -162,10 +162,7 @@ async def approval(state: SqlState, runtime: Runtime[RunContext], *, execute_aft
         ctx.emit(Stop(node="approval", reason=reason))
         return {"sql": None, "refused_sql": decision.sql if decision.decision == "edit" else sql,
                 "error": event.reason, "columns": [], "rows": [], "answer": None, "stop_reason": reason}
-    final = decision.sql if decision.decision == "edit" else sql
-    if execute_after:
-        return {"sql": None, "candidates": [{"sql": final}]}
-    return {"sql": final}
+    return {"sql": None, "candidates": [{"sql": decision.sql if decision.decision == "edit" else sql}]}
 
 
 def _guard_problem(sql: str, db: str) -> str | None:
@@ -233,15 +230,15 @@ def _build(params: dict[str, Any] | None, *, checkpointer: Any, name: str, vote_
         graph.add_edge("pick", "finish")
     if approve:
         graph.add_node("request_approval", wrap("request_approval", request_approval))
-        graph.add_node("approval", functools.partial(approval, execute_after=greedy_approval))
+        graph.add_node("approval", approval)
         graph.add_edge("request_approval", "approval")
-        after = "executor" if greedy_approval else "finish"
-        graph.add_conditional_edges("approval", lambda s: END if s.get("refused_sql") else after, [after, END])
-        if greedy_approval:  # the approved statement, executed as the one candidate, then picked
-            graph.add_node("executor", wrap("executor", execute_candidates))
-            graph.add_node("pick", wrap("pick", _pick_first))
-            graph.add_edge("executor", "pick")
-            graph.add_edge("pick", "finish")
+        graph.add_conditional_edges("approval", lambda s: END if s.get("refused_sql") else "run_approved",
+                                    ["run_approved", END])
+        # the approved statement, executed as the one candidate, then picked (or failed)
+        graph.add_node("run_approved", wrap("run_approved", execute_candidates))
+        graph.add_node("pick_approved", wrap("pick_approved", _pick_first))
+        graph.add_edge("run_approved", "pick_approved")
+        graph.add_edge("pick_approved", "finish")
     graph.add_edge("finish", END)
     return graph.compile(checkpointer=checkpointer, name=name)
 

@@ -146,6 +146,14 @@ async def test_the_vote_graphs_wait_after_their_vote(db, store):
     assert len(store.events(result.run_id, types={"vote"})) == 1
     done = await decide(store, result.run_id, decision="approve", by="ana")
     assert done.state["rows"] == [[3]]
+    executions = store.events(result.run_id, types={"sql_exec"})
+    assert len(executions) == 3 and executions[-1]["node"] == "run_approved"
+
+
+async def test_a_vote_graph_edit_that_fails_on_the_database_is_no_answer(db, store):
+    result = await paused(db, store, graph="csc-sql", n=2)
+    done = await decide(store, result.run_id, decision="edit", sql="SELECT nope FROM items", by="ana")
+    assert done.stop_reason == "no_valid_sql" and done.answer is None and done.state["rows"] == []
 
 
 async def test_a_replay_reaches_the_same_decisions_without_a_person(db, store):
