@@ -219,15 +219,20 @@ def shared_folder():
     shutil.rmtree(folder)
 
 
+def kills_its_launcher(target: Path) -> str:
+    """A program that starts a setsid() process (it writes `target` after 1 s), then SIGKILLs its parent."""
+    return ("import os, signal, time\n"
+            "if os.fork() == 0:\n    os.setsid()\n    time.sleep(1.0)\n"
+            f"    open({str(target)!r}, 'w').write('still here')\n    os._exit(0)\n"
+            "try:\n    os.kill(os.getppid(), signal.SIGKILL)\n    print('sent', flush=True)\n"
+            "except PermissionError:\n    print('refused', flush=True)\ntime.sleep(0.3)\n")
+
+
 def test_a_program_cannot_kill_its_launcher_to_leave_a_process_behind(shared_folder):
     # rlimits mode: as root the launcher stays root and the program runs as nobody; as another
     # user the launcher is pid 1 of its own pid namespace (immune to the program's SIGKILL)
     target = Path(shared_folder) / "outlived.txt"
-    source = ("import os, signal, time\n"
-              "if os.fork() == 0:\n    os.setsid()\n    time.sleep(1.0)\n"
-              f"    open({str(target)!r}, 'w').write('still here')\n    os._exit(0)\n"
-              "try:\n    os.kill(os.getppid(), signal.SIGKILL)\n    print('sent', flush=True)\n"
-              "except PermissionError:\n    print('refused', flush=True)\ntime.sleep(0.3)\n")
+    source = kills_its_launcher(target)
     with ProcessWatch(IDENTITY) as watch:
         result = run_python(source, timeout_s=5, isolation="rlimits")
     left = watch.left(wait_s=1.0)
@@ -237,6 +242,27 @@ def test_a_program_cannot_kill_its_launcher_to_leave_a_process_behind(shared_fol
     assert result.stdout in ("refused\n", "sent\n") and result.status == "ok", result
     if os.geteuid() == 0:
         assert result.stdout == "refused\n"
+
+
+def test_without_another_user_the_launcher_is_pid_1_of_its_own_namespace(shared_folder, monkeypatch):
+    # the path a user other than root takes: the program keeps the caller's uid, so only the
+    # pid namespace keeps it from killing its launcher (and from seeing the caller)
+    from refinegraph.tools.code import sandbox
+    from refinegraph.tools.code.identity import Identity
+    if sandbox._pid_namespace() is None:
+        pytest.skip("this kernel or user may not make a user and pid namespace (util-linux unshare)")
+    monkeypatch.setattr(sandbox, "sandbox_identity", lambda: Identity(os.getuid(), os.getgid(), IDENTITY.python,
+                                                                      switch=False))
+    target = Path(shared_folder) / "outlived.txt"
+    result = run_python(kills_its_launcher(target), timeout_s=5, isolation="rlimits")
+    time.sleep(1.5)
+    assert not target.exists(), f"a process the program started outlived the run: {result}"
+    assert result.status == "ok" and result.stdout == "sent\n", result  # sent, and ignored by pid 1
+    assert "pid namespace of its own" in result.isolation_note
+    segv = run_python("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n", isolation="rlimits")
+    assert segv.status == "killed" and segv.signal == 11, segv
+    seen = run_python("import os\nprint(sum(p.isdigit() for p in os.listdir('/proc')))\n", isolation="rlimits")
+    assert seen.status == "ok" and int(seen.stdout) <= 3, seen.stdout  # launcher, program, its listing
 
 
 async def test_async_wrapper_runs_off_the_loop():
