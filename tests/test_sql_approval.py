@@ -308,4 +308,21 @@ async def test_server_a_request_cannot_turn_approval_off(db, store):
             "model": "shop", "messages": [{"role": "user", "content": QUESTION}],
             "refinegraph": {"params": {"approve": False}}})
     assert reply.status_code == 400 and "cannot turn that off" in reply.json()["error"]["message"]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://rg.test") as http:
+        streamed = await http.post("/v1/chat/completions", json={
+            "model": "shop", "messages": [{"role": "user", "content": QUESTION}], "stream": True})
+    assert streamed.status_code == 400 and "stream" in streamed.json()["error"]["message"]
     assert store.runs() == []
+
+
+async def test_of_two_concurrent_decisions_one_wins(db, store):
+    import asyncio
+    result = await paused(db, store)
+    outcomes = await asyncio.gather(decide(store, result.run_id, decision="approve", by="ana"),
+                                    decide(store, result.run_id, decision="refuse", by="bo"),
+                                    return_exceptions=True)
+    refused = [o for o in outcomes if isinstance(o, NotAwaitingApproval)]
+    done = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert len(refused) == 1 and len(done) == 1, outcomes
+    assert len([e for e in store.events(result.run_id, types={"approval"}) if e["phase"] == "decided"]) == 1
+    assert verify_run(store, result.run_id).ok

@@ -39,6 +39,17 @@ def waits_on_a_person(params: dict[str, Any]) -> bool:
     return bool(params.get("approve"))
 
 
+def check_approval_request(pipeline: str, configured: dict[str, Any], params: dict[str, Any], *,
+                           stream: bool) -> None:
+    """A request may not turn a pipeline's approval off, nor stream a run that will wait."""
+    if waits_on_a_person(configured) and not waits_on_a_person(params):
+        raise ApiError(400, f"pipeline {pipeline!r} waits for a person's approval of its SQL; a request "
+                            "cannot turn that off", param="refinegraph.params", code="bad_params")
+    if waits_on_a_person(params) and stream:
+        raise ApiError(400, f"pipeline {pipeline!r} waits for a person's approval of its SQL, which a stream "
+                            "cannot carry: send the request with stream false", param="stream")
+
+
 def with_pending(body: dict[str, Any], result: RunResult) -> dict[str, Any]:
     """A chat-completion body, with what waits for approval where the run waits."""
     waiting = approval.pending(result)
@@ -93,4 +104,4 @@ def install_approval_routes(app: FastAPI, server: Server) -> None:
         return outcome(result)
 
 
-__all__ = ["install_approval_routes", "waits_on_a_person", "with_pending"]
+__all__ = ["check_approval_request", "install_approval_routes", "waits_on_a_person", "with_pending"]
