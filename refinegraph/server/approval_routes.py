@@ -22,9 +22,11 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
+from pydantic import BaseModel
 
 from refinegraph import approval
 from refinegraph.runner import RunFailed, RunResult
+from refinegraph.server import openapi as docs
 from refinegraph.server.body import parse_json_object, read_limited
 from refinegraph.server.errors import ApiError
 
@@ -32,6 +34,39 @@ if TYPE_CHECKING:
     from refinegraph.server.app import Server
 
 log = logging.getLogger("refinegraph.server")
+
+
+class ApprovalOutcome(BaseModel):
+    """The answer to a decision: the run's end."""
+
+    run_id: str
+    stop_reason: str
+    sql: str | None
+    refused_sql: str | None
+    error: str | None
+    columns: list[str]
+    rows: list[list[Any]]
+    answer: str | None
+    usage: dict[str, int]
+    model_calls: int
+
+
+_DECISION_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["decision"], "properties": {
+    "decision": {"enum": ["approve", "refuse", "edit"]},
+    "sql": {"anyOf": [{"type": "string", "maxLength": 100_000}, {"type": "null"}],
+            "description": "the edited statement (edit only)"},
+    "by": {"type": "string", "minLength": 1, "maxLength": 200, "description": "who decides (recorded)"}}}
+DECIDE_OPERATION = {"requestBody": {"required": True, "content": {"application/json": {"schema": _DECISION_SCHEMA}}}}
+_WAITING_ERRORS: dict[int | str, dict[str, Any]] = {
+    **docs.AUTH_ERRORS, 404: docs._error("no run of that id"),
+    409: docs._error("the run is not awaiting approval (finished, running, or decided already)")}
+SHOW_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"model": approval.PendingApproval}, **_WAITING_ERRORS,
+                                                   400: docs._error("a malformed run id")}
+DECIDE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": ApprovalOutcome}, **_WAITING_ERRORS,
+    400: docs._error("malformed JSON or a malformed decision (the run keeps waiting)"),
+    413: docs._error("body over server.max_body_bytes"), 415: docs._error("the body's content type is not JSON"),
+    502: docs._error("the run failed after its decision")}
 
 
 def waits_on_a_person(params: dict[str, Any]) -> bool:
@@ -67,6 +102,8 @@ def outcome(result: RunResult) -> dict[str, Any]:
 
 
 def install_approval_routes(app: FastAPI, server: Server) -> None:
+    auth = docs.security(server.api_key is not None)
+
     def waiting(run_id: str) -> approval.PendingApproval:
         if server.store.run(run_id) is None:
             raise ApiError(404, f"no run {run_id!r}", code="run_not_found")
@@ -75,12 +112,13 @@ def install_approval_routes(app: FastAPI, server: Server) -> None:
         except approval.NotAwaitingApproval as exc:
             raise ApiError(409, str(exc), code="not_awaiting_approval") from None
 
-    @app.get("/v1/runs/{run_id}/approval", response_model=None)
+    @app.get("/v1/runs/{run_id}/approval", response_model=None, responses=SHOW_RESPONSES, openapi_extra=auth)
     async def show_pending(run_id: str, request: Request) -> dict[str, Any]:
         server.check_auth(request)
         return waiting(run_id).model_dump()
 
-    @app.post("/v1/runs/{run_id}/approval", response_model=None)
+    @app.post("/v1/runs/{run_id}/approval", response_model=None, responses=DECIDE_RESPONSES,
+              openapi_extra={**DECIDE_OPERATION, **auth})
     async def decide(run_id: str, request: Request) -> dict[str, Any]:
         server.check_auth(request)
         data = parse_json_object(await read_limited(request, server.settings.max_body_bytes),
