@@ -82,6 +82,7 @@ class SqlState(TypedDict, total=False):
     answer: str | None
     stop_reason: str
     refused_sql: str | None
+    approved_sql: str | None
     error: str | None
 
 
@@ -162,7 +163,16 @@ async def approval(state: SqlState, runtime: Runtime[RunContext]) -> dict[str, A
         ctx.emit(Stop(node="approval", reason=reason))
         return {"sql": None, "refused_sql": decision.sql if decision.decision == "edit" else sql,
                 "error": event.reason, "columns": [], "rows": [], "answer": None, "stop_reason": reason}
-    return {"sql": None, "candidates": [{"sql": decision.sql if decision.decision == "edit" else sql}]}
+    final = decision.sql if decision.decision == "edit" else sql
+    return {"sql": None, "approved_sql": final, "candidates": [{"sql": final}]}
+
+
+def _route_after_approval(state: SqlState) -> str:
+    """Refused: the end. Approved: run it. Nothing to approve (every candidate failed, the
+    budget stopped the writer): finish says so."""
+    if state.get("refused_sql"):
+        return END
+    return "run_approved" if state.get("approved_sql") else "finish"
 
 
 def _guard_problem(sql: str, db: str) -> str | None:
@@ -232,8 +242,7 @@ def _build(params: dict[str, Any] | None, *, checkpointer: Any, name: str, vote_
         graph.add_node("request_approval", wrap("request_approval", request_approval))
         graph.add_node("approval", approval)
         graph.add_edge("request_approval", "approval")
-        graph.add_conditional_edges("approval", lambda s: END if s.get("refused_sql") else "run_approved",
-                                    ["run_approved", END])
+        graph.add_conditional_edges("approval", _route_after_approval, ["run_approved", "finish", END])
         # the approved statement, executed as the one candidate, then picked (or failed)
         graph.add_node("run_approved", wrap("run_approved", execute_candidates))
         graph.add_node("pick_approved", wrap("pick_approved", _pick_first))

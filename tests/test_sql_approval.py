@@ -156,6 +156,22 @@ async def test_a_vote_graph_edit_that_fails_on_the_database_is_no_answer(db, sto
     assert done.stop_reason == "no_valid_sql" and done.answer is None and done.state["rows"] == []
 
 
+@pytest.mark.parametrize("graph, sql", [("sql-sc", "SELECT nope FROM items"), ("sql-greedy", "   ")])
+async def test_nothing_to_approve_asks_nobody(db, store, graph, sql):
+    result = await approval.start(graph, {"question": QUESTION, "db": db}, store=store,
+                                  models={"local": writes(sql)}, params={"n": 1})
+    assert approval.pending(result) is None and result.stop_reason == "no_valid_sql"
+    assert store.events(result.run_id, types={"approval"}) == [] and store.run(result.run_id)["status"] == "finished"
+
+
+async def test_a_budget_stop_before_any_sql_asks_nobody(db, store):
+    from refinegraph.budget import Budget
+    result = await approval.start("sql-greedy", {"question": QUESTION, "db": db}, store=store,
+                                  models={"local": writes()}, budget=Budget(max_calls=0))
+    assert approval.pending(result) is None and result.stop_reason == "budget"
+    assert store.events(result.run_id, types={"approval", "sql_exec"}) == []
+
+
 async def test_a_replay_reaches_the_same_decisions_without_a_person(db, store):
     result = await paused(db, store)
     await decide(store, result.run_id, decision="edit", sql=NAMES, by="ana")
