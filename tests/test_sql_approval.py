@@ -162,6 +162,8 @@ async def test_nothing_to_approve_asks_nobody(db, store, graph, sql):
                                   models={"local": writes(sql)}, params={"n": 1})
     assert approval.pending(result) is None and result.stop_reason == "no_valid_sql"
     assert store.events(result.run_id, types={"approval"}) == [] and store.run(result.run_id)["status"] == "finished"
+    # the failed candidate is not sent to the database again (sql-greedy's was never sent)
+    assert len(store.events(result.run_id, types={"sql_exec"})) == (1 if graph == "sql-sc" else 0)
 
 
 async def test_a_budget_stop_before_any_sql_asks_nobody(db, store):
