@@ -250,8 +250,9 @@ def test_cli_an_edited_statement(db, cli_double, store):
 
 
 def test_cli_no_answer_leaves_the_run_waiting_for_refinegraph_approve(db, cli_double, store):
-    out = sql_cli(db, "")
+    out = sql_cli(db, "", "--json")
     assert out.exit_code == 3, out.output
+    assert json.loads(out.stdout)["pending"]["sql"] == COUNT
     row, _ = last_run(store)
     assert row["status"] == "awaiting_approval" and f"refinegraph approve {row['run_id']}" in out.stderr
     bad = CliRunner().invoke(cli_app, ["approve", row["run_id"], "--edit", ""])

@@ -58,7 +58,11 @@ def _show(pending: approval.PendingApproval) -> None:
     err.print("Run it? [y]es, [n]o, or type an edited statement on one line: ", end="", highlight=False)
 
 
-def _waiting(run_id: str) -> None:
+def _waiting(pending: approval.PendingApproval, as_json: bool) -> None:
+    run_id = pending.run_id
+    if as_json:
+        print_json({"sql": None, "run_id": run_id, "stop_reason": approval.AWAITING_APPROVAL,
+                    "pending": pending.model_dump()})
     err.print(f"no answer: run {run_id} waits for approval; decide it with "
               f"refinegraph approve {run_id} --yes | --no | --edit SQL", highlight=False)
     raise typer.Exit(WAITING_EXIT)
@@ -111,7 +115,7 @@ def sql_with_approval(graph: str, task: dict[str, Any], cfg: Config, params: dic
         _show(pending)
         line = sys.stdin.readline()
         if not line:
-            _waiting(pending.run_id)
+            _waiting(pending, as_json)
         decision = answer_to_decision(line, by or default_by())
     result = _decide(pending.run_id, decision, cfg)
     refusal_exit(result, as_json)
