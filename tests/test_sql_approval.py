@@ -227,7 +227,7 @@ def last_run(store):
 def test_cli_yes_runs_the_sql(db, cli_double, store):
     out = sql_cli(db, "y\n")
     assert out.exit_code == 0, out.output
-    assert COUNT in out.stderr and "3" in out.stdout
+    assert COUNT in out.stderr and "[y]es, [n]o" in out.stderr and "3" in out.stdout
     row, event = last_run(store)
     assert row["status"] == "finished" and (event["decision"], event["by"], event["via"]) == ("approve", "ana", "cli")
 

@@ -55,7 +55,7 @@ def answer_to_decision(line: str, by: str) -> approval.Decision | None:
 def _show(pending: approval.PendingApproval) -> None:
     err.print(f"[bold]The graph chose this SQL[/] (run {pending.run_id}):", highlight=False)
     err.print(escape(pending.sql), highlight=False)
-    err.print("Run it? [y]es, [n]o, or type an edited statement on one line: ", end="", highlight=False)
+    err.print(escape("Run it? [y]es, [n]o, or type an edited statement on one line: "), end="", highlight=False)
 
 
 def _waiting(pending: approval.PendingApproval, as_json: bool) -> None:
