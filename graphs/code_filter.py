@@ -33,10 +33,11 @@ from refinegraph.tools.code.programs import entry_point_of
 
 
 class CodeFilterParams(BaseModel):
-    """Sampling and the sandbox's limits. Isolation is "strict" by default (bubblewrap, or no
-    program runs: the graph is served to anyone who can send a chat request), or "auto"
-    (bubblewrap where it works, else rlimits only, recorded as a fallback); a request
-    cannot ask for less than these."""
+    """Sampling and the sandbox's limits. Isolation "strict" (the default) and "auto" both mean
+    bubblewrap or no program runs (each candidate's code_exec says "sandbox_unavailable", a
+    recorded fallback, and the message names the package to install): the graph is served to
+    anyone who can send a chat request, so it never runs model code unisolated, and a request
+    cannot ask for less (tools.code's "rlimits" is for callers of run_python only)."""
 
     model_config = ConfigDict(extra="forbid")
 

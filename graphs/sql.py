@@ -12,6 +12,16 @@ Input: {"question": str, "db": URL or path, "evidence": optional str}. Output ad
 sql, columns, rows (capped), answer (a rendered table) and stop_reason. When every
 candidate fails (refused, broken, timed out), the run stops with "no_valid_sql", a
 recorded fallback, and returns the first candidate's SQL with no rows and no answer.
+
+Approval (`approve=True`, see docs/sql.md): before the chosen SQL runs for its answer, the
+graph shows it to a person and waits (LangGraph's `interrupt()`, so the run needs a
+checkpointer; refinegraph.approval runs and continues it). sql-greedy then writes its one
+query and runs nothing before the decision; sql-sc and csc-sql still execute their
+candidates, read-only and guarded, because their vote is over execution results. Approved:
+the SQL runs (node run_approved, an sql_exec event; if it fails there the run ends as
+"no_valid_sql"). Edited: the edit passes the SQL guard, then runs the same way; an edit the
+guard refuses ends the run ("edit_refused"). Refused: nothing runs ("refused_by_human"). Both endings
+return sql None, the statement in refused_sql and the reason in error.
 """
 
 from __future__ import annotations
@@ -26,10 +36,19 @@ from refinegraph.agents.sql_executor import execute_candidates
 from refinegraph.agents.sql_merger import merge_revise
 from refinegraph.agents.sql_writer import write_sql
 from refinegraph.context import RunContext
-from refinegraph.events import Stop, Vote
+from refinegraph.events import Approval, Stop, Vote
+from refinegraph.human import AWAITING_APPROVAL, ask
 from refinegraph.nodes import stops_on_budget, traced
 from refinegraph.registry import register_graph
-from refinegraph.tools.sql import ExecResult, connect, render_result, serialize_schema, vote_on_results
+from refinegraph.tools.sql import (
+    ExecResult,
+    RejectedSQL,
+    check_read_only,
+    connect,
+    render_result,
+    serialize_schema,
+    vote_on_results,
+)
 
 DIALECT_NAMES = {"sqlite": "SQLite", "postgres": "PostgreSQL", "duckdb": "DuckDB"}
 
@@ -44,6 +63,8 @@ class SqlParams(BaseModel):
     timeout_s: float = Field(5.0, gt=0)
     max_rows: int = Field(1000, ge=1)
     schema_samples: int = Field(3, ge=0, le=10)
+    approve: bool = False
+    """Wait for a person's approval of the chosen SQL before it runs (needs a checkpointer)."""
 
 
 class SqlState(TypedDict, total=False):
@@ -60,6 +81,9 @@ class SqlState(TypedDict, total=False):
     rows: list[list[Any]]
     answer: str | None
     stop_reason: str
+    refused_sql: str | None
+    approved_sql: str | None
+    error: str | None
 
 
 def _as_result(candidate: dict[str, Any]) -> ExecResult:
@@ -105,17 +129,82 @@ async def finish(state: SqlState, runtime: Runtime[RunContext]) -> dict[str, Any
     return {"sql": sql, "columns": columns, "rows": rows, "answer": answer, "stop_reason": reason}
 
 
-def _route_after_vote(merge: bool):
+async def request_approval(state: SqlState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """Show the chosen SQL (an `approval` event, phase "requested"); nothing chosen, nothing to ask."""
+    sql = state.get("sql")
+    if sql is not None and not state.get("stop_reason"):
+        runtime.context.emit(Approval(phase="requested", sql=sql))
+    return {}
+
+
+async def approval(state: SqlState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """Wait for the decision (refinegraph.human.ask), record it, and end the run on a refusal.
+    Otherwise the statement that will run becomes the one candidate of `run_approved`, so it
+    is executed and recorded (sql_exec) like any candidate, and fails as one would.
+
+    Not wrapped in `traced`: LangGraph runs this node again from its start when the run is
+    continued, so its first, paused pass would read as a failed node."""
+    sql = state.get("sql")
+    if sql is None or state.get("stop_reason"):
+        return {}
+    ctx = runtime.context
+    decision = ask(ctx, {"status": AWAITING_APPROVAL, "sql": sql, "question": state["question"]})
+    event = Approval(node="approval", phase="decided", sql=sql, decision=decision.decision, by=decision.by,
+                     via=decision.via, edited_sql=decision.sql, accepted=decision.decision != "refuse")
+    if decision.decision == "edit":
+        problem = _guard_problem(decision.sql or "", state["db"])
+        if problem:
+            event.accepted, event.reason = False, f"the SQL guard refused the edit: {problem}"
+    elif decision.decision == "refuse":
+        event.reason = "refused by a person"
+    ctx.emit(event)
+    if not event.accepted:
+        reason = "edit_refused" if decision.decision == "edit" else "refused_by_human"
+        ctx.emit(Stop(node="approval", reason=reason))
+        return {"sql": None, "refused_sql": decision.sql if decision.decision == "edit" else sql,
+                "error": event.reason, "columns": [], "rows": [], "answer": None, "stop_reason": reason}
+    final = decision.sql if decision.decision == "edit" else sql
+    return {"sql": None, "approved_sql": final, "candidates": [{"sql": final}]}
+
+
+def _route_after_approval(state: SqlState) -> str:
+    """Refused: the end. Approved: run it. Nothing to approve (every candidate failed, the
+    budget stopped the writer): finish says so."""
+    if state.get("refused_sql"):
+        return END
+    return "run_approved" if state.get("approved_sql") else "finish"
+
+
+def _guard_problem(sql: str, db: str) -> str | None:
+    """Why the guard refuses `sql` on this database, else None."""
+    try:
+        check_read_only(sql, connect(db).dialect)
+    except RejectedSQL as exc:
+        return str(exc)
+    except (RecursionError, ValueError) as exc:  # a guard that fails is a refusal, never a crash
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _route_after_vote(merge: bool, after: str = "finish"):
     def route(state: SqlState) -> str:
         groups = state.get("vote", {}).get("groups", [])
-        return "merge" if merge and len(groups) >= 2 and not state.get("stop_reason") else "finish"
+        return "merge" if merge and len(groups) >= 2 and not state.get("stop_reason") else after
     return route
+
+
+async def _pick_unexecuted(state: SqlState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """sql-greedy awaiting approval: its one query, not yet run."""
+    candidates = state.get("candidates", [])
+    return {"sql": candidates[0]["sql"]} if candidates and candidates[0]["sql"].strip() else {}
 
 
 def _build(params: dict[str, Any] | None, *, checkpointer: Any, name: str, vote_on: bool, merge: bool,
            defaults: dict[str, Any], trace_nodes: bool = True) -> Any:
     settings = SqlParams(**{**defaults, **(params or {})}).model_dump()
     wrap = traced if trace_nodes else (lambda node_name, fn: fn)
+    approve = settings["approve"]
+    chosen = "request_approval" if approve else "finish"
 
     async def start(state: SqlState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         db = connect(state["db"], timeout_s=settings["timeout_s"], max_rows=settings["max_rows"])
@@ -125,24 +214,40 @@ def _build(params: dict[str, Any] | None, *, checkpointer: Any, name: str, vote_
     graph = StateGraph(SqlState, context_schema=RunContext)
     graph.add_node("start", start)
     graph.add_node("writer", wrap("writer", stops_on_budget(write_sql)))
-    graph.add_node("executor", wrap("executor", execute_candidates))
     graph.add_node("finish", wrap("finish", finish))
     graph.add_edge(START, "start")
     graph.add_edge("start", "writer")
-    graph.add_conditional_edges("writer", lambda s: "finish" if s.get("stop_reason") else "executor",
-                                ["executor", "finish"])
+    greedy_approval = approve and not vote_on  # its one query waits unexecuted
+    after_writer = "propose" if greedy_approval else "executor"
+    graph.add_conditional_edges("writer", lambda s: "finish" if s.get("stop_reason") else after_writer,
+                                [after_writer, "finish"])
     if vote_on:
+        graph.add_node("executor", wrap("executor", execute_candidates))
         graph.add_node("vote", wrap("vote", vote))
         graph.add_edge("executor", "vote")
-        targets = ["finish"] + (["merge"] if merge else [])
-        graph.add_conditional_edges("vote", _route_after_vote(merge), targets)
+        targets = [chosen] + (["merge"] if merge else [])
+        graph.add_conditional_edges("vote", _route_after_vote(merge, chosen), targets)
         if merge:
             graph.add_node("merge", wrap("merge", stops_on_budget(merge_revise)))
-            graph.add_edge("merge", "finish")
+            graph.add_edge("merge", chosen)
+    elif greedy_approval:
+        graph.add_node("propose", wrap("propose", _pick_unexecuted))
+        graph.add_edge("propose", chosen)
     else:
+        graph.add_node("executor", wrap("executor", execute_candidates))
         graph.add_node("pick", wrap("pick", _pick_first))
         graph.add_edge("executor", "pick")
         graph.add_edge("pick", "finish")
+    if approve:
+        graph.add_node("request_approval", wrap("request_approval", request_approval))
+        graph.add_node("approval", approval)
+        graph.add_edge("request_approval", "approval")
+        graph.add_conditional_edges("approval", _route_after_approval, ["run_approved", "finish", END])
+        # the approved statement, executed as the one candidate, then picked (or failed)
+        graph.add_node("run_approved", wrap("run_approved", execute_candidates))
+        graph.add_node("pick_approved", wrap("pick_approved", _pick_first))
+        graph.add_edge("run_approved", "pick_approved")
+        graph.add_edge("pick_approved", "finish")
     graph.add_edge("finish", END)
     return graph.compile(checkpointer=checkpointer, name=name)
 

@@ -302,16 +302,37 @@ class Route(Event):
     winner: str | None = None
 
 
+class Approval(Event):
+    """A person's approval of the SQL a graph chose, before it runs (graphs.sql with
+    approve=True): phase "requested" shows the statement; phase "decided" says what was
+    decided, by whom and through what, and whether a statement will run (an edit passes
+    the SQL guard first)."""
+
+    type: Literal["approval"] = "approval"
+    phase: Literal["requested", "decided"]
+    sql: str
+    """The statement the graph chose."""
+    decision: Literal["approve", "refuse", "edit"] | None = None
+    by: str | None = None
+    via: str | None = None
+    """Where the decision came from: "cli", "api" or "server"."""
+    edited_sql: str | None = None
+    accepted: bool | None = None
+    """Whether a statement runs: approved, or an edit the guard let through."""
+    reason: str = ""
+
+
 AnyEvent = Annotated[
     RunStarted | RunResumed | RunInterrupted | NodeStarted | NodeFinished | LLMCall | Retry | Critique | Verdict
     | Refine | Fallback | BudgetEvent | ErrorEvent | Stop | RunFinished | SqlExec | Vote | Merge
-    | SamplingCheck | Score | Difficulty | Judge | Route | CodeExec,
+    | SamplingCheck | Score | Difficulty | Judge | Route | CodeExec | Approval,
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(AnyEvent)
 
 DECISION_TYPES = frozenset({"critique", "verdict", "refine", "fallback", "budget", "stop", "sql_exec", "vote",
-                            "merge", "sampling_check", "score", "difficulty", "judge", "route", "code_exec"})
+                            "merge", "sampling_check", "score", "difficulty", "judge", "route", "code_exec",
+                            "approval"})
 
 
 def parse_event(data: dict[str, Any]) -> Event:

@@ -257,6 +257,12 @@ async def _execute(ctx: RunContext, graph_name: str, graph_input: Any, params: d
         except Exception as exc:  # noqa: BLE001 - recorded, the trace sealed, then re-raised as RunFailed
             ctx.emit(ErrorEvent(error_class=type(exc).__name__, message=str(exc)[:2000]))
             error = exc
+        if error is None and state.get("__interrupt__"):
+            if saver is not None:
+                return _waiting(ctx, graph_name, state)
+            error = ConfigError(f"graph {graph_name!r} waits on a person (interrupt()), which needs "
+                                "checkpoint=True")
+            ctx.emit(ErrorEvent(error_class="ConfigError", message=str(error)))
     stop_reason = "error" if error else state.get("stop_reason", "done")
     result = RunResult(
         answer=None if error else state.get("answer"), run_id=ctx.run_id, graph=graph_name,
@@ -271,6 +277,19 @@ async def _execute(ctx: RunContext, graph_name: str, graph_input: Any, params: d
     if error is not None:
         raise RunFailed(result, error) from error
     return result
+
+
+def _waiting(ctx: RunContext, graph_name: str, state: dict[str, Any]) -> RunResult:
+    """A graph paused by LangGraph's interrupt() to wait on a person: the trace stays open
+    (unsealed), the run is listed with the status its interrupt names (e.g.
+    "awaiting_approval") and no owner, so whoever decides may continue it (refinegraph.approval)."""
+    value = state["__interrupt__"][0].value
+    status = str(value.get("status", "awaiting_input")) if isinstance(value, dict) else "awaiting_input"
+    ctx.writer.list_as(status=status, stop_reason=status, owner=None)
+    return RunResult(answer=None, run_id=ctx.run_id, graph=graph_name, stop_reason=status,
+                     usage=_usage_dict(ctx.usage), model_calls=ctx.model_calls, cache_hits=ctx.cache_hits,
+                     retries=ctx.retries, fallbacks=dict(ctx.fallbacks),
+                     cost_usd=round(ctx.cost_usd, 8) if ctx.cost_usd else None, state=state)
 
 
 def _check_recordable(graph: str, graph_input: dict[str, Any]) -> None:

@@ -1,17 +1,19 @@
 """The code sandbox on hostile programs, and the code-filter graph on a scripted model (a test double).
 
-Hostile programs run under bubblewrap ("auto" where it works) and, where the check still
-holds without namespaces, under rlimits alone too. Tests that need bwrap skip with a
-reason when it is missing or cannot start here.
+Hostile programs run under bubblewrap ("auto": bubblewrap or nothing) and, where the check
+still holds without namespaces, under rlimits alone too (asked for by name). Tests that need
+bwrap skip with a reason that says how to enable them when it is missing or cannot start here.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -44,12 +46,19 @@ def _bwrap_problem() -> str | None:
         return IDENTITY
     bwrap = find_bwrap()
     if bwrap is None:
-        return "bubblewrap (bwrap) is not on the PATH (Debian: apt-get install bubblewrap; .ci/run installs it)"
-    return probe(bwrap, IDENTITY)
+        return "bubblewrap (bwrap) is not on the PATH; to run these tests install it (apt-get install bubblewrap)"
+    problem = probe(bwrap, IDENTITY)
+    if problem is not None:
+        return (f"bwrap cannot start a sandbox here ({problem}); to run these tests allow unprivileged user "
+                "namespaces (sysctl kernel.unprivileged_userns_clone=1, or "
+                "kernel.apparmor_restrict_unprivileged_userns=0) or run them as root")
+    return None
 
 
 BWRAP_PROBLEM = _bwrap_problem()
-needs_bwrap = pytest.mark.skipif(BWRAP_PROBLEM is not None, reason=f"bwrap unusable here: {BWRAP_PROBLEM}")
+needs_bwrap = pytest.mark.skipif(BWRAP_PROBLEM is not None, reason=f"needs bubblewrap: {BWRAP_PROBLEM}")
+AVAILABLE = "auto" if BWRAP_PROBLEM is None else "rlimits"
+"""For tests of what programs do, not of isolation: bubblewrap where it works, else rlimits by name."""
 BOTH = [pytest.param("strict", marks=needs_bwrap, id="bwrap"), pytest.param("rlimits", id="rlimits")]
 SLACK_S = 1.5
 
@@ -184,18 +193,80 @@ def test_environment_secrets_are_not_visible(isolation, monkeypatch):
         assert "seen in" not in result.stdout
 
 
-def test_without_bwrap_strict_refuses_and_auto_falls_back(monkeypatch, tmp_path):
+@pytest.mark.parametrize("isolation", ["auto", "strict"])
+def test_without_bwrap_nothing_runs_and_the_package_is_named(monkeypatch, tmp_path, isolation):
+    monkeypatch.setenv("PATH", str(tmp_path))  # bubblewrap hidden, not uninstalled
+    marker = tmp_path / "ran"
+    result = run_python(f"open({str(marker)!r}, 'w').close()\nprint(1)", isolation=isolation)
+    assert result.status == "sandbox_unavailable" and result.isolation == "none" and not result.isolated
+    assert "apt-get install bubblewrap" in result.message and 'isolation="rlimits"' in result.message
+    assert result.stdout == "" and not marker.exists()
+
+
+def test_rlimits_is_asked_for_by_name_and_marked_unisolated(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
-    strict = run_python("print(1)", isolation="strict")
-    assert strict.status == "sandbox_unavailable" and strict.isolation == "none"
-    assert "install bubblewrap" in strict.message and strict.stdout == ""
-    auto = run_python("print(1)")
-    assert auto.status == "ok" and auto.isolation == "rlimits" and auto.stdout == "1\n"
-    assert "not on the PATH" in auto.isolation_note
+    result = run_python("print(1)", isolation="rlimits")
+    assert result.status == "ok" and result.stdout == "1\n"
+    assert result.isolation == "rlimits" and not result.isolated and result.isolation_note.startswith("unisolated")
+
+
+@pytest.fixture
+def shared_folder():
+    """A folder outside the work folder that the program's user may write to."""
+    folder = tempfile.mkdtemp(prefix="rg-test-shared-")
+    os.chmod(folder, 0o777)
+    yield folder
+    shutil.rmtree(folder)
+
+
+def kills_its_launcher(target: Path) -> str:
+    """A program that starts a setsid() process (it writes `target` after 1 s), then SIGKILLs its parent."""
+    return ("import os, signal, time\n"
+            "if os.fork() == 0:\n    os.setsid()\n    time.sleep(1.0)\n"
+            f"    open({str(target)!r}, 'w').write('still here')\n    os._exit(0)\n"
+            "try:\n    os.kill(os.getppid(), signal.SIGKILL)\n    print('sent', flush=True)\n"
+            "except PermissionError:\n    print('refused', flush=True)\ntime.sleep(0.3)\n")
+
+
+def test_a_program_cannot_kill_its_launcher_to_leave_a_process_behind(shared_folder):
+    # rlimits mode: as root the launcher stays root and the program runs as nobody; as another
+    # user the launcher is pid 1 of its own pid namespace (immune to the program's SIGKILL)
+    target = Path(shared_folder) / "outlived.txt"
+    source = kills_its_launcher(target)
+    with ProcessWatch(IDENTITY) as watch:
+        result = run_python(source, timeout_s=5, isolation="rlimits")
+    left = watch.left(wait_s=1.0)
+    time.sleep(1.5)  # past the escapee's sleep: had it survived, it would have written by now
+    assert not target.exists(), f"a process the program started outlived the run: {result}"
+    assert not left, f"processes left after the run: {sorted(left)}"
+    assert result.stdout in ("refused\n", "sent\n") and result.status == "ok", result
+    if os.geteuid() == 0:
+        assert result.stdout == "refused\n"
+
+
+def test_without_another_user_the_launcher_is_pid_1_of_its_own_namespace(shared_folder, monkeypatch):
+    # the path a user other than root takes: the program keeps the caller's uid, so only the
+    # pid namespace keeps it from killing its launcher (and from seeing the caller)
+    from refinegraph.tools.code import sandbox
+    from refinegraph.tools.code.identity import Identity
+    if sandbox._pid_namespace() is None:
+        pytest.skip("this kernel or user may not make a user and pid namespace (util-linux unshare)")
+    monkeypatch.setattr(sandbox, "sandbox_identity", lambda: Identity(os.getuid(), os.getgid(), IDENTITY.python,
+                                                                      switch=False))
+    target = Path(shared_folder) / "outlived.txt"
+    result = run_python(kills_its_launcher(target), timeout_s=5, isolation="rlimits")
+    time.sleep(1.5)
+    assert not target.exists(), f"a process the program started outlived the run: {result}"
+    assert result.status == "ok" and result.stdout == "sent\n", result  # sent, and ignored by pid 1
+    assert "pid namespace of its own" in result.isolation_note
+    segv = run_python("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n", isolation="rlimits")
+    assert segv.status == "killed" and segv.signal == 11, segv
+    seen = run_python("import os\nprint(sum(p.isdigit() for p in os.listdir('/proc')))\n", isolation="rlimits")
+    assert seen.status == "ok" and int(seen.stdout) <= 3, seen.stdout  # launcher, program, its listing
 
 
 async def test_async_wrapper_runs_off_the_loop():
-    results = [await arun_python(f"print({i} * 2)") for i in range(2)]
+    results = [await arun_python(f"print({i} * 2)", isolation=AVAILABLE) for i in range(2)]
     assert [r.stdout for r in results] == ["0\n", "2\n"]
 
 
@@ -230,7 +301,7 @@ def test_code_is_read_from_fences_or_raw_and_assembled():
         program = program_with_tests(PROMPT, code, TESTS, "add")
         assert program.shape == shape and program.solution.startswith(PROMPT.rstrip())
         assert "check(add)\n" in program.main and program.files == {"solution.py": program.solution}
-        finished, result = program.judge(run_python(program.main, files=program.files))
+        finished, result = program.judge(run_python(program.main, files=program.files, isolation=AVAILABLE))
         assert finished and result.status == "ok" and result.stdout == "", (program, result)
 
 
@@ -258,7 +329,7 @@ def test_a_wrong_candidate_that_exits_early_does_not_pass(name, isolation):
 def test_the_marker_is_taken_out_of_what_the_candidate_printed():
     program = program_with_tests(PROMPT, "def add(xs):\n    print('partial', end='')\n    return sum(xs)", TESTS,
                                  "add")
-    finished, result = program.judge(run_python(program.main, files=program.files))
+    finished, result = program.judge(run_python(program.main, files=program.files, isolation=AVAILABLE))
     assert finished and result.stdout == "partialpartial" and program.marker not in program.recorded()["main.py"]
 
 
@@ -305,6 +376,7 @@ async def run_filter(store, replies, **params):
     return result, model
 
 
+@needs_bwrap
 async def test_code_filter_answers_with_the_first_passing_candidate(store):
     result, model = await run_filter(store, [LOOPS, WRONG, RIGHT, RIGHT], timeout_s=1)
     assert len(model.calls) == 1  # n programs in one request
@@ -313,8 +385,7 @@ async def test_code_filter_answers_with_the_first_passing_candidate(store):
     execs = store.events(result.run_id, types={"code_exec"})
     assert [(e["candidate"], e["status"], e["passed"]) for e in execs] == [
         (0, "timeout", False), (1, "error", False), (2, "ok", True), (3, "ok", True)]
-    expected_isolation = "bwrap" if BWRAP_PROBLEM is None else "rlimits"
-    assert {e["isolation"] for e in execs} == {expected_isolation}
+    assert {e["isolation"] for e in execs} == {"bwrap"}
     assert execs[1]["stderr"].rstrip().endswith("AssertionError") and execs[1]["exit_code"] == 1
     assert execs[0]["signal"] == 9 and "wall-clock" in execs[0]["message"]
     assert all(e["program_digest"].startswith("sha256:") and e["program_blob"] for e in execs)
@@ -328,6 +399,7 @@ async def test_code_filter_answers_with_the_first_passing_candidate(store):
     assert [e["status"] for e in again] == ["timeout", "error", "ok", "ok"]
 
 
+@needs_bwrap
 async def test_code_filter_with_no_passing_candidate_falls_back(store):
     result, _ = await run_filter(store, [BROKEN, WRONG])
     assert result.state["chosen"] == 1 and not result.state["passed"]  # the one that ran, over the syntax error
@@ -342,6 +414,7 @@ async def test_code_filter_with_no_passing_candidate_falls_back(store):
 EXITS_EARLY = "```python\ndef add(xs):\n    return 0\n\n\nimport sys\nsys.exit(0)\n```"
 
 
+@needs_bwrap
 async def test_code_filter_does_not_pass_a_candidate_that_exits_before_its_tests(store):
     result, _ = await run_filter(store, [EXITS_EARLY, RIGHT], timeout_s=2, isolation="auto")
     assert result.state["chosen"] == 1 and result.state["passed"]
@@ -390,22 +463,24 @@ async def test_the_verifier_records_a_lone_surrogate_as_an_error():
     from refinegraph.agents.code_verifier import run_tests
     ctx = _Context()
     checked = await run_tests(ctx, ["def add(xs):\n    return sum(xs)  # \ud800", "return sum(xs)"], prompt=PROMPT,
-                              tests=TESTS, entry_point="add", sandbox={"isolation": "auto"})
+                              tests=TESTS, entry_point="add", sandbox={"isolation": AVAILABLE})
     assert [(c["status"], c["passed"]) for c in checked] == [("error", False), ("ok", True)]
     assert "lone surrogate" in checked[0]["message"] and ctx.events[0].status == "error"
 
 
-async def test_code_filter_records_the_weaker_sandbox(store, monkeypatch, tmp_path):
-    monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap: auto runs on rlimits alone, and says so
-    result, _ = await run_filter(store, [RIGHT], isolation="auto")
-    assert result.state["passed"] and result.fallbacks == {"sandbox_rlimits_only": 1}
-    (execution,) = store.events(result.run_id, types={"code_exec"})
-    assert execution["isolation"] == "rlimits" and execution["status"] == "ok"
+async def test_the_verifier_records_an_unisolated_run():
+    from refinegraph.agents.code_verifier import run_tests
+    ctx = _Context()
+    checked = await run_tests(ctx, ["return sum(xs)"], prompt=PROMPT, tests=TESTS, entry_point="add",
+                              sandbox={"isolation": "rlimits"})
+    assert checked[0]["passed"] and ctx.fallbacks == ["sandbox_rlimits_only"]
+    assert ctx.events[0].isolation == "rlimits"
 
 
-async def test_code_filter_strict_without_bwrap_runs_nothing(store, monkeypatch, tmp_path):
-    monkeypatch.setenv("PATH", str(tmp_path))
-    result, _ = await run_filter(store, [RIGHT, WRONG])  # strict is the default: a served graph runs nothing
+@pytest.mark.parametrize("isolation", ["auto", "strict"])
+async def test_code_filter_without_bwrap_runs_nothing(store, monkeypatch, tmp_path, isolation):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap: no silent fallback to rlimits
+    result, _ = await run_filter(store, [RIGHT, WRONG], isolation=isolation)
 
     assert result.fallbacks == {"sandbox_unavailable": 1, "no_candidate_passed": 1}
     assert result.state["chosen"] == 0 and not result.state["passed"]

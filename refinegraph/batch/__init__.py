@@ -86,7 +86,7 @@ async def run_batch(inputs: str | Path | Iterable[Any], *, graph: str, executor:
     compiled_graph(graph, params)  # bad params fail before anything is recorded
     config = config if isinstance(config, Config) else load_config(config)
     items = _items(inputs, spec.input_key)
-    store = store or default_store()
+    store = store or default_store(config)
     started_at = time.perf_counter()
     done: list[dict[str, Any]] = []
 

@@ -10,7 +10,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from refinegraph.budget import Budget
-from refinegraph.cli import batch_cmd, bench_allocation, bench_cmds, bench_methods, serve_cmd, trace_cmds  # noqa: F401
+from refinegraph.cli import (  # noqa: F401
+    approve_cmd,
+    batch_cmd,
+    bench_allocation,
+    bench_cmds,
+    bench_methods,
+    serve_cmd,
+    trace_cmds,
+)
 from refinegraph.cli.common import err, fail, open_store, out, print_json, resolve_run, run_until_signal
 from refinegraph.config import Config, ConfigError, load_config
 from refinegraph.models import ModelUnavailable
@@ -24,6 +32,7 @@ app.add_typer(trace_cmds.app, name="trace")
 app.add_typer(bench_cmds.app, name="bench")
 serve_cmd.register(app)
 batch_cmd.register(app)
+approve_cmd.register(app)
 
 
 def _report(result: RunResult, as_json: bool) -> None:
@@ -146,6 +155,9 @@ def sql_cmd(
     budget_tokens: int | None = typer.Option(None, "--budget-tokens", help="Token budget of the run."),
     param: list[str] = typer.Option([], "--param", "-p", help="Graph parameter KEY=VALUE (e.g. n=8)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    approve: bool = typer.Option(False, "--approve", help="Show the chosen SQL and wait for yes, no or an "
+                                 "edited statement on stdin before it runs (see `refinegraph approve`)."),
+    by: str | None = typer.Option(None, "--by", help="With --approve: who decides (default: your user name)."),
 ) -> None:
     """Answer QUESTION from a database: prints the SQL, the result table, then `run: <run_id>`."""
     from refinegraph.tools.sql import connect
@@ -157,7 +169,10 @@ def sql_cmd(
     except (UnknownGraph, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     task = {"question": question, "db": db, **({"evidence": evidence} if evidence else {})}
-    result = _run_or_exit(graph, task, cfg, params, budget, as_json)
+    if approve:
+        result = approve_cmd.sql_with_approval(graph, task, cfg, params, budget, by=by, as_json=as_json)
+    else:
+        result = _run_or_exit(graph, task, cfg, params, budget, as_json)
     state = result.state
     if as_json:
         print_json({"sql": state.get("sql"), "columns": state.get("columns", []), "rows": state.get("rows", []),

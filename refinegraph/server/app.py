@@ -29,6 +29,7 @@ from refinegraph.config import Config, ConfigError, load_config
 from refinegraph.models import Model
 from refinegraph.runner import RunFailed, RunResult, default_store, run
 from refinegraph.server import openapi as docs
+from refinegraph.server.approval_routes import install_approval_routes, waits_on_a_person, with_pending
 from refinegraph.server.body import parse_json_object, read_limited
 from refinegraph.server.errors import ApiError, error_response, install_handlers, validation_message
 from refinegraph.server.pipelines import ModelPool, Pipeline, PreparedRun, load_pipelines, prepare
@@ -50,7 +51,7 @@ class Server:
         self.pipelines: dict[str, Pipeline] = load_pipelines(config)
         self.pool = ModelPool(config, models)
         self.owns_store = store is None
-        self.store = store or default_store()
+        self.store = store or default_store(config)
         self.created = int(time.time())
         self.semaphore = asyncio.Semaphore(self.settings.max_concurrent_runs)
         self.api_key: str | None = None
@@ -108,7 +109,8 @@ class Server:
         async with self.semaphore:
             return await run(prepared.pipeline.spec.graph, prepared.graph_input, config=prepared.pipeline.config,
                              params=prepared.params, budget=Budget(**prepared.limits), models=models, store=self.store,
-                             checkpoint=self.settings.checkpoint, run_id=run_id)
+                             checkpoint=self.settings.checkpoint or waits_on_a_person(prepared.params),
+                             run_id=run_id)
 
 
 def create_app(config: Config | None = None, *, models: dict[str, Model] | None = None,
@@ -173,6 +175,7 @@ def create_app(config: Config | None = None, *, models: dict[str, Model] | None 
             return error_response(ApiError(502, f"run {run_id} failed: {exc.cause}", code="run_failed",
                                            headers={**headers, "x-should-retry": "false"},
                                            extra=failure_extra(run_id, exc.result)))
-        return JSONResponse(completion_body(result, body.model, created), headers=headers)
+        return JSONResponse(with_pending(completion_body(result, body.model, created), result), headers=headers)
 
+    install_approval_routes(app, server)
     return app

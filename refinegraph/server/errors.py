@@ -14,8 +14,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 log = logging.getLogger("refinegraph.server")
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-          405: "invalid_request_error", 413: "request_too_large", 415: "invalid_request_error",
-          422: "invalid_request_error",
+          405: "invalid_request_error", 409: "invalid_request_error", 413: "request_too_large",
+          415: "invalid_request_error", 422: "invalid_request_error",
           502: "upstream_error"}
 
 

@@ -70,6 +70,8 @@ class RunMetadata(BaseModel):
     retries: int
     fallbacks: dict[str, int]
     cost_usd: float | None
+    pending: dict[str, Any] | None = None
+    """A run that waits for approval of its SQL: run_id, sql, question (server/approval_routes.py)."""
 
 
 class ChatCompletion(BaseModel):

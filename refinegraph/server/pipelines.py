@@ -14,6 +14,7 @@ from refinegraph.config import BudgetSpec, Config, ConfigError, PipelineSpec
 from refinegraph.models import Model, build_model
 from refinegraph.registry import UnknownGraph, get_graph, list_graphs
 from refinegraph.runner import compiled_graph
+from refinegraph.server.approval_routes import check_approval_request
 from refinegraph.server.errors import ApiError
 from refinegraph.server.schemas import ChatRequest
 
@@ -197,6 +198,7 @@ def prepare(pipeline: Pipeline, request: ChatRequest, *, max_messages: int, max_
         raise ApiError(400, f"db and evidence apply to SQL graphs only; pipeline {pipeline.name!r} runs "
                             f"{pipeline.spec.graph!r}", param="refinegraph")
     params = {**pipeline.spec.params, **request.refinegraph.params}
+    check_approval_request(pipeline.name, pipeline.spec.params, params, stream=bool(request.stream))
     try:
         compiled_graph(pipeline.spec.graph, params)
     except ConfigError as exc:

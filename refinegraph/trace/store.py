@@ -560,7 +560,11 @@ class TraceWriter:
 
     def set_status(self, status: str) -> None:
         """Commit what is held, then list the (unsealed) run as `status`."""
-        self._held.listings.append({"run_id": self.run_id, "status": status})
+        self.list_as(status=status)
+
+    def list_as(self, **columns: Any) -> None:
+        """Commit what is held with the run's listing changed (status, stop_reason, owner)."""
+        self._held.listings.append({"run_id": self.run_id, **columns})
         self.flush()
 
     def append(self, event: Event) -> Event:
@@ -649,4 +653,7 @@ class NullWriter:
         return None
 
     def set_status(self, status: str) -> None:
+        return None
+
+    def list_as(self, **columns: Any) -> None:
         return None

@@ -2,10 +2,12 @@
 imports nothing of refinegraph and must stay standard-library only.
 
 It becomes a child subreaper (Linux prctl) and runs the program as its child, under the
-rlimits. A process that setsid()s leaves the program's process group, so a kill of that group
-misses it; but an orphan reparents to the nearest subreaper whatever its session, so once the
-program has exited, or the supervisor sends SIGTERM (its deadline), the launcher SIGKILLs
-every process left under it, then ends as the program did.
+rlimits, as another user where it is given one (the launcher runs as root and the program as
+`nobody`: the program cannot signal it). A process that setsid()s leaves the program's
+process group, so a kill of that group misses it; but an orphan reparents to the nearest
+subreaper whatever its session, so once the program has exited, or the supervisor sends
+SIGTERM (its deadline), the launcher SIGKILLs every process left under it, then ends as the
+program did.
 """
 
 from __future__ import annotations
@@ -32,11 +34,24 @@ def become_subreaper() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
 
 
-def start(spec: str, program: str) -> int:
-    """Fork, then set the limits in the child alone: RLIMIT_NPROC counts every process of the
-    user, so a launcher under it could not fork while another run of that user is at its limit."""
+def drop_to(user: str) -> None:
+    """Become `uid:gid` with no supplementary groups ("-": stay): the launcher stays root, so the
+    program, another user, can neither signal it nor the process that supervises it."""
+    if user == "-":
+        return
+    uid, gid = (int(part) for part in user.split(":"))
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+
+
+def start(spec: str, program: str, user: str) -> int:
+    """Fork, then change user and set the limits in the child alone: RLIMIT_NPROC counts every
+    process of the user, so a launcher under it could not fork while another run of that user
+    is at its limit (and setuid() under the limit would make execve() fail while it is)."""
     child = os.fork()
     if child == 0:
+        drop_to(user)
         set_limits(spec)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         os.execv(sys.executable, [sys.executable, "-E", "-s", "-B", program])
@@ -103,7 +118,7 @@ def main() -> None:
     become_subreaper()
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # it may end by the program's SIGSEGV: no core file
     signal.pthread_sigmask(signal.SIG_BLOCK, WAKE)
-    status = wait_for(start(sys.argv[1], sys.argv[2]))
+    status = wait_for(start(sys.argv[1], sys.argv[2], sys.argv[3]))
     sweep()
     end_like(status)
 

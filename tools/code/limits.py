@@ -56,7 +56,9 @@ class Limits(BaseModel):
                 ("NPROC", self.max_processes, self.max_processes), ("CORE", 0, 0)]
 
 
-def launcher_argv(python: str, limits: Limits, program: str = PROGRAM) -> list[str]:
-    """The command that runs `program` under `limits` (the launcher without site or env)."""
+def launcher_argv(python: str, limits: Limits, program: str = PROGRAM,
+                  user: tuple[int, int] | None = None) -> list[str]:
+    """The command that runs `program` under `limits` (the launcher without site or env), as
+    `user` (uid, gid) where given: the launcher then must start as root."""
     spec = ",".join(f"{name}:{soft}:{hard}" for name, soft, hard in limits.rlimits())
-    return [python, "-E", "-S", "-c", LAUNCHER, spec, program]
+    return [python, "-E", "-S", "-c", LAUNCHER, spec, program, f"{user[0]}:{user[1]}" if user else "-"]

@@ -10,11 +10,12 @@ Status = Literal["ok", "error", "timeout", "memory", "output_limit", "killed", "
 """ok: exit 0. error: a nonzero exit (an exception). timeout: stopped at the wall-clock limit or
 by its CPU-time limit. memory: out of its address-space limit (MemoryError, ENOMEM). output_limit:
 stopped for writing more than max_output_bytes. killed: ended by a signal we did not send (a
-segfault, the kernel). sandbox_unavailable: nothing ran (strict isolation without bubblewrap)."""
+segfault, the kernel). sandbox_unavailable: nothing ran (isolation "auto" or "strict" without a
+working bubblewrap: the message names the package to install)."""
 
 Isolation = Literal["bwrap", "rlimits", "none"]
-"""bwrap: bubblewrap namespaces plus rlimits; rlimits: rlimits, a cleared environment and
-its own folder only; none: nothing ran."""
+"""bwrap: bubblewrap namespaces plus rlimits; rlimits: unisolated, asked for by name (rlimits, a
+cleared environment and its own folder only); none: nothing ran."""
 
 
 class CodeResult(BaseModel):
@@ -36,8 +37,14 @@ class CodeResult(BaseModel):
     stderr_truncated: bool = False
     duration_s: float = 0.0
     isolation_note: str = ""
-    """Why isolation is weaker than asked for (auto mode without a working bwrap), else empty."""
+    """For a program that ran unisolated (isolation "rlimits"): what that leaves open, beginning
+    "unisolated"; else empty."""
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def isolated(self) -> bool:
+        """Whether the program ran inside bubblewrap's namespaces."""
+        return self.isolation == "bwrap"

@@ -1,18 +1,26 @@
 """Running model-written Python: contained in time, memory, processes, files and network.
 
 `run_python` never raises for what the program does: every ending is a CodeResult
-with a status and a message. Isolation "auto" uses bubblewrap where it works and
-otherwise rlimits alone (a cleared environment and its own folder, but the host's
-network and files, within the user's rights), saying so in `isolation_note`; "strict"
-refuses to run without bubblewrap; "rlimits" asks for the weaker mode on purpose.
+with a status and a message. Isolation "auto" (and its older name "strict") means
+bubblewrap or nothing: where bubblewrap is missing or cannot start, nothing runs and the
+result (status "sandbox_unavailable") names the package to install. "rlimits" asks, on
+purpose, for resource limits alone (a cleared environment and its own folder, but the
+host's network and files, within the sandbox user's rights); such a result says
+`isolation="rlimits"` and its `isolation_note` begins "unisolated". Even then the program
+cannot signal what supervises it: as root the launcher stays root and the program runs as
+`nobody` (setuid in the child); as another user the launcher is pid 1 of a pid namespace of
+its own (util-linux `unshare`) where the kernel allows one, and every process the program
+left dies with it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import selectors
+import shutil
 import signal as signals
 import subprocess
 import time
@@ -23,10 +31,14 @@ from refinegraph.tools.code.bwrap import WORK_DIR, bwrap_argv, environment, find
 from refinegraph.tools.code.identity import Identity, sandbox_identity
 from refinegraph.tools.code.limits import Limits, launcher_argv
 from refinegraph.tools.code.result import CodeResult
-from refinegraph.tools.code.workdir import work_folder
+from refinegraph.tools.code.workdir import check_names, work_folder
 
 IsolationMode = Literal["auto", "strict", "rlimits"]
-INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap)"
+INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
+UNSHARE = ["--user", "--map-root-user", "--pid", "--fork", "--kill-child", "--mount-proc", "--"]
+"""util-linux unshare's options for rlimits mode as a user other than root: the launcher is
+pid 1 of a new pid namespace (its program cannot signal it, nor see the caller), and when it
+ends the kernel kills every process left in the namespace."""
 LINGER_S = 0.2
 """After the program exits, how long its pipes may stay open (held by processes it left)."""
 SWEEP_S = 2.0
@@ -44,6 +56,7 @@ def run_python(source: str, *, stdin: str = "", timeout_s: float = 5, memory_mb:
     """
     limits = Limits(timeout_s=timeout_s, memory_mb=memory_mb, max_output_bytes=max_output_bytes,
                     max_processes=max_processes)
+    check_names(files)
     surrogate = lone_surrogate(source, stdin, files)
     if surrogate:
         return CodeResult(status="error", isolation="none", message=surrogate)
@@ -57,12 +70,14 @@ def run_python(source: str, *, stdin: str = "", timeout_s: float = 5, memory_mb:
         with work_folder(identity, source, files) as folder:
             if mode == "bwrap":
                 argv = bwrap_argv(find_bwrap() or "bwrap", str(folder), identity, limits)
-                cwd, env = None, environment(WORK_DIR)
+                cwd, env, popen = None, environment(WORK_DIR), identity.popen_kwargs()
             else:
-                argv, cwd, env = launcher_argv(identity.python, limits), str(folder), environment(str(folder))
-            run = _supervise(argv, cwd=cwd, env=env, identity=identity, limits=limits, stdin=stdin,
-                             launcher_first=mode == "rlimits")
-            return _result(run, limits, mode, note, str(folder))
+                argv, cwd, env, popen = _rlimits_argv(identity, limits), str(folder), environment(str(folder)), {}
+            # in a pid namespace (bwrap's, unshare's) SIGKILL of the group ends every process in it
+            namespaced = mode == "bwrap" or (not identity.switch and _pid_namespace() is not None)
+            run = _supervise(argv, cwd=cwd, env=env, popen=popen, limits=limits, stdin=stdin,
+                             launcher_first=not namespaced)
+            return _result(run, limits, mode, note, str(folder), namespaced)
     except OSError as exc:  # the machine's doing (no disk space, no interpreter), not the program's
         return CodeResult(status="sandbox_unavailable", isolation="none",
                           message=f"could not start the sandbox: {type(exc).__name__}: {exc}")
@@ -89,16 +104,48 @@ async def arun_python(source: str, **options: Any) -> CodeResult:
 
 
 def _choose(isolation: IsolationMode, identity: Identity) -> tuple[str | None, str]:
-    """(mode, note): the isolation to use and, where weaker than bwrap, why."""
+    """(mode, note): bubblewrap, or rlimits when asked for by name (the note says so), or
+    (None, why nothing may run): no silent fallback."""
     if isolation == "rlimits":
-        return "rlimits", "rlimits only, as asked (no network or filesystem isolation)"
+        return "rlimits", _unisolated_note(identity)
     bwrap = find_bwrap()
     problem = probe(bwrap, identity) if bwrap else f"bubblewrap (bwrap) is not on the PATH; {INSTALL_HINT}"
     if problem is None:
         return "bwrap", ""
-    if isolation == "strict":
-        return None, f"strict isolation needs bubblewrap and it is unavailable: {problem}"
-    return "rlimits", f"rlimits only (no network or filesystem isolation): {problem}"
+    return None, (f"not run: isolation {isolation!r} needs bubblewrap, which is unavailable here: {problem}. "
+                  f"Pass isolation=\"rlimits\" to run it unisolated (resource limits only) on purpose")
+
+
+def _unisolated_note(identity: Identity) -> str:
+    note = ("unisolated: resource limits only, as asked (isolation=\"rlimits\"): the program reaches the "
+            "host's network and every file its user may read")
+    if identity.switch:
+        return note + f"; it runs as uid {identity.uid}, the launcher as root"
+    if _pid_namespace() is None:
+        return note + "; it runs as the caller's user, which it shares with its launcher (no pid namespace here)"
+    return note + "; its launcher is pid 1 of a pid namespace of its own"
+
+
+@functools.cache
+def _pid_namespace() -> list[str] | None:
+    """unshare's command prefix where this user may make a user and pid namespace, else None.
+    Checked once per process."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return None
+    try:
+        done = subprocess.run([unshare, *UNSHARE, "true"], capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return [unshare, *UNSHARE] if done.returncode == 0 else None
+
+
+def _rlimits_argv(identity: Identity, limits: Limits) -> list[str]:
+    """The launcher's command in rlimits mode: as root it stays root and runs the program as
+    the sandbox user; otherwise it runs in a pid namespace of its own where there can be one."""
+    if identity.switch:
+        return launcher_argv(identity.python, limits, user=(identity.uid, identity.gid))
+    return [*(_pid_namespace() or []), *launcher_argv(identity.python, limits)]
 
 
 @dataclass
@@ -114,7 +161,7 @@ class _Run:
     """Why processes the program left may have outlived it (the launcher's sweep did not finish)."""
 
 
-def _supervise(argv: list[str], *, cwd: str | None, env: dict[str, str], identity: Identity, limits: Limits,
+def _supervise(argv: list[str], *, cwd: str | None, env: dict[str, str], popen: dict[str, Any], limits: Limits,
                stdin: str, launcher_first: bool) -> _Run:
     """Start the program in its own session, feed stdin, collect capped output, and kill
     its whole process group at the deadline, on overflow, or once it has exited
@@ -123,7 +170,7 @@ def _supervise(argv: list[str], *, cwd: str | None, env: dict[str, str], identit
     started = time.monotonic()
     deadline = started + limits.timeout_s
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            cwd=cwd, env=env, start_new_session=True, close_fds=True, **identity.popen_kwargs())
+                            cwd=cwd, env=env, start_new_session=True, close_fds=True, **popen)
     pending = memoryview(stdin.encode("utf-8"))
     buffers = {proc.stdout: ("stdout", run.stdout), proc.stderr: ("stderr", run.stderr)}
     try:
@@ -224,10 +271,12 @@ def _text(data: bytearray, folder: str) -> str:
     return data.decode("utf-8", errors="replace").replace(folder, WORK_DIR)
 
 
-def _signal_of(returncode: int, mode: str, killed_by_us: bool) -> int | None:
+def _signal_of(returncode: int, namespaced: bool, killed_by_us: bool) -> int | None:
+    """The signal that ended the program; a pid namespace's init (bwrap's, or the launcher as
+    pid 1 under unshare) cannot die of its own signal and reports it as exit code 128 + N."""
     if returncode < 0:
         return None if killed_by_us else -returncode
-    if mode == "bwrap" and 128 < returncode <= 128 + 64:
+    if namespaced and 128 < returncode <= 128 + 64:
         return returncode - 128
     return None
 
@@ -239,11 +288,11 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def _result(run: _Run, limits: Limits, mode: str, note: str, folder: str) -> CodeResult:
+def _result(run: _Run, limits: Limits, mode: str, note: str, folder: str, namespaced: bool) -> CodeResult:
     stdout, stderr = _text(run.stdout, folder), _text(run.stderr, folder)
     stopped_by_us = run.timed_out or run.overflow is not None
     code = run.returncode if run.returncode is not None else -signals.SIGKILL
-    sig = _signal_of(code, mode, stopped_by_us)
+    sig = _signal_of(code, namespaced, stopped_by_us)
     lines = [line for line in stderr.splitlines() if line.strip()]
     last = lines[-1].strip() if lines else ""
     if run.overflow is not None:

@@ -21,11 +21,17 @@ def _check_name(name: str) -> PurePosixPath:
     return path
 
 
+def check_names(files: dict[str, str] | None) -> dict[str, PurePosixPath]:
+    """Each file's relative path, or ValueError for a name outside the work folder (the
+    caller's error, raised whether or not anything could run)."""
+    return {name: _check_name(name) for name in files or {}}
+
+
 @contextlib.contextmanager
 def work_folder(identity: Identity, source: str, files: dict[str, str] | None) -> Iterator[Path]:
     """A tempfile.mkdtemp folder holding main.py and `files`, owned by the sandbox user;
     removed afterwards whatever the program left in it."""
-    names = {name: _check_name(name) for name in files or {}}
+    names = check_names(files)
     root = Path(tempfile.mkdtemp(prefix="refinegraph-code-"))
     try:
         identity.give(root)
