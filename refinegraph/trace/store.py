@@ -46,7 +46,8 @@ from typing import Any
 from refinegraph.events import Event, utcnow
 from refinegraph.sqlite_files import BUSY_TIMEOUT_S, prepare_once, setup_lock
 from refinegraph.trace import recovery
-from refinegraph.trace.chain import canonical_json, content_digest, event_body, event_hash, genesis_hash
+from refinegraph.trace.chain import content_digest, event_body, event_hash, genesis_hash, redacted_json
+from refinegraph.trace.redact import redact_text
 
 try:
     import fcntl
@@ -447,11 +448,12 @@ class TraceWriter:
     def create_run(self, graph: str, input_preview: str, *, replay_of: str | None = None,
                    owner: str | None = None) -> None:
         """List the run; the row is committed with its first events (one transaction)."""
-        self._statements.append(create_run_statement(self.run_id, graph, input_preview, replay_of, owner))
+        self._statements.append(create_run_statement(self.run_id, graph, redact_text(input_preview), replay_of, owner))
 
     def seal(self, status: str, stop_reason: str, answer: str | None) -> None:
         """Commit what is held together with the run's seal and final listing."""
-        after = seal_statements(self.run_id, self.next_seq - 1, self.last_hash, status, stop_reason, answer)
+        after = seal_statements(self.run_id, self.next_seq - 1, self.last_hash, status, stop_reason,
+                                redact_text(answer) if answer else answer)
         self.store.transaction(self._statements, self._blobs, self._events, after)
         self._events, self._blobs, self._statements = [], [], []
 
@@ -473,7 +475,7 @@ class TraceWriter:
 
     def put_blob(self, value: Any) -> str:
         """The blob's digest; the blob is committed with the event that references it."""
-        data = canonical_json(value).encode()
+        data = redacted_json(value).encode()
         digest = content_digest(data)
         self._blobs.append((digest, data))
         return digest

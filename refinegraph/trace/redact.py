@@ -1,0 +1,202 @@
+"""Secrets never reach a trace or a log: one place that says what a secret looks like.
+
+Three rules, applied wherever text is written (an event body, a blob, a log record):
+
+- shapes: a URL's userinfo password (`scheme://user:PASSWORD@host`, SQLAlchemy URLs
+  included), `password=...`/`pwd=...` of a key=value DSN, `Bearer ...` tokens,
+  header-like `Authorization: ...`/`api-key: ...`/`x-api-key: ...`, and well-known key
+  shapes (`sk-...`, `ghp_...`, `hf_...`, `AKIA...`, `AIza...`, `xoxb-...`, JWTs);
+- keys: in JSON-like values, the value of a key named like a secret (authorization,
+  api_key, password, secret, token, ...) is replaced whatever it is;
+- known values: every secret the process has read (a model's `api_key_env`, the
+  server's API key, a DSN's password) is replaced wherever it appears, e.g. in a
+  server's error message that echoes the key.
+
+Each secret becomes `***` (SQLAlchemy's spelling of a hidden password, which keeps a
+redacted URL a URL). Redaction is idempotent, and text without a trigger word passes
+through untouched after one regex scan, so ordinary events cost almost nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable
+from typing import Any
+
+MASK = "***"
+MIN_SECRET_LEN = 6
+"""Known values shorter than this are not registered: replacing a 3-letter password
+everywhere would garble every trace (the URL and key=value shapes still catch it)."""
+
+_NAME_START = r"(?<![A-Za-z0-9])"  # a name's start: unlike a word boundary, `db_password` and `openai_api_key` count
+
+_SECRET_NAME = (rf"{_NAME_START}(?i:(?:proxy-)?authori[sz]ation|(?:x-)?api[-_]?key"
+                r"|(?:access|auth|api|refresh|bearer|id|session)[-_]?token"
+                r"|(?:client[-_]?)?secret(?:[-_]?key)?|password|passwd|pwd)")
+
+_SHAPES = re.compile(
+    # scheme://user:PASSWORD@host (the password may hold ':' and, unencoded, '@')
+    r"(?P<url>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@\"'\\]*:)(?P<url_secret>[^\s/\"'\\]+)(?=@)"
+    # Authorization: Bearer X / api-key: X / password=X / client_secret: X / password='X Y' ...
+    rf"|(?P<kvq>{_SECRET_NAME}[\"']?[ \t]*[:=][ \t]*(?P<quote>[\"']))"
+    r"(?P<kvq_secret>(?!\*\*\*[\"'])[^\"'\n]+)(?=(?P=quote))"
+    rf"|(?P<kv>{_SECRET_NAME}[\"']?[ \t]*[:=][ \t]*(?>(?i:(?:bearer|basic|token|digest)[ \t]+)?))"
+    r"(?P<kv_secret>(?!\*\*\*)[^\s\"'\\,;&]+)"
+    # a bare bearer token
+    r"|(?P<bearer>\b[Bb]earer[ \t]+)(?P<bearer_secret>[A-Za-z0-9\-._~+/]{8,}=*)"
+    # well-known key shapes
+    r"|(?P<key_secret>\bsk-[A-Za-z0-9_\-]{16,}|\bgh[pousr]_[A-Za-z0-9]{30,}|\bgithub_pat_[A-Za-z0-9_]{20,}"
+    r"|\bhf_[A-Za-z0-9]{30,}|\bAKIA[0-9A-Z]{16}\b|\bAIza[0-9A-Za-z_\-]{35}|\bxox[abprs]-[A-Za-z0-9\-]{10,}"
+    r"|\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,})"
+)
+
+_TRIGGER = re.compile(
+    r"://[^\s/\"]*@|(?i:bearer|authori[sz]ation|api[-_]?key|apikey|passw|pwd|secret|token(?![a-z]))"
+    r"|sk-|gh[pousr]_|github_pat_|hf_|AKIA|AIza|xox[abprs]-|eyJ"
+)
+"""A superset of what the rules can match (every rule needs one of these literally, and
+JSON escaping leaves them alone): text without one needs no redaction."""
+
+_SECRET_KEYS = frozenset({
+    "authorization", "proxyauthorization", "apikey", "xapikey", "apitoken", "token", "accesstoken",
+    "refreshtoken", "authtoken", "idtoken", "sessiontoken", "bearertoken", "xauthtoken", "password",
+    "passwd", "pwd", "secret", "clientsecret", "secretkey", "privatekey", "cookie", "setcookie",
+})
+_SECRET_SUFFIXES = ("password", "passwd", "secret", "apikey", "secretkey", "accesskey", "privatekey")
+
+_known: frozenset[str] = frozenset()
+_known_lock = threading.Lock()
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a secret this process has read, so it is replaced wherever it appears."""
+    global _known
+    if not value or len(value) < MIN_SECRET_LEN or value == MASK:
+        return
+    escaped = json.dumps(value, ensure_ascii=False)[1:-1]  # as it appears inside JSON text
+    with _known_lock:
+        _known = _known | {value, escaped}
+
+
+def known_secrets() -> frozenset[str]:
+    return _known
+
+
+def forget_secrets() -> None:
+    """Empty the set of known values (for tests)."""
+    global _known
+    with _known_lock:
+        _known = frozenset()
+
+
+def _mask(match: re.Match[str]) -> str:
+    group = match.lastgroup
+    if group == "key_secret":
+        return MASK
+    prefix = {"url_secret": "url", "kvq_secret": "kvq", "kv_secret": "kv", "bearer_secret": "bearer"}[group]  # type: ignore[index]
+    return match.group(prefix) + MASK
+
+
+def _replace_known(text: str, known: frozenset[str]) -> str:
+    for secret in sorted(known, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def needs_redaction(text: str) -> bool:
+    """Whether `redact_text` (or, on JSON text, `redact_json`) could change `text`."""
+    return _TRIGGER.search(text) is not None or any(s in text for s in _known)
+
+
+def redact_text(text: str) -> str:
+    """`text` with every secret it holds replaced by `***`."""
+    known = _known
+    if known:
+        text = _replace_known(text, known)
+    if _TRIGGER.search(text) is None:
+        return text
+    return _SHAPES.sub(_mask, text)
+
+
+def is_secret_key(key: str) -> bool:
+    """A mapping key whose value is a secret whatever it holds (`Authorization`, `api_key`, ...)."""
+    norm = re.sub(r"[^a-z]", "", key.lower())
+    return norm in _SECRET_KEYS or norm.endswith(_SECRET_SUFFIXES)
+
+
+def redact_value(value: Any) -> Any:
+    """A JSON-like value with secrets redacted: strings by `redact_text`, the values of
+    secret-named keys replaced outright; a new value, the argument is left as it was."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: (MASK if isinstance(k, str) and is_secret_key(k) and v not in (None, "") else redact_value(v))
+                for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_value(v) for v in value]
+    return value
+
+
+def redact_json(text: str, dumps: Callable[[Any], str]) -> str:
+    """JSON text with its secrets redacted, re-spelled by `dumps` only when something may
+    change (so its hash or digest stays what it was for text without secrets)."""
+    if not needs_redaction(text):
+        return text
+    value = json.loads(text)
+    redacted = redact_value(value)
+    return text if redacted == value else dumps(redacted)
+
+
+# -- logs ---------------------------------------------------------------------------------
+
+LOGGERS = ("refinegraph", "uvicorn")
+"""Loggers (and their children) whose records are redacted: refinegraph's own, and the
+server's (uvicorn logs request lines, which can carry a key in a query string)."""
+
+
+class RedactingFilter(logging.Filter):
+    """Redacts a record's message, arguments and traceback text in place; never drops one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if needs_redaction(message):
+            record.msg, record.args = redact_text(message), None
+        if record.exc_text and needs_redaction(record.exc_text):
+            record.exc_text = redact_text(record.exc_text)
+        return True
+
+
+_FILTER = RedactingFilter()
+_installed = False
+
+
+def install_log_redaction() -> None:
+    """Redact every record of `LOGGERS` as it is made, whatever handlers the application
+    set up (a filter on a logger would miss its children's records; the record factory
+    sees them all). Idempotent; done when this module is imported."""
+    global _installed
+    with _known_lock:
+        if _installed:
+            return
+        previous = logging.getLogRecordFactory()
+
+        def factory(name: str, *args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = previous(name, *args, **kwargs)
+            if name.split(".", 1)[0] in LOGGERS:
+                _FILTER.filter(record)
+            return record
+
+        logging.setLogRecordFactory(factory)
+        _installed = True
+
+
+install_log_redaction()
+
+__all__ = ["MASK", "RedactingFilter", "forget_secrets", "install_log_redaction", "is_secret_key",
+           "known_secrets", "needs_redaction", "redact_json", "redact_text", "redact_value", "register_secret"]
