@@ -19,7 +19,7 @@ from refinegraph.models.pool import PoolError, PoolModel
 from refinegraph.models.reward_server import RewardServerModel
 from refinegraph.models.scripted import ScriptedModel
 from refinegraph.models.vllm_backend import VLLMEngineModel
-from refinegraph.trace.redact import register_secret
+from refinegraph.trace.redact import register_secret, register_url_secrets
 
 __all__ = [
     "LangChainModel",
@@ -49,6 +49,7 @@ def _env_key(spec: ModelSpec) -> str | None:
 
 def build_model(name: str, spec: ModelSpec) -> Model:
     """A backend instance for a configured model (nothing is started until first use)."""
+    register_url_secrets(spec.base_url)  # a password in it is redacted wherever it appears
     if spec.backend == "local":
         return LocalModel(name, n_parallel=spec.n_parallel, ctx_per_slot=spec.ctx_per_slot,
                           threads=spec.threads, timeout=spec.timeout_s)

@@ -19,12 +19,14 @@ through untouched after one regex scan, so ordinary events cost almost nothing.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
 import threading
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 MASK = "***"
 MIN_SECRET_LEN = 6
@@ -79,6 +81,23 @@ def register_secret(value: str | None) -> None:
     escaped = json.dumps(value, ensure_ascii=False)[1:-1]  # as it appears inside JSON text
     with _known_lock:
         _known = _known | {value, escaped}
+
+
+def register_url_secrets(url: str | None) -> None:
+    """Remember the password of a URL with userinfo (a DSN, a model's base_url), as written,
+    decoded, and as the HTTP Basic credential a client derives from it."""
+    if not url or "@" not in url:
+        return
+    try:
+        parts = urlsplit(url)
+        user, password = parts.username, parts.password
+    except ValueError:  # not a URL after all: the text rules still apply to it
+        return
+    if not password:
+        return
+    register_secret(password)
+    register_secret(unquote(password))
+    register_secret(base64.b64encode(f"{unquote(user or '')}:{unquote(password)}".encode()).decode())
 
 
 def known_secrets() -> frozenset[str]:
@@ -153,11 +172,6 @@ def redact_json(text: str, dumps: Callable[[Any], str]) -> str:
 
 # -- logs ---------------------------------------------------------------------------------
 
-LOGGERS = ("refinegraph", "uvicorn")
-"""Loggers (and their children) whose records are redacted: refinegraph's own, and the
-server's (uvicorn logs request lines, which can carry a key in a query string)."""
-
-
 class RedactingFilter(logging.Filter):
     """Redacts a record's message, arguments and traceback text in place; never drops one."""
 
@@ -177,9 +191,13 @@ _installed = False
 
 
 def install_log_redaction() -> None:
-    """Redact every record of `LOGGERS` as it is made, whatever handlers the application
-    set up (a filter on a logger would miss its children's records; the record factory
-    sees them all). Idempotent; done when this module is imported."""
+    """Redact every log record of the process as it is made, whatever handlers the
+    application set up: refinegraph's, the server's (uvicorn's request lines can carry a
+    key in a query string) and those of the libraries it drives (at DEBUG, aiosqlite logs
+    the checkpointed state and httpx the URLs it calls). A filter on refinegraph's logger
+    would miss its children's records and every other library's; the record factory sees
+    them all, and costs nothing for records that are never made (a disabled level).
+    Idempotent; done when this module is imported."""
     global _installed
     with _known_lock:
         if _installed:
@@ -188,8 +206,7 @@ def install_log_redaction() -> None:
 
         def factory(name: str, *args: Any, **kwargs: Any) -> logging.LogRecord:
             record = previous(name, *args, **kwargs)
-            if name.split(".", 1)[0] in LOGGERS:
-                _FILTER.filter(record)
+            _FILTER.filter(record)
             return record
 
         logging.setLogRecordFactory(factory)
@@ -199,4 +216,5 @@ def install_log_redaction() -> None:
 install_log_redaction()
 
 __all__ = ["MASK", "RedactingFilter", "forget_secrets", "install_log_redaction", "is_secret_key",
-           "known_secrets", "needs_redaction", "redact_json", "redact_text", "redact_value", "register_secret"]
+           "known_secrets", "needs_redaction", "redact_json", "redact_text", "redact_value", "register_secret",
+           "register_url_secrets"]

@@ -24,7 +24,7 @@ from urllib.parse import quote, urlparse
 from pydantic import BaseModel, Field
 
 from refinegraph.tools.sql.guard import RejectedSQL, check_read_only
-from refinegraph.trace.redact import register_secret
+from refinegraph.trace.redact import register_url_secrets
 
 ErrorClass = Literal["rejected", "timeout", "syntax", "execution"]
 
@@ -108,7 +108,7 @@ def connect(url_or_path: str | Path, *, timeout_s: float = 5.0, max_rows: int = 
         schema = query.pop("schema", None)
         rest = "&".join(f"{k}={v}" for k, v in query.items())
         dsn = parsed._replace(scheme="postgresql", query=rest).geturl()
-        register_secret(parsed.password)  # redacted wherever it appears (traces, logs)
+        register_url_secrets(text)  # its password is redacted wherever it appears (traces, logs)
         return Database(text, "postgres", dsn, timeout_s, max_rows, schema)
     if scheme == "duckdb" or text.endswith(".duckdb"):
         path = text[len("duckdb:///"):] if scheme == "duckdb" else text
