@@ -34,8 +34,15 @@ from refinegraph.cli.app import app as cli_app
 from refinegraph.config import load_config
 from refinegraph.models import ScriptedModel
 from refinegraph.server import create_app
-from refinegraph.trace.redact import (MASK, is_secret_key, known_secrets, redact_json, redact_text,
-                                      redact_value, register_secret)
+from refinegraph.trace.redact import (
+    MASK,
+    is_secret_key,
+    known_secrets,
+    redact_json,
+    redact_text,
+    redact_value,
+    register_secret,
+)
 
 from conftest import scripted_by_role, verdict
 
@@ -329,17 +336,17 @@ def test_cli_db_url_and_api_key_env_never_stored(secret_env, rg_home, tmp_path, 
     run_id = data["run_id"]
     from refinegraph.trace.store import TraceStore
 
+    found = scan(rg_home, {"db_pw": secret_env["db_pw"], "api_key": secret_env["api_key"]},
+                 {"cli": result.output + bad.output, **readers([run_id], rg_home), "logs": caplog.text})
+    assert found == {}
     store = TraceStore(rg_home / "traces.sqlite")
     try:
         events = store.events(run_id)
-        retries = [e for e in events if e["type"] == "retry"]
-        assert retries and "upstream refused Authorization: Bearer ***" in retries[0]["message"]
-        assert events[0]["input"]["db"].startswith(f"postgresql://{parts.username}:***@")
-        found = scan(rg_home, {"db_pw": secret_env["db_pw"], "api_key": secret_env["api_key"]},
-                     {"cli": result.output + bad.output, **readers([run_id], rg_home), "logs": caplog.text})
     finally:
         store.close()
-    assert found == {}
+    retries = [e for e in events if e["type"] == "retry"]
+    assert retries and "upstream refused Authorization: Bearer ***" in retries[0]["message"]
+    assert events[0]["input"]["db"].startswith(f"postgresql://{parts.username}:***@")
 
 
 def test_served_requests_headers_and_keys_never_stored(secret_env, rg_home, tmp_path, caplog):
@@ -375,9 +382,6 @@ def test_served_requests_headers_and_keys_never_stored(secret_env, rg_home, tmp_
         assert len(run_ids) == 1
         assert "12" in (reply.choices[0].message.content or "")
         events = store.events(run_ids[0])
-        assert events[0]["input"]["task"].startswith("Why does curl -H 'Authorization: Bearer ***' -H 'x-api-key: ***'")
-        assert events[0]["models"]["stub_userinfo"]["base_url"] == "http://rguser:***@127.0.0.1:" \
-            f"{stub.port}/v1"
         outputs = {**readers(run_ids, rg_home), "logs": caplog.text}
     finally:
         disable_live(live)
@@ -386,6 +390,8 @@ def test_served_requests_headers_and_keys_never_stored(secret_env, rg_home, tmp_
                                       default=str)
     assert live_spans.get_finished_spans()
     assert scan(rg_home, needles_of(secret_env), outputs) == {}
+    assert events[0]["input"]["task"].startswith("Why does curl -H 'Authorization: Bearer ***' -H 'x-api-key: ***'")
+    assert events[0]["models"]["stub_userinfo"]["base_url"] == f"http://rguser:***@127.0.0.1:{stub.port}/v1"
 
 
 # -- replay and resume still find their recorded calls ----------------------------------------
