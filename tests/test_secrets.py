@@ -112,6 +112,14 @@ def test_known_values_are_replaced_wherever_they_appear():
     assert redact_json(plain, lambda v: "re-spelled") == plain
 
 
+def test_a_redacted_postgres_url_connects_without_its_password():
+    from refinegraph.tools.sql import connect
+
+    db = connect("postgresql://postgres:***@127.0.0.1:5432/test?schema=s")
+    assert db.target.startswith("postgresql://postgres@127.0.0.1:5432/test") and MASK not in db.target
+    assert connect("postgresql://postgres:pw%40x@127.0.0.1/test").target.startswith("postgresql://postgres:pw%40x@")
+
+
 def test_logs_of_refinegraph_and_the_server_are_redacted(caplog):
     caplog.set_level(logging.DEBUG)
     logging.getLogger("refinegraph.server").warning("upstream %s refused", "postgresql://u:pw123456@h/db")
@@ -330,6 +338,11 @@ def test_cli_db_url_and_api_key_env_never_stored(secret_env, rg_home, tmp_path, 
             assert f"Bearer {secret_env['api_key']}" in stub.seen_auth
             bad = CliRunner().invoke(cli_app, ["sql", "q", "--db", db.replace("postgresql", "mysql", 1)])
             assert bad.exit_code == 2 and "unsupported database" in bad.output
+            # a replay reads the redacted URL back and connects without the password
+            # (libpq's PGPASSWORD or ~/.pgpass supply it where the server asks for one)
+            replayed = CliRunner().invoke(cli_app, ["trace", "replay", data["run_id"], "--json"])
+            assert replayed.exit_code == 0, replayed.output
+            assert json.loads(replayed.stdout)["model_calls"] == 0
     finally:
         with psycopg.connect(PG_DSN, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
@@ -337,7 +350,8 @@ def test_cli_db_url_and_api_key_env_never_stored(secret_env, rg_home, tmp_path, 
     from refinegraph.trace.store import TraceStore
 
     found = scan(rg_home, {"db_pw": secret_env["db_pw"], "api_key": secret_env["api_key"]},
-                 {"cli": result.output + bad.output, **readers([run_id], rg_home), "logs": caplog.text})
+                 {"cli": result.output + bad.output + replayed.output, **readers([run_id], rg_home),
+                  "logs": caplog.text})
     assert found == {}
     store = TraceStore(rg_home / "traces.sqlite")
     try:
