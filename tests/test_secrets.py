@@ -128,9 +128,15 @@ def test_logs_of_refinegraph_and_the_server_are_redacted(caplog):
         raise RuntimeError("cannot connect to postgresql://u:pw123456@h/db")
     except RuntimeError:
         logging.getLogger("refinegraph.runner").exception("run failed")
+    logging.getLogger("refinegraph.x").info("password=%s", "hunter2x")  # a secret only the whole shows
+    logging.getLogger("uvicorn.access").info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5", "GET",
+                                             "/v1/models?api_key=qk12345678", "1.1", 200)
     text = caplog.text
-    assert "pw123456" not in text and "abcdefgh12345678" not in text
-    assert "postgresql://u:***@h/db" in text and "Bearer ***" in text
+    for secret in ("pw123456", "abcdefgh12345678", "hunter2x", "qk12345678"):
+        assert secret not in text
+    assert "postgresql://u:***@h/db" in text and "Bearer ***" in text and "password=***" in text
+    access = [r for r in caplog.records if r.name == "uvicorn.access"][0]
+    assert access.args[2] == "/v1/models?api_key=***"  # arguments kept apart: uvicorn's formatter unpacks them
 
 
 # -- a stub model server that echoes what it is sent ---------------------------------------

@@ -184,14 +184,30 @@ def redact_json(text: str, dumps: Callable[[Any], str]) -> str:
 # -- logs ---------------------------------------------------------------------------------
 
 class RedactingFilter(logging.Filter):
-    """Redacts a record's message, arguments and traceback text in place; never drops one."""
+    """Redacts a record's message, arguments and traceback text in place; never drops one.
+
+    Arguments are redacted one by one and kept apart from the message (uvicorn's access
+    formatter unpacks them); only a secret that shows when message and arguments are put
+    together (`"password=%s"`) makes the record's message the redacted whole."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        if not record.args:
+            if isinstance(record.msg, str):
+                record.msg = redact_text(record.msg)
+        elif isinstance(record.args, tuple):
+            record.args = tuple(redact_text(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = redact_value(record.args)
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a bad format string: the handler reports it as it would
+            message = None
+        if message is not None and needs_redaction(message):
+            redacted = redact_text(message)
+            if redacted != message:
+                record.msg, record.args = redacted, ()
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if needs_redaction(message):
-            record.msg, record.args = redact_text(message), None
         if record.exc_text and needs_redaction(record.exc_text):
             record.exc_text = redact_text(record.exc_text)
         return True
