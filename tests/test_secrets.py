@@ -98,6 +98,17 @@ def test_secret_named_keys_are_redacted_whatever_they_hold():
     assert not is_secret_key("max_tokens") and is_secret_key("OPENAI_API_KEY") and is_secret_key("db-password")
 
 
+@pytest.mark.parametrize("key", ["Authorization", "Proxy-Authorization", "api_key", "X-Api-Key", "apikey", "token",
+                                 "access_token", "X-Auth-Token", "id_token", "password", "DB_PASSWORD", "passwd",
+                                 "pwd", "secret", "client_secret", "AWS_SECRET_ACCESS_KEY", "aws_access_key",
+                                 "private_key", "Cookie", "Set-Cookie"])
+def test_every_secret_key_is_found_in_json_text(key):
+    """The fast path's trigger words cover every secret-named key, so JSON text that has one
+    is never passed through unredacted."""
+    assert is_secret_key(key)
+    assert json.loads(redact_json(json.dumps({"outer": {key: "v4lue"}}), json.dumps)) == {"outer": {key: MASK}}
+
+
 def test_known_values_are_replaced_wherever_they_appear():
     secret = "kv" + secrets.token_hex(8)
     assert redact_text(f"error: key {secret} refused") == f"error: key {secret} refused"
