@@ -279,7 +279,8 @@ def scan(home: Path, needles: dict[str, str], outputs: dict[str, str]) -> dict[s
 
 
 def readers(run_ids: list[str], home: Path) -> dict[str, str]:
-    """What every reader of the store prints or sends: show, export, html, OpenTelemetry."""
+    """What every reader of the store prints or sends: list, show, export, html, verify,
+    OpenTelemetry."""
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -287,8 +288,10 @@ def readers(run_ids: list[str], home: Path) -> dict[str, str]:
     from refinegraph.trace.otel import export_run
     from refinegraph.trace.store import TraceStore
 
-    out: dict[str, str] = {}
     cli = CliRunner()
+    listing = cli.invoke(cli_app, ["trace", "list", "--json"])
+    assert listing.exit_code == 0, listing.output
+    out: dict[str, str] = {"list": listing.output}
     for run_id in run_ids:
         for name, args in (("show", ["trace", "show", run_id, "--json"]), ("export", ["trace", "export", run_id]),
                            ("html", ["trace", "html", run_id, "-o", "-"]), ("verify", ["trace", "verify", run_id])):
