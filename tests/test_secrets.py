@@ -27,6 +27,8 @@ from urllib.parse import urlsplit, urlunsplit
 import openai
 import pytest
 import uvicorn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from refinegraph import RunFailed, replay, resume, run
@@ -129,6 +131,38 @@ def test_a_redacted_postgres_url_connects_without_its_password():
     db = connect("postgresql://postgres:***@127.0.0.1:5432/test?schema=s")
     assert db.target.startswith("postgresql://postgres@127.0.0.1:5432/test") and MASK not in db.target
     assert connect("postgresql://postgres:pw%40x@127.0.0.1/test").target.startswith("postgresql://postgres:pw%40x@")
+
+
+# Text built from the rules' own pieces, so that generated strings hit them often.
+PIECES = st.sampled_from(["password", "Pwd", "secret", "Authorization", "api-key", "X-API-KEY", "access_token",
+                          "Bearer ", "Basic ", "sk-", "ghp_", "eyJ", "://", "@", ":", "=", " ", "\t", "\n", "'",
+                          '"', "\\", "***", ",", ";", "&", "/", ".", "-", "_", "token", "tokens", "é", "\u2028"])
+WORD = st.text(alphabet="abcXYZ019", min_size=1, max_size=20)
+PAIR = st.tuples(st.sampled_from(["password", "Authorization", "x-api-key", "client_secret", "Pwd"]),
+                 st.sampled_from(["=", ": ", "':'", '" = "']), st.sampled_from(["", "Bearer ", "Basic "]),
+                 st.one_of(WORD, st.just("***"))).map("".join)
+TEXT = st.lists(st.one_of(PIECES, WORD, PAIR), max_size=12).map("".join)
+VALUES = st.recursive(st.one_of(st.none(), st.integers(), TEXT),
+                      lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                              st.dictionaries(st.one_of(TEXT, PIECES), inner, max_size=4)),
+                      max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(TEXT)
+def test_redaction_is_idempotent(text):
+    once = redact_text(text)
+    assert redact_text(once) == once
+
+
+@settings(max_examples=300, deadline=None)
+@given(VALUES)
+def test_json_fast_path_never_skips_what_the_walk_would_redact(value):
+    """`redact_json` passes JSON text through when no trigger word is in it: that must
+    never keep what redacting the value itself would change."""
+    from refinegraph.trace.chain import canonical_json
+
+    assert json.loads(redact_json(canonical_json(value), canonical_json)) == redact_value(value)
 
 
 def test_logs_of_refinegraph_and_the_server_are_redacted(caplog):
