@@ -64,7 +64,8 @@ _TOKEN = re.compile(r"token(?![a-z])")
 def _triggered(text: str) -> bool:
     """Whether `text` holds a word every rule needs (a superset of what they match, and JSON
     escaping leaves these words alone, so it holds for JSON text too). Substring tests, not
-    one regex: a case-insensitive alternation of the rules' words cost 25x these tests."""
+    one regex: a case-insensitive alternation of the rules' words cost 7x these tests
+    (974 against 138 us on a 2.4 KB blob, on a loaded machine)."""
     low = text.lower()
     if "@" in low and "://" in low:
         return True
