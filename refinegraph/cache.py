@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from refinegraph.trace.chain import canonical_json
+from refinegraph.trace.chain import redacted_json
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,12 @@ class CachedSample:
 
 def call_key(model: str, messages: list[dict[str, Any]], params: dict[str, Any]) -> str:
     """What identifies a request. `params` holds temperature, the requested max_tokens (not
-    a budget's cap of it), stop, response_format, logprobs and seed; n is not part of it."""
-    return hashlib.sha256(canonical_json({"model": model, "messages": messages, "params": params}).encode()).hexdigest()
+    a budget's cap of it), stop, response_format, logprobs and seed; n is not part of it.
+
+    The key hashes the request as the trace stores it, secrets redacted: a replay re-runs
+    from the recorded (redacted) input, so its requests hold `***` where the original's
+    held a secret, and must still find the original's keys."""
+    return hashlib.sha256(redacted_json({"model": model, "messages": messages, "params": params}).encode()).hexdigest()
 
 
 def sample_keys(call: str, occurrence: int, n: int) -> list[str]:

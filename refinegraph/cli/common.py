@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from refinegraph.runner import default_store
+from refinegraph.trace.redact import redact_text
 from refinegraph.trace.store import BaseTraceStore, TraceStoreError
 
 T = TypeVar("T")
@@ -26,7 +27,8 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    """Print the error (secrets redacted: a bad --db URL is echoed back) and exit with `code`."""
+    err.print(f"[bold red]error:[/] {escape(redact_text(message))}", highlight=False)
     raise typer.Exit(code)
 
 

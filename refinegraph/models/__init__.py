@@ -19,6 +19,7 @@ from refinegraph.models.pool import PoolError, PoolModel
 from refinegraph.models.reward_server import RewardServerModel
 from refinegraph.models.scripted import ScriptedModel
 from refinegraph.models.vllm_backend import VLLMEngineModel
+from refinegraph.trace.redact import register_secret, register_url_secrets
 
 __all__ = [
     "LangChainModel",
@@ -38,15 +39,24 @@ __all__ = [
 ]
 
 
+def _env_key(spec: ModelSpec) -> str | None:
+    """The model's API key from its `api_key_env`, registered as a secret so that no trace
+    or log keeps it (e.g. a server's error message that echoes it)."""
+    key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
+    register_secret(key)
+    return key
+
+
 def build_model(name: str, spec: ModelSpec) -> Model:
     """A backend instance for a configured model (nothing is started until first use)."""
+    register_url_secrets(spec.base_url)  # a password in it is redacted wherever it appears
     if spec.backend == "local":
         return LocalModel(name, n_parallel=spec.n_parallel, ctx_per_slot=spec.ctx_per_slot,
                           threads=spec.threads, timeout=spec.timeout_s)
     if spec.backend == "openai":
         if not spec.base_url or not spec.model:
             raise ConfigError(f"model {name!r}: the openai backend needs base_url and model")
-        api_key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
+        api_key = _env_key(spec)
         if spec.api_key_env and api_key is None:
             raise ConfigError(f"model {name!r}: environment variable {spec.api_key_env} is not set")
         return OpenAIModel(name, base_url=spec.base_url, model=spec.model, api_key=api_key,
@@ -56,10 +66,10 @@ def build_model(name: str, spec: ModelSpec) -> Model:
     if spec.backend == "reward":
         if not spec.base_url or not spec.model:
             raise ConfigError(f"model {name!r}: the reward backend needs base_url and model")
-        api_key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
+        api_key = _env_key(spec)
         return RewardServerModel(name, spec.base_url, spec.model, api_key=api_key, timeout=spec.timeout_s)
     if spec.backend == "langchain":
-        api_key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
+        api_key = _env_key(spec)
         if spec.api_key_env and api_key is None:
             raise ConfigError(f"model {name!r}: environment variable {spec.api_key_env} is not set")
         return build_langchain_model(name, spec, api_key)

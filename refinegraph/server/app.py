@@ -36,6 +36,7 @@ from refinegraph.server.pipelines import ModelPool, Pipeline, PreparedRun, load_
 from refinegraph.server.responses import completion_body, failure_extra
 from refinegraph.server.schemas import ChatRequest
 from refinegraph.server.streaming import stream_run
+from refinegraph.trace.redact import register_secret
 from refinegraph.trace.store import TraceStore
 
 log = logging.getLogger("refinegraph.server")
@@ -57,6 +58,7 @@ class Server:
         self.api_key: str | None = None
         if self.settings.api_key_env:
             self.api_key = os.environ.get(self.settings.api_key_env)
+            register_secret(self.api_key)  # never in a trace or a log, even if a message echoes it
             if not self.api_key:
                 raise ConfigError(f"[server] api_key_env names {self.settings.api_key_env}, which is not set "
                                   "(or empty): set it, or remove api_key_env to serve without auth")

@@ -8,19 +8,32 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from refinegraph.trace.redact import redact_json
+
 
 def canonical_json(data: Any) -> str:
     """One spelling per value: sorted keys, no spaces, UTF-8 kept."""
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+def _compact_json(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def event_body(event: BaseModel) -> str:
-    """An event's stored text: its JSON, fields in the order its class declares them.
+    """An event's stored text: its JSON, fields in the order its class declares them, with
+    secrets redacted (refinegraph.trace.redact).
 
     The hash covers exactly this stored text, so `verify` never re-serializes; blobs use
-    `canonical_json` instead, since their digest is their identity.
+    `redacted_json` instead, since their digest is their identity.
     """
-    return event.model_dump_json()
+    return redact_json(event.model_dump_json(), _compact_json)
+
+
+def redacted_json(data: Any) -> str:
+    """`canonical_json` of `data` with secrets redacted: what a blob stores and what a
+    replay-cache key hashes (so a replay from the redacted trace finds the same keys)."""
+    return redact_json(canonical_json(data), canonical_json)
 
 
 def genesis_hash(run_id: str) -> str:

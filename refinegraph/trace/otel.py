@@ -27,6 +27,7 @@ from typing import Any
 
 from refinegraph.events import DECISION_TYPES
 from refinegraph.trace import store as trace_store
+from refinegraph.trace.redact import redact_value
 from refinegraph.trace.store import TraceStore, TraceStoreError
 
 SPAN_EVENT_TYPES = DECISION_TYPES | {"error", "retry"}
@@ -117,7 +118,10 @@ class SpanBuilder:
                                                start_time=ts_ns(event.get("ts")))
 
     def on_event(self, event: dict[str, Any]) -> None:
-        """Advance the spans by one event (as the trace holds it: a dict)."""
+        """Advance the spans by one event (as the trace holds it: a dict). Redacted here too:
+        a live exporter sees the event before the store's copy, and an old store may hold
+        what a new one would not."""
+        event = redact_value(event)
         kind, node, when = event.get("type"), event.get("node"), ts_ns(event.get("ts"))
         self.last_ns = when or self.last_ns
         if kind == "run_started":
@@ -227,8 +231,8 @@ class SpanBuilder:
         outputs = [{"role": "assistant", "parts": [{"type": "text", "content": text}],
                     "finish_reason": reasons[i] if i < len(reasons) else None}
                    for i, text in enumerate(response.get("texts", []))]
-        return {"gen_ai.input.messages": json.dumps(inputs, ensure_ascii=False),
-                "gen_ai.output.messages": json.dumps(outputs, ensure_ascii=False)}
+        return {"gen_ai.input.messages": json.dumps(redact_value(inputs), ensure_ascii=False),
+                "gen_ai.output.messages": json.dumps(redact_value(outputs), ensure_ascii=False)}
 
     def _finish_run(self, e: dict[str, Any], when: int | None) -> None:
         self._close_nodes(when, "still open when the run finished")

@@ -47,7 +47,8 @@ from pathlib import Path
 from typing import Any
 
 from refinegraph.events import Event, utcnow
-from refinegraph.trace.chain import canonical_json, content_digest, event_body, event_hash, genesis_hash
+from refinegraph.trace.chain import content_digest, event_body, event_hash, genesis_hash, redacted_json
+from refinegraph.trace.redact import redact_text
 
 BUSY_TIMEOUT_S = 30.0
 SCHEMA_VERSION = 1
@@ -546,17 +547,21 @@ class TraceWriter:
     def create_run(self, graph: str, input_preview: str, *, replay_of: str | None = None,
                    owner: str | None = None) -> None:
         """List the run; the row is committed with its first events (one transaction)."""
-        self._held.runs.append(new_run_row(self.run_id, graph, input_preview, replay_of, owner))
+        self._held.runs.append(new_run_row(self.run_id, graph, redact_text(input_preview), replay_of, owner))
 
     def seal(self, status: str, stop_reason: str, answer: str | None) -> None:
         """Commit what is held together with the run's seal and final listing."""
-        self._held.extend(seal_batch(self.run_id, self.next_seq - 1, self.last_hash, status, stop_reason, answer))
+        self._hold_seal(status, stop_reason, answer)
         self.flush()
 
     async def seal_async(self, status: str, stop_reason: str, answer: str | None) -> None:
         """`seal`, in a group commit with the other runs of the event loop."""
-        self._held.extend(seal_batch(self.run_id, self.next_seq - 1, self.last_hash, status, stop_reason, answer))
+        self._hold_seal(status, stop_reason, answer)
         await self.commit()
+
+    def _hold_seal(self, status: str, stop_reason: str, answer: str | None) -> None:
+        answer = redact_text(answer) if answer else answer  # the listing's preview, like the events
+        self._held.extend(seal_batch(self.run_id, self.next_seq - 1, self.last_hash, status, stop_reason, answer))
 
     def set_status(self, status: str) -> None:
         """Commit what is held, then list the (unsealed) run as `status`."""
@@ -585,7 +590,7 @@ class TraceWriter:
 
     def put_blob(self, value: Any) -> str:
         """The blob's digest; the blob is committed with the event that references it."""
-        data = canonical_json(value).encode()
+        data = redacted_json(value).encode()
         digest = content_digest(data)
         self._held.blobs[digest] = data
         return digest

@@ -24,6 +24,7 @@ from urllib.parse import quote, urlparse
 from pydantic import BaseModel, Field
 
 from refinegraph.tools.sql.guard import RejectedSQL, check_read_only
+from refinegraph.trace.redact import MASK, register_url_secrets
 
 ErrorClass = Literal["rejected", "timeout", "syntax", "execution"]
 
@@ -106,6 +107,10 @@ def connect(url_or_path: str | Path, *, timeout_s: float = 5.0, max_rows: int = 
         query = dict(part.split("=", 1) for part in parsed.query.split("&") if "=" in part)
         schema = query.pop("schema", None)
         rest = "&".join(f"{k}={v}" for k, v in query.items())
+        register_url_secrets(text)  # its password is redacted wherever it appears (traces, logs)
+        if parsed.password == MASK:  # read back from a trace (a replay, a resume from the input):
+            # connect without it, so that libpq takes it from PGPASSWORD or ~/.pgpass
+            parsed = parsed._replace(netloc=parsed.netloc.replace(f":{MASK}@", "@", 1))
         dsn = parsed._replace(scheme="postgresql", query=rest).geturl()
         return Database(text, "postgres", dsn, timeout_s, max_rows, schema)
     if scheme == "duckdb" or text.endswith(".duckdb"):
