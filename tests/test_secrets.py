@@ -482,8 +482,9 @@ async def test_replay_of_a_run_whose_messages_held_secrets(store):
 
 
 async def test_resume_of_a_run_whose_messages_held_secrets(store, monkeypatch):
-    """A crash after the critic answered: the resume is served that call from the trace,
-    though the trace holds the request redacted and the checkpoint does not."""
+    """A crash after the critic answered: the resume runs again from the recorded (redacted)
+    input and is served both finished calls from the trace, whose keys are of the redacted
+    requests."""
     from refinegraph.tools import structured
 
     model = scripted_by_role([verdict(9, done=True)])
@@ -503,4 +504,4 @@ async def test_resume_of_a_run_whose_messages_held_secrets(store, monkeypatch):
     run_id = failed.value.result.run_id
     result = await resume(run_id, store=store, models={"local": model})
     assert model.counters == {"solver": 1, "critic": 1, "refiner": 0}
-    assert result.cache_hits == 1 and result.stop_reason == "done"
+    assert result.cache_hits == 2 and result.stop_reason == "done"
