@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import secrets
 import socket
 import threading
@@ -47,9 +46,6 @@ from refinegraph.trace.redact import (
 )
 
 from conftest import scripted_by_role, verdict
-
-PG_DSN = os.environ.get("REFINEGRAPH_PG_DSN")
-
 
 # -- the rules ------------------------------------------------------------------------------
 
@@ -367,8 +363,11 @@ def needles_of(values: dict[str, str]) -> dict[str, str]:
 def test_cli_db_url_and_api_key_env_never_stored(secret_env, rg_home, tmp_path, caplog):
     """`refinegraph sql --db postgresql://user:PASSWORD@...` with a model whose key comes from
     api_key_env and whose server echoes it in an error: nothing of either is kept."""
+    from conftest import pg_dsn
+
+    PG_DSN = pg_dsn()  # noqa: N806 - the module's name for it, kept
     if not PG_DSN:
-        pytest.skip("REFINEGRAPH_PG_DSN is not set (CI sets it to a PostgreSQL test database)")
+        pytest.skip("no PostgreSQL answers at REFINEGRAPH_PG_DSN or the local default: set REFINEGRAPH_PG_DSN")
     import psycopg
 
     caplog.set_level(logging.DEBUG)
