@@ -15,10 +15,11 @@ from typing import Any
 
 
 def summarize(outcomes: Sequence[Any], methods: list[str], *, score: str = "accuracy",
-              means: Sequence[str] = ()) -> list[dict[str, Any]]:
+              means: Sequence[str] = (), shares: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Per method: the share correct (under the key `score`), mean tokens, calls and
-    seconds per question, `score` per 1k tokens, errors, and the mean of each attribute
-    named in `means` (e.g. samples, cost_usd)."""
+    seconds per question, `score` per 1k tokens, errors, the mean of each attribute
+    named in `means` (e.g. samples, cost_usd), and for each boolean attribute in `shares`
+    ("correct_spider") its share under `score` + its suffix ("ex_spider")."""
     rows = []
     for method in methods:
         mine = [o for o in outcomes if o.method == method]
@@ -31,6 +32,9 @@ def summarize(outcomes: Sequence[Any], methods: list[str], *, score: str = "accu
                "mean_seconds": round(sum(o.seconds for o in mine) / len(mine), 2),
                f"{score}_per_1k_tokens": round(1000 * accuracy / tokens, 4) if tokens else None,
                "errors": sum(1 for o in mine if o.error)}
+        for name in shares:
+            row[f"{score}_{name.removeprefix('correct_')}"] = round(sum(bool(getattr(o, name)) for o in mine)
+                                                                    / len(mine), 4)
         for name in means:
             values = [getattr(o, name) or 0 for o in mine]
             row[f"mean_{name}"] = round(sum(values) / len(values), 8)
