@@ -181,6 +181,8 @@ def pool_cmd(
         PRICES_NOTE,
         answer,
         answer_kind,
+        check_answer_fits,
+        check_pool_models,
         config_toml,
         default_config,
         default_params,
@@ -188,6 +190,7 @@ def pool_cmd(
         with_pool_file,
     )
     from refinegraph.config import ConfigError, load_config
+    from refinegraph.models.pool import PoolError
     from refinegraph.tools.answers import get_projection
     from refinegraph.trace.store import TraceStore
 
@@ -203,16 +206,21 @@ def pool_cmd(
         questions, task = load_pool(pool, limit=limit)
         kind = answer_type or answer_kind(task, pool)
         get_projection(kind)
-        cfg, defaults = default_config(pool, task)
+        check_answer_fits(questions, kind, task)
         if config is not None:  # the defaults' ACAR routing still applies where the config has its models
-            cfg = with_pool_file(load_config(config), pool)
+            cfg, defaults = with_pool_file(load_config(config), pool), {}
+            if task in ("date", "gsm8k"):
+                defaults = default_config(pool, task)[1]
+        else:
+            cfg, defaults = default_config(pool, task)
+        check_pool_models(cfg)
         optional = default_params(cfg, kind, defaults)
         optional = {g: {**p, "answer": kind} for g, p in optional.items()}
         for method in methods:
             optional.setdefault(method.partition("@")[0], {"answer": kind})
         params, applied = _resolve_all(methods, param, optional)
         configs = {m: _config_for(m, cfg) for m in methods}
-    except (FileNotFoundError, KeyError, ValueError, ConfigError) as exc:
+    except (FileNotFoundError, KeyError, ValueError, ConfigError, PoolError) as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from exc
 
