@@ -94,3 +94,28 @@ def test_bench_allocation_reads_the_pool_by_its_task(tmp_path):
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     sc = next(r for r in report["methods"] if r["method"] == "SC@all")
     assert sc["correct"] == 3 and sc["answers"] == ["nk", "ye", "yn"]
+
+
+@pytest.mark.parametrize("graph, role, extra", [("self-refine", "critic", []), ("best-of-n", "reward", []),
+                                                ("sets", "verifier", []), ("magicore", "reward", []),
+                                                ("acar", "judge", ["-p", "acar.judge=true"])])
+def test_a_judging_role_played_by_a_pool_is_refused(tmp_path, graph, role, extra):
+    """Issue 16, point 4: a pool answers a critic's or judge's prompt with recorded reasoning."""
+    pool = letters_pool(tmp_path)
+    result = CliRunner().invoke(app, ["bench", "pool", "--pool", str(pool), "--config", str(config_for(tmp_path, pool)),
+                                      "--graphs", graph, *extra, "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2, result.output
+    assert f"role {role!r}" in result.output and "pool model 'm'" in result.output
+
+
+def test_a_live_model_in_the_judging_role_is_accepted(tmp_path):
+    from refinegraph.bench.common import check_live_roles
+    from refinegraph.config import Config, ModelSpec
+
+    pool = letters_pool(tmp_path)
+    config = Config(models={"m": ModelSpec(backend="pool", pool_file=str(pool)), "live": ModelSpec(backend="local")},
+                    roles={"default": "m", "critic": "live", "refiner": "live"})
+    check_live_roles("self-refine", {}, config)
+    with pytest.raises(ValueError, match="roles.judge = one of: live"):
+        check_live_roles("acar", {}, config)
+    check_live_roles("acar", {"judge": False}, config)

@@ -134,3 +134,40 @@ def resolve_params(method: str, optional: dict[str, Any], explicit: dict[str, An
     params = {**optional, **explicit}
     compiled_graph(graph, params)
     return params, dropped
+
+
+LIVE_ROLES: dict[str, tuple[str, ...]] = {
+    "self-refine": ("critic", "refiner"),
+    "best-of-n": ("reward",),
+    "sets": ("verifier", "corrector"),
+    "magicore": ("reward", "reviewer", "refiner"),
+    "acar": ("judge",),
+    "csc-sql": ("merger",),
+}
+"""Roles that judge, score or rewrite: their prompts are no task a pool recorded, so a pool
+model playing one would answer with recorded reasoning (every verdict a fallback)."""
+
+
+def live_roles(method: str, params: dict[str, Any]) -> tuple[str, ...]:
+    """The roles of `method` that need a live model under `params` (ACAR without its judge
+    needs none; a reward-model server plays "reward" when `reward_model` names one)."""
+    graph = graph_of(method)
+    roles = LIVE_ROLES.get(graph, ())
+    if graph == "acar" and params.get("judge") is False:
+        return ()
+    if params.get("reward_model"):
+        roles = tuple(r for r in roles if r != "reward")
+    return roles
+
+
+def check_live_roles(method: str, params: dict[str, Any], config: Any) -> None:
+    """Refuse a method whose judging roles would be played by a pool model (a pool answers
+    only the task's own prompt), naming the role, its model and the way out."""
+    for role in live_roles(method, params):
+        name = config.model_for_role(role)
+        if config.spec(name).backend == "pool":
+            live = sorted(n for n, s in config.models.items() if s.backend != "pool")
+            raise ValueError(f"{method}: role {role!r} judges or rewrites, and a pool answers only the task's "
+                             f"recorded prompt, but it is played by pool model {name!r}. Give it a live model "
+                             f"(a config with roles.{role} = one of: {', '.join(live) or 'none configured'})"
+                             + (", or -p acar.judge=false" if graph_of(method) == "acar" else ""))

@@ -176,7 +176,7 @@ def pool_cmd(
     out_dir: Path = typer.Option(Path("bench-reports/pool"), "--out", help="Report folder."),
 ) -> None:
     """Accuracy, samples served, estimated tokens and cost per method on recorded outputs."""
-    from refinegraph.bench.common import plot, summarize, write_outcomes
+    from refinegraph.bench.common import check_live_roles, plot, summarize, write_outcomes
     from refinegraph.bench.pool import (
         PRICES_NOTE,
         answer,
@@ -220,6 +220,8 @@ def pool_cmd(
             optional.setdefault(method.partition("@")[0], {"answer": kind})
         params, applied = _resolve_all(methods, param, optional)
         configs = {m: _config_for(m, cfg) for m in methods}
+        for method in methods:
+            check_live_roles(method, params[method], configs[method])
     except (FileNotFoundError, KeyError, ValueError, ConfigError, PoolError) as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from exc
