@@ -19,6 +19,8 @@ examples/pools/date.toml and examples/pools/gsm8k.toml):
   completion per model) and escalates to codex (code-davinci-002), gpt35, gpt4.
 
 Params every applicable graph gets unless -p says otherwise: answer=<the answer type>;
+max_tokens=2048 (above every recorded completion: only a --budget cuts one, as it would a
+live model's);
 self-consistency and adaptive-sc: n = completions per question of the default model;
 acar: probe/mode models as above (with a foreign --config: probe = the default role's
 model, modes = the configured models in file order, cheapest first), judge=False (a pool
@@ -217,12 +219,18 @@ def default_params(config: Config, kind: str, defaults: dict[str, dict[str, Any]
     if not acar or any(name not in config.models for name in named if name):
         others = [name for name in config.models if name != default_model]
         acar = {"probe_model": default_model, "models": ([default_model] + others)[:3]}
-    acar.update({"judge": False, "mode_params": {"n": 1, "answer": kind}})
+    acar.update({"judge": False, "mode_params": {"n": 1, "answer": kind, "max_tokens": POOL_MAX_TOKENS},
+                 "max_tokens": POOL_MAX_TOKENS})
     params: dict[str, dict[str, Any]] = {"acar": acar}
     if n:
         params["self-consistency"] = {"n": n}
         params["adaptive-sc"] = {"n": n}
     return params
+
+
+POOL_MAX_TOKENS = 2048
+"""The max_tokens pool runs get by default: above the longest recorded completion of the
+shared pools (about 1,050 estimated tokens), so a completion is cut only by a budget."""
 
 
 async def answer(question: Question, method: str, config: Config, params: dict[str, Any], kind: str,

@@ -197,6 +197,7 @@ def spider_cmd(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from refinegraph.bench.common import check_live_roles
+    from refinegraph.bench.pool import POOL_MAX_TOKENS
     from refinegraph.bench.report import command_line
     from refinegraph.bench.spider import answer, load_questions, plot, summarize, write_outcomes
     from refinegraph.bench.spider_metric import check_metric, layout_metric
@@ -227,7 +228,8 @@ def spider_cmd(
             cfg = cfg.model_copy(update={
                 "models": {**cfg.models, "pool": ModelSpec(backend="pool", pool_file=str(pool), pool_sources=chosen)},
                 "roles": {"default": "pool", "merger": merger}})
-            params = {**params, "n": len(chosen)}
+            # Above every recorded query: only the budget cuts one, as it would a live model's.
+            params = {"max_tokens": POOL_MAX_TOKENS, **params, "n": len(chosen)}
             for method in methods:
                 check_live_roles(method, params, cfg)
             if "sql-greedy" in methods:

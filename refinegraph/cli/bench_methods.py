@@ -173,11 +173,15 @@ def pool_cmd(
     concurrency: int = typer.Option(4, "--concurrency", min=1, help="Runs at once."),
     param: list[str] = typer.Option([], "--param", "-p",
                                     help="KEY=VALUE for every graph that takes KEY; GRAPH.KEY=VALUE for one."),
+    budget_tokens: int | None = typer.Option(None, "--budget", min=1,
+                                             help="Token budget per question (estimated tokens), binding as on a "
+                                                  "live model: a completion is cut at what is left."),
     out_dir: Path = typer.Option(Path("bench-reports/pool"), "--out", help="Report folder."),
 ) -> None:
     """Accuracy, samples served, estimated tokens and cost per method on recorded outputs."""
     from refinegraph.bench.common import check_live_roles, plot, summarize, write_outcomes
     from refinegraph.bench.pool import (
+        POOL_MAX_TOKENS,
         PRICES_NOTE,
         answer,
         answer_kind,
@@ -189,6 +193,7 @@ def pool_cmd(
         load_pool,
         with_pool_file,
     )
+    from refinegraph.budget import Budget
     from refinegraph.config import ConfigError, load_config
     from refinegraph.models.pool import PoolError
     from refinegraph.tools.answers import get_projection
@@ -215,9 +220,9 @@ def pool_cmd(
             cfg, defaults = default_config(pool, task)
         check_pool_models(cfg)
         optional = default_params(cfg, kind, defaults)
-        optional = {g: {**p, "answer": kind} for g, p in optional.items()}
+        optional = {g: {**p, "answer": kind, "max_tokens": POOL_MAX_TOKENS} for g, p in optional.items()}
         for method in methods:
-            optional.setdefault(method.partition("@")[0], {"answer": kind})
+            optional.setdefault(method.partition("@")[0], {"answer": kind, "max_tokens": POOL_MAX_TOKENS})
         params, applied = _resolve_all(methods, param, optional)
         configs = {m: _config_for(m, cfg) for m in methods}
         for method in methods:
@@ -230,7 +235,8 @@ def pool_cmd(
     store = TraceStore(out_dir / "traces.sqlite")
     try:
         outcomes = _run_all("pool", [(q, m) for q in questions for m in methods], concurrency,
-                            lambda q, m: answer(q, m, configs[m], params[m], kind, store))
+                            lambda q, m: answer(q, m, configs[m], params[m], kind, store,
+                                                Budget(max_tokens=budget_tokens) if budget_tokens else None))
     finally:
         store.close()
     summary = summarize(outcomes, methods, means=("samples", "cost_usd"))
@@ -240,6 +246,7 @@ def pool_cmd(
     picture = plot(out_dir, summary, title, x="mean_cost_usd", xlabel="mean cost per question (USD, illustrative)")
     report = {"title": title, "pool": str(pool), "questions": len(questions), "answer": kind, "methods": methods,
               "skipped": skipped, "config": str(config) if config else "default (config.toml)",
+              "budget_tokens": budget_tokens,
               "note": PRICES_NOTE, "params": applied, "summary": summary}
     (out_dir / "summary.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     _table(title, summary, [
