@@ -63,6 +63,9 @@ def test_bench_pool_reads_a_task_by_its_own_answer_type(tmp_path):
     assert summary["answer"] == "letters"
     rows = {r["method"]: r for r in summary["summary"]}
     assert rows["greedy"]["accuracy"] == 1.0 and rows["self-consistency"]["accuracy"] == 1.0
+    # The report says how to make it again, and plots accuracy against cost.
+    assert summary["command"].startswith("refinegraph bench pool --pool ")
+    assert "--graphs greedy,self-consistency" in summary["command"] and (out / "accuracy.png").is_file()
 
 
 def test_an_answer_type_that_reads_no_gold_is_refused(tmp_path):

@@ -160,6 +160,7 @@ def gsm8k_cmd(
 
 @app.command("pool")
 def pool_cmd(
+    ctx: typer.Context,
     pool: Path = typer.Option(..., "--pool", help="A pool file of recorded outputs (data/pools/*.jsonl)."),
     graphs: str = typer.Option(POOL_GRAPHS, "--graphs",
                                help="Comma-separated graphs; GRAPH@MODEL has MODEL play every role."),
@@ -193,6 +194,7 @@ def pool_cmd(
         load_pool,
         with_pool_file,
     )
+    from refinegraph.bench.report import command_line
     from refinegraph.budget import Budget
     from refinegraph.config import ConfigError, load_config
     from refinegraph.models.pool import PoolError
@@ -247,7 +249,7 @@ def pool_cmd(
     report = {"title": title, "pool": str(pool), "questions": len(questions), "answer": kind, "methods": methods,
               "skipped": skipped, "config": str(config) if config else "default (config.toml)",
               "budget_tokens": budget_tokens,
-              "note": PRICES_NOTE, "params": applied, "summary": summary}
+              "note": PRICES_NOTE, "params": applied, "summary": summary, "command": command_line(ctx)}
     (out_dir / "summary.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     _table(title, summary, [
         ("method", lambda r: r["method"]), ("accuracy", lambda r: f"{100 * r['accuracy']:.1f}%"),
@@ -256,5 +258,6 @@ def pool_cmd(
         ("errors", lambda r: str(r["errors"]))])
     out.print(f"* {PRICES_NOTE}", highlight=False)
     plot_note = picture or "(no plot: pip install matplotlib)"
+    out.print(f"command: {report['command']}", highlight=False, markup=False)
     out.print(f"report: {out_dir}/summary.json {out_dir}/questions.jsonl {out_dir}/config.toml {plot_note}",
               highlight=False)
