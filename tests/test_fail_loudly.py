@@ -122,3 +122,32 @@ def test_a_live_model_in_the_judging_role_is_accepted(tmp_path):
     with pytest.raises(ValueError, match="roles.judge = one of: live"):
         check_live_roles("acar", {}, config)
     check_live_roles("acar", {"judge": False}, config)
+
+
+def two_source_pool(path: Path, words: list[tuple[str, str]]) -> Path:
+    path.write_text("".join(json.dumps({"id": f"q{i}", "task": "last_letters", "question": question, "gold": gold,
+                                        "samples": {"weak": ["So the answer is zz."],
+                                                    "strong": [f"So the answer is {gold}."]}}) + "\n"
+                            for i, (question, gold) in enumerate(words)))
+    return path
+
+
+def test_bench_pool_select_on_orders_sources_on_other_questions(tmp_path):
+    """Issue 16, point 2: the order a vote breaks ties by is chosen on a selection pool."""
+    report = two_source_pool(tmp_path / "report.jsonl", LETTERS)
+    dev = two_source_pool(tmp_path / "dev.jsonl", [("Take the last letters of \"Ada Lovelace\".", "ae")])
+    config = tmp_path / "two.toml"
+    config.write_text(f'[models.m]\nbackend = "pool"\npool_file = "{report}"\npool_sources = ["weak", "strong"]\n\n'
+                      f'[roles]\ndefault = "m"\n')
+    base = ["bench", "pool", "--pool", str(report), "--config", str(config), "--graphs", "self-consistency",
+            "-p", "n=2"]
+    plain = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "plain")])
+    chosen = CliRunner().invoke(app, [*base, "--select-on", str(dev), "--out", str(tmp_path / "chosen")])
+    assert plain.exit_code == 0 and chosen.exit_code == 0, plain.output + chosen.output
+    accuracy = {name: json.loads((tmp_path / name / "summary.json").read_text())["summary"][0]["accuracy"]
+                for name in ("plain", "chosen")}
+    assert accuracy == {"plain": 0.0, "chosen": 1.0}
+    selection = json.loads((tmp_path / "chosen" / "summary.json").read_text())["selection"]
+    assert selection["orders"] == {"m": ["strong", "weak"]} and selection["source_accuracy"]["strong"] == 1.0
+    peek = CliRunner().invoke(app, [*base, "--select-on", str(report), "--out", str(tmp_path / "peek")])
+    assert peek.exit_code == 2 and "peek" in peek.output

@@ -253,3 +253,39 @@ async def answer(question: Question, method: str, config: Config, params: dict[s
     return Outcome(question.index, question.id, method, text, question.gold, correct, served,
                    result.usage["total_tokens"], round(result.cost_usd or 0.0, 8), result.model_calls,
                    round(seconds, 3), result.run_id, result.stop_reason, error)
+
+
+def rank_sources(dev_pool: Path, kind: str, questions: set[str]) -> dict[str, float]:
+    """Each source's accuracy (its first completion, read as `kind`) on a selection pool;
+    a selection pool that shares a question with the scored one is refused (no peeking)."""
+    project = get_projection(kind)
+    right: dict[str, int] = {}
+    seen = 0
+    with open(dev_pool, encoding="utf-8") as lines:
+        for line in lines:
+            if not line.strip():
+                continue
+            entry = json.loads(line)
+            if entry["question"].strip() in questions:
+                raise ValueError(f"--select-on {Path(dev_pool).name} shares questions with the scored pool: "
+                                 f"selection would peek")
+            seen += 1
+            gold = project(str(entry["gold"]))
+            for source, texts in entry["samples"].items():
+                answer = project(texts[0]) if texts else None
+                right[source] = right.get(source, 0) + (answer is not None and answer == gold)
+    if not seen:
+        raise ValueError(f"--select-on {Path(dev_pool).name} holds no question")
+    return {source: count / seen for source, count in right.items()}
+
+
+def ordered_by(config: Config, accuracy: dict[str, float]) -> Config:
+    """Every pool model's sources strongest first by `accuracy` (ties keep their order),
+    so that a vote's ties go to the source that did best on the selection questions."""
+    models = {}
+    for name, spec in config.models.items():
+        if spec.backend == "pool" and spec.pool_sources and len(spec.pool_sources) > 1:
+            ranked = sorted(spec.pool_sources, key=lambda s: -accuracy.get(s, 0.0))
+            spec = spec.model_copy(update={"pool_sources": ranked})
+        models[name] = spec
+    return config.model_copy(update={"models": models})

@@ -174,6 +174,10 @@ def pool_cmd(
     concurrency: int = typer.Option(4, "--concurrency", min=1, help="Runs at once."),
     param: list[str] = typer.Option([], "--param", "-p",
                                     help="KEY=VALUE for every graph that takes KEY; GRAPH.KEY=VALUE for one."),
+    select_on: Path | None = typer.Option(None, "--select-on",
+                                          help="A pool of other questions: each multi-source pool model's sources "
+                                               "are ranked on it (strongest first: a vote's ties go there), and "
+                                               "--pool is scored only."),
     budget_tokens: int | None = typer.Option(None, "--budget", min=1,
                                              help="Token budget per question (estimated tokens), binding as on a "
                                                   "live model: a completion is cut at what is left."),
@@ -192,6 +196,8 @@ def pool_cmd(
         default_config,
         default_params,
         load_pool,
+        ordered_by,
+        rank_sources,
         with_pool_file,
     )
     from refinegraph.bench.report import command_line
@@ -221,6 +227,14 @@ def pool_cmd(
         else:
             cfg, defaults = default_config(pool, task)
         check_pool_models(cfg)
+        selection = None
+        if select_on is not None:
+            accuracy = rank_sources(select_on, kind, {q.question for q in load_pool(pool)[0]})
+            cfg = ordered_by(cfg, accuracy)
+            selection = {"selected_on": select_on.name,
+                         "source_accuracy": {s: round(a, 4) for s, a in sorted(accuracy.items(), key=lambda x: -x[1])},
+                         "orders": {n: m.pool_sources for n, m in cfg.models.items()
+                                    if m.backend == "pool" and len(m.pool_sources or []) > 1}}
         optional = default_params(cfg, kind, defaults)
         optional = {g: {**p, "answer": kind, "max_tokens": POOL_MAX_TOKENS} for g, p in optional.items()}
         for method in methods:
@@ -248,7 +262,7 @@ def pool_cmd(
     picture = plot(out_dir, summary, title, x="mean_cost_usd", xlabel="mean cost per question (USD, illustrative)")
     report = {"title": title, "pool": str(pool), "questions": len(questions), "answer": kind, "methods": methods,
               "skipped": skipped, "config": str(config) if config else "default (config.toml)",
-              "budget_tokens": budget_tokens,
+              "budget_tokens": budget_tokens, "selection": selection,
               "note": PRICES_NOTE, "params": applied, "summary": summary, "command": command_line(ctx)}
     (out_dir / "summary.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     _table(title, summary, [
