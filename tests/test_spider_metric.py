@@ -104,3 +104,14 @@ def test_unknown_metric_names_the_available_ones(cases, tmp_path):
     result = CliRunner().invoke(app, ["bench", "spider", "--data", str(data), "--pool", str(pool), "--systems",
                                       "cand", "--metric", "exact", "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "spider, bird" in result.output
+
+
+def test_a_gold_query_that_fails_is_reported_before_any_run(cases, tmp_path):
+    data, pool = cases
+    items = json.loads((data / "dev.json").read_text())
+    items[2]["query"] = "SELECT nothing FROM nowhere"
+    (data / "dev.json").write_text(json.dumps(items))
+    result = CliRunner().invoke(app, ["bench", "spider", "--data", str(data), "--pool", str(pool), "--systems",
+                                      "cand", "--graphs", "sql-greedy", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "question 2 (concert_singer)" in result.output
+    assert not (tmp_path / "r" / "questions.jsonl").exists()

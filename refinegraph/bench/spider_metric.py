@@ -66,3 +66,21 @@ def _check_gold(gold: ExecResult) -> None:
         raise GoldFailed(f"the gold query failed ({gold.error_class}: {gold.error}): {gold.sql[:200]}")
     if gold.truncated:
         raise GoldFailed(f"the gold query returned more rows than the executor keeps: {gold.sql[:200]}")
+
+
+def check_golds(questions: list[Any], metric: Metric) -> None:
+    """Every gold query executes (as the metric rewrites it) before any method runs: a
+    failing gold is a data error, reported with its question, and no run is spent."""
+    from refinegraph.tools.sql import connect
+
+    failed = []
+    for question in questions:
+        db = connect(question.db_path, timeout_s=30.0, max_rows=100_000)
+        sql = spider_rewrite(question.gold, predicted=False) if metric == "spider" else question.gold
+        result = db.execute_sync(sql)
+        if not result.ok or result.truncated:
+            failed.append(f"question {question.index} ({question.db_id}): "
+                          f"{result.error_class or 'too many rows'}: {sql[:120]}")
+    if failed:
+        raise GoldFailed(f"{len(failed)} gold queries do not execute under the {metric} metric: "
+                         + "; ".join(failed[:5]))

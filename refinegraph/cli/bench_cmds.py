@@ -200,7 +200,7 @@ def spider_cmd(
     from refinegraph.bench.pool import POOL_MAX_TOKENS
     from refinegraph.bench.report import command_line
     from refinegraph.bench.spider import answer, load_questions, plot, summarize, write_outcomes
-    from refinegraph.bench.spider_metric import check_metric, layout_metric
+    from refinegraph.bench.spider_metric import GoldFailed, check_golds, check_metric, layout_metric
     from refinegraph.cli.app import _params
     from refinegraph.config import ConfigError, ModelSpec, load_config
 
@@ -209,6 +209,7 @@ def spider_cmd(
     try:
         chosen_metric = check_metric(metric) if metric else layout_metric(data)
         questions = load_questions(data, limit=limit)
+        check_golds(questions, chosen_metric)
         cfg = load_config(config)
         if model:
             cfg = cfg.with_model(model)
@@ -235,7 +236,7 @@ def spider_cmd(
             if "sql-greedy" in methods:
                 err.print(f"note: with --pool, sql-greedy answers with the first system's SQL ({chosen[0]})",
                           markup=False)
-    except (FileNotFoundError, ValueError, ConfigError) as exc:
+    except (FileNotFoundError, ValueError, ConfigError, GoldFailed) as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from exc
 
