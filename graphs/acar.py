@@ -1,12 +1,14 @@
 """ACAR: sigma-routing across models.
 
-`probes` samples from a cheap probe model; sigma = (distinct answers - 1) / (N - 1), where
+`probes` samples from a cheap probe model (or, with `probe_models`, from several models in
+turn: mixed probes); sigma = (distinct answers - 1) / (N - 1), where
 every unreadable answer (None) counts as a distinct answer of its own (an unreadable
 probe is disagreement, not agreement); N = 1 gives sigma 0. The mode:
 
 - sigma < low (0.3): "one": the probes' majority answer (ties: the answer sampled first);
   no further call;
-- low <= sigma < high (0.7): "two": the first two models (cheapest first) each run the
+- low <= sigma < high (0.7): "two": the first two models (cheapest first: `order="price"`
+  sorts the models by their configured price, the default; `order="given"` keeps the list) each run the
   mode graph; the answer is a vote over both models' answers and the probes' answers;
 - sigma >= high: "three": all three models run it; a strict majority of their answers
   wins; otherwise a judge (role "judge") chooses among their distinct answers, and an
@@ -34,9 +36,10 @@ the whole run, and the winner.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Sequence
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, Literal, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
@@ -61,9 +64,17 @@ class ACARParams(BaseModel):
 
     probe_model: str | None = None
     """None: the model playing role "probe" (the default role's model when none is named)."""
+    probe_models: list[str] | None = Field(None, min_length=1)
+    """Mixed probes: probe i is sampled from probe_models[i % len] (models of different
+    families, or one model under different prompts' configs), so that cheap probes that
+    agree because they share a blind spot are fewer; overrides probe_model."""
     models: list[str] | None = Field(None, min_length=1, max_length=3)
-    """The modes' models, cheapest first; fewer than three are padded with the last one.
-    None: roles model1, model2, model3 (each the default model when not named)."""
+    """The modes' models; fewer than three are padded with the last one. None: roles
+    model1, model2, model3 (each the default model when not named)."""
+    order: Literal["price", "given"] = "price"
+    """price: the modes' models sorted cheapest first by their configured price per Mtok
+    (input + output; an unpriced model after the priced ones, ties in the given order);
+    given: as listed."""
     probes: int = Field(3, ge=1, le=64)
     probe_temperature: float = Field(0.7, ge=0.0, le=2.0)
     seed: int = 0
@@ -110,17 +121,36 @@ def choose_mode(value: float, thresholds: Sequence[float]) -> str:
     return "three"
 
 
-def mode_models(settings: dict[str, Any], resolve: Any) -> list[str]:
-    """The three mode models, cheapest first; `resolve(role)` names a role's model."""
+def mode_models(settings: dict[str, Any], resolve: Any, config: Any = None) -> list[str]:
+    """The three mode models, cheapest first when `order` is "price" (prices from `config`);
+    `resolve(role)` names a role's model."""
     names = list(settings["models"]) if settings["models"] else [resolve(role) for role in MODE_ROLES]
+    if settings.get("order", "price") == "price" and config is not None:
+        names = sorted(names, key=lambda name: model_price(config, name))
     return (names + [names[-1]] * 3)[:3]
+
+
+def model_price(config: Any, name: str) -> float:
+    """A model's configured price per Mtok, input plus output; unpriced (or unknown): +inf."""
+    spec = config.models.get(name)
+    if spec is None or spec.price_input_per_mtok is None and spec.price_output_per_mtok is None:
+        return math.inf
+    return (spec.price_input_per_mtok or 0.0) + (spec.price_output_per_mtok or 0.0)
+
+
+def probe_plan(settings: dict[str, Any], probe_model: str) -> list[tuple[str, int]]:
+    """(model, samples) per probe model, in order: probe i comes from probe_models[i % len]."""
+    models = settings.get("probe_models") or [probe_model]
+    counts = [sum(1 for i in range(settings["probes"]) if i % len(models) == j) for j in range(len(models))]
+    return [(model, count) for model, count in zip(models, counts) if count]
 
 
 def uses_models(params: dict[str, Any], config: Any) -> list[str]:
     """Every model ACAR may call besides its roles': the probe model and the modes' models."""
     settings = ACARParams(**(params or {})).model_dump()
     probe = settings["probe_model"] or config.model_for_role("probe")
-    return sorted({probe, *mode_models(settings, config.model_for_role)})
+    probes = settings.get("probe_models") or [probe]
+    return sorted({*probes, *mode_models(settings, config.model_for_role, config)})
 
 
 def combined_vote(probe_answers: Sequence[str | None], model_answers: Sequence[str | None]) -> VoteOutcome:
@@ -170,17 +200,19 @@ def build_acar(params: dict[str, Any] | None = None, *, checkpointer: Any = None
 
     async def start(state: ACARState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         ctx = runtime.context
-        probe_model = settings["probe_model"] or ctx.model_name("probe")
+        probe_model = ",".join(settings["probe_models"] or []) or settings["probe_model"] or ctx.model_name("probe")
         return {"params": settings, "probe_model": probe_model, "probes": [], "mode": "one", "models": [],
                 "sigma": 0.0}
 
     async def probe(state: ACARState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         ctx = runtime.context
-        with ctx.playing(state["probe_model"], "probe"):
-            samples = await sample_answers(ctx, state["task"], n=settings["probes"],
-                                           temperature=settings["probe_temperature"],
-                                           max_tokens=settings["max_tokens"], seed=settings["seed"],
-                                           kind=settings["answer"], role="probe")
+        samples: list[dict[str, Any]] = []
+        for offset, (model, count) in enumerate(probe_plan(settings, state["probe_model"])):
+            with ctx.playing(model, "probe"):
+                samples += await sample_answers(ctx, state["task"], n=count,
+                                                temperature=settings["probe_temperature"],
+                                                max_tokens=settings["max_tokens"], seed=settings["seed"] + offset,
+                                                kind=settings["answer"], role="probe", first_index=len(samples))
         return {"probes": samples}
 
     async def route(state: ACARState, runtime: Runtime[RunContext]) -> dict[str, Any]:
@@ -188,7 +220,7 @@ def build_acar(params: dict[str, Any] | None = None, *, checkpointer: Any = None
         answers = [p["answer"] for p in state["probes"]]
         value = round(sigma(answers), 6)
         mode = choose_mode(value, settings["thresholds"])
-        models = mode_models(settings, ctx.model_name)[:MODE_SIZES[mode]]
+        models = mode_models(settings, ctx.model_name, ctx.config)[:MODE_SIZES[mode]]
         ctx.emit(Route(phase="decided", probe_model=state["probe_model"], probes=len(answers), probe_answers=answers,
                        sigma=value, thresholds=settings["thresholds"],
                        probe_temperature=settings["probe_temperature"], probe_seed=settings["seed"], mode=mode,

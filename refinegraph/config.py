@@ -80,7 +80,9 @@ class ModelSpec(BaseModel):
     max_n: int | None = Field(None, ge=1)
     timeout_s: float = Field(120.0, gt=0)
     supports_json_schema: bool = True
-    count_tokens: Literal["usage", "tokenize"] = "usage"
+    count_tokens: Literal["auto", "usage", "tokenize"] = "auto"
+    """auto: count each choice with /tokenize when the server is llama.cpp (its usage counts
+    one choice when n > 1), else trust the server's usage."""
     n_parallel: int = Field(8, ge=1, le=256)
     ctx_per_slot: int = Field(4096, ge=256)
     threads: int | None = None

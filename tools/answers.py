@@ -11,9 +11,15 @@ Built-in projections:
 - "date": the last MM/DD/YYYY in the text, zero-padded.
 - "text": the span after the last "answer is" (else the last line), lowercased, with
   punctuation, articles and extra spaces removed.
+- "letters": a string of letters (Last Letter Concatenation): the word after the last
+  "answer is" (else the last line's last word), letters only, lowercased.
+- "sql": the last SQL query of the text (a ```sql block, else from the last SELECT/WITH),
+  in sqlglot's canonical spelling.
 
-Users add their own with `register_projection(name, fn)` and name it in a graph's
-`answer` parameter.
+Each task names its answer type (`TASK_ANSWERS`, `answer_type_for_task`): a pool record's
+`task` field picks the projection, so a Last Letters pool is never read as numbers.
+Users add their own with `register_projection(name, fn)` (and `register_task`) and name it
+in a graph's `answer` parameter.
 """
 
 from __future__ import annotations
@@ -117,12 +123,79 @@ def extract_text(text: str) -> str | None:
     return normalized or None
 
 
+_LETTERS = re.compile(r"[A-Za-z]+")
+
+
+def extract_letters(text: str) -> str | None:
+    """A concatenation of letters: the first word after the last "answer is", else the
+    last word of the last non-empty line; quotes and punctuation dropped, lowercased."""
+    marks = list(_ANSWER_IS.finditer(text))
+    if marks:
+        words = _LETTERS.findall(text[marks[-1].end():].split("\n", 1)[0])
+        return words[0].lower() if words else None
+    line = next((ln for ln in reversed(text.splitlines()) if ln.strip()), "")
+    words = _LETTERS.findall(line)
+    return words[-1].lower() if words else None
+
+
+_SQL_BLOCK = re.compile(r"```(?:sql)?\s*(.*?)```", re.IGNORECASE | re.DOTALL)
+_SQL_START = re.compile(r"\b(SELECT|WITH)\b", re.IGNORECASE)
+
+
+def extract_sql(text: str) -> str | None:
+    """The last SQL query of the text in sqlglot's canonical spelling; None when none parses."""
+    import sqlglot
+    from sqlglot.errors import ParseError, TokenError
+
+    blocks = _SQL_BLOCK.findall(text)
+    if blocks:
+        candidate = blocks[-1]
+    else:
+        starts = [m.start() for m in _SQL_START.finditer(text)]
+        if not starts:
+            return None
+        candidate = text[starts[0]:]
+    candidate = candidate.strip().split(";", 1)[0]
+    try:
+        tree = sqlglot.parse_one(candidate, read="sqlite")
+    except (ParseError, TokenError):
+        return None
+    return tree.sql(dialect="sqlite", normalize=True) if tree is not None else None
+
+
 _projections: dict[str, Projection] = {
     "number": extract_number,
     "choice": extract_choice,
     "date": extract_date,
     "text": extract_text,
+    "letters": extract_letters,
+    "sql": extract_sql,
 }
+
+TASK_ANSWERS: dict[str, str] = {
+    "gsm8k": "number", "svamp": "number", "asdiv": "number", "multiarith": "number", "math": "number",
+    "date": "date", "last_letters": "letters", "coin_flip": "text", "strategyqa": "text",
+    "aqua": "choice", "commonsenseqa": "choice", "mmlu": "choice", "gpqa": "choice", "arc": "choice",
+    "spider": "sql", "bird": "sql",
+}
+"""The answer type of each known task (a pool record's `task` field)."""
+
+
+def register_task(task: str, kind: str) -> None:
+    """Name the answer type of a task, so that pools of that task read their answers by it."""
+    get_projection(kind)
+    TASK_ANSWERS[task.lower()] = kind
+
+
+def answer_type_for_task(task: str) -> str:
+    """The answer type a task's answers are read by; an unknown task is an error naming the
+    known tasks and the answer types (never a silent guess)."""
+    key = task.strip().lower()
+    if key in TASK_ANSWERS:
+        return TASK_ANSWERS[key]
+    raise ValueError(f"no answer type is known for task {task!r}; known tasks: "
+                     f"{', '.join(f'{t} ({k})' for t, k in sorted(TASK_ANSWERS.items()))}. Name one of the "
+                     f"answer types ({', '.join(sorted(_projections))}) explicitly, or register_task() it")
 
 
 def register_projection(name: str, projection: Projection) -> None:
@@ -181,6 +254,7 @@ def validate_kind(kind: str) -> str:
     return kind
 
 
-__all__ = ["AnswerKind", "Projection", "display", "equivalent", "extract_choice", "extract_date", "extract_number",
-           "extract_text", "get_projection", "normalize_number", "normalize_text", "project",
-           "projection_names", "register_projection", "validate_kind"]
+__all__ = ["AnswerKind", "Projection", "TASK_ANSWERS", "answer_type_for_task", "display", "equivalent",
+           "extract_choice", "extract_date", "extract_letters", "extract_number", "extract_sql", "extract_text",
+           "get_projection", "normalize_number", "normalize_text", "project", "projection_names",
+           "register_projection", "register_task", "validate_kind"]

@@ -20,7 +20,7 @@ from typing import Any
 
 from refinegraph.bench.report import environment, md_table
 from refinegraph.graphs.allocation import adaptive, allocate, recorded_sampler, winner_of
-from refinegraph.tools.answers import get_projection
+from refinegraph.tools.answers import answer_type_for_task, get_projection, projection_names
 
 GOAL_RATIO = 7.0
 GOAL_AGREEMENT = 0.99
@@ -47,15 +47,16 @@ def load_gsm8k(limit: int | None = None) -> list[dict[str, str]]:
 
 
 def guess_kind(path: Path, first: dict[str, Any] | None = None) -> str:
-    """The answer type of a pool, from its file name, else its `task` field; "number" by default."""
-    name = path.name.lower()
-    task = str((first or {}).get("task", "")).lower()
-    for hint in (name, task):
-        if "date" in hint:
-            return "date"
-        if "gsm8k" in hint or "math" in hint:
-            return "number"
-    return "number"
+    """The answer type of a pool's task (its records' `task` field, tools.answers.TASK_ANSWERS);
+    records that name no task, or an unknown task, are an error naming what is available."""
+    if first is None:
+        with open(path, encoding="utf-8") as lines:
+            first = json.loads(next((line for line in lines if line.strip()), "{}"))
+    task = str(first.get("task", "")).strip()
+    if not task:
+        raise ValueError(f"the records of {path.name} name no task; give the answer type with --answer "
+                         f"({', '.join(projection_names())})")
+    return answer_type_for_task(task)
 
 
 @dataclass
@@ -95,7 +96,8 @@ def load_pool(path: Path, source: str, kind: str) -> list[PoolQuestion]:
 def _row(name: str, kind: str, used: Sequence[int], answers: Sequence[str | None], reference: Sequence[str | None],
          golds: Sequence[str | None], sc_total: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     total = sum(used)
-    agree = sum(a == r for a, r in zip(answers, reference))
+    # An unreadable answer (None) agrees with nothing, not even another unreadable one.
+    agree = sum(a is not None and a == r for a, r in zip(answers, reference))
     correct = sum(a is not None and a == g for a, g in zip(answers, golds))
     n = len(answers) or 1
     return {"method": name, "kind": kind, "total": total, "per_question": round(total / n, 3),

@@ -15,10 +15,11 @@ from typing import Any
 
 
 def summarize(outcomes: Sequence[Any], methods: list[str], *, score: str = "accuracy",
-              means: Sequence[str] = ()) -> list[dict[str, Any]]:
+              means: Sequence[str] = (), shares: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Per method: the share correct (under the key `score`), mean tokens, calls and
-    seconds per question, `score` per 1k tokens, errors, and the mean of each attribute
-    named in `means` (e.g. samples, cost_usd)."""
+    seconds per question, `score` per 1k tokens, errors, the mean of each attribute
+    named in `means` (e.g. samples, cost_usd), and for each boolean attribute in `shares`
+    ("correct_spider") its share under `score` + its suffix ("ex_spider")."""
     rows = []
     for method in methods:
         mine = [o for o in outcomes if o.method == method]
@@ -31,6 +32,9 @@ def summarize(outcomes: Sequence[Any], methods: list[str], *, score: str = "accu
                "mean_seconds": round(sum(o.seconds for o in mine) / len(mine), 2),
                f"{score}_per_1k_tokens": round(1000 * accuracy / tokens, 4) if tokens else None,
                "errors": sum(1 for o in mine if o.error)}
+        for name in shares:
+            row[f"{score}_{name.removeprefix('correct_')}"] = round(sum(bool(getattr(o, name)) for o in mine)
+                                                                    / len(mine), 4)
         for name in means:
             values = [getattr(o, name) or 0 for o in mine]
             row[f"mean_{name}"] = round(sum(values) / len(values), 8)
@@ -130,3 +134,40 @@ def resolve_params(method: str, optional: dict[str, Any], explicit: dict[str, An
     params = {**optional, **explicit}
     compiled_graph(graph, params)
     return params, dropped
+
+
+LIVE_ROLES: dict[str, tuple[str, ...]] = {
+    "self-refine": ("critic", "refiner"),
+    "best-of-n": ("reward",),
+    "sets": ("verifier", "corrector"),
+    "magicore": ("reward", "reviewer", "refiner"),
+    "acar": ("judge",),
+    "csc-sql": ("merger",),
+}
+"""Roles that judge, score or rewrite: their prompts are no task a pool recorded, so a pool
+model playing one would answer with recorded reasoning (every verdict a fallback)."""
+
+
+def live_roles(method: str, params: dict[str, Any]) -> tuple[str, ...]:
+    """The roles of `method` that need a live model under `params` (ACAR without its judge
+    needs none; a reward-model server plays "reward" when `reward_model` names one)."""
+    graph = graph_of(method)
+    roles = LIVE_ROLES.get(graph, ())
+    if graph == "acar" and params.get("judge") is False:
+        return ()
+    if params.get("reward_model"):
+        roles = tuple(r for r in roles if r != "reward")
+    return roles
+
+
+def check_live_roles(method: str, params: dict[str, Any], config: Any) -> None:
+    """Refuse a method whose judging roles would be played by a pool model (a pool answers
+    only the task's own prompt), naming the role, its model and the way out."""
+    for role in live_roles(method, params):
+        name = config.model_for_role(role)
+        if config.spec(name).backend == "pool":
+            live = sorted(n for n, s in config.models.items() if s.backend != "pool")
+            raise ValueError(f"{method}: role {role!r} judges or rewrites, and a pool answers only the task's "
+                             f"recorded prompt, but it is played by pool model {name!r}. Give it a live model "
+                             f"(a config with roles.{role} = one of: {', '.join(live) or 'none configured'})"
+                             + (", or -p acar.judge=false" if graph_of(method) == "acar" else ""))

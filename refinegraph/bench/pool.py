@@ -19,6 +19,8 @@ examples/pools/date.toml and examples/pools/gsm8k.toml):
   completion per model) and escalates to codex (code-davinci-002), gpt35, gpt4.
 
 Params every applicable graph gets unless -p says otherwise: answer=<the answer type>;
+max_tokens=2048 (above every recorded completion: only a --budget cuts one, as it would a
+live model's);
 self-consistency and adaptive-sc: n = completions per question of the default model;
 acar: probe/mode models as above (with a foreign --config: probe = the default role's
 model, modes = the configured models in file order, cheapest first), judge=False (a pool
@@ -38,7 +40,7 @@ from refinegraph.bench.common import graph_of
 from refinegraph.config import Config, ModelSpec
 from refinegraph.models.pool import PoolModel
 from refinegraph.runner import RunFailed, run
-from refinegraph.tools.answers import get_projection
+from refinegraph.tools.answers import TASK_ANSWERS, answer_type_for_task, get_projection, projection_names
 from refinegraph.trace.store import TraceStore
 
 PRICES_NOTE = ("prices are illustrative (USD per million tokens, near published list prices of the time); "
@@ -84,7 +86,8 @@ class Outcome:
 
 
 def load_pool(path: Path, *, limit: int | None = None) -> tuple[list[Question], str]:
-    """The pool's questions (first `limit`) and its task name (the `task` field, else the file name)."""
+    """The pool's questions (first `limit`) and its task name (the records' `task` field, ""
+    when they name none)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pool file not found: {path}")
@@ -98,13 +101,16 @@ def load_pool(path: Path, *, limit: int | None = None) -> tuple[list[Question], 
                 task = task or entry.get("task", "")
                 questions.append(Question(len(questions), entry.get("id", str(len(questions))),
                                           entry["question"].strip(), str(entry["gold"])))
-    return questions, (task or path.stem.split("_")[0]).lower()
+    return questions, task.lower()
 
 
 def answer_kind(task: str, path: Path) -> str:
-    """The answer type of a pool: "date" for Date Understanding, "number" for GSM8K (and by default)."""
-    name = f"{task} {Path(path).name}".lower()
-    return "date" if "date" in name else "number"
+    """The answer type of a pool's task (tools.answers.TASK_ANSWERS); a pool whose records
+    name no task, or a task with no known type, is an error naming what is available."""
+    if not task:
+        raise ValueError(f"the records of {Path(path).name} name no task; give the answer type with --answer "
+                         f"({', '.join(projection_names())})")
+    return answer_type_for_task(task)
 
 
 def _model(path: Path, sources: list[str], price: tuple[float, float]) -> ModelSpec:
@@ -115,20 +121,58 @@ def _model(path: Path, sources: list[str], price: tuple[float, float]) -> ModelS
 def default_config(path: Path, task: str) -> tuple[Config, dict[str, dict[str, Any]]]:
     """The default models and roles for a shared reasoning pool, and per-graph default params."""
     path = Path(path)
-    if "date" in task:
+    if task == "date":
         models = {"ltm40": _model(path, ["code-davinci-002/ltm-x40"], _PRICES["code-davinci-002/ltm-x40"]),
                   "gpt35": _model(path, ["gpt-3.5-turbo/cot"], _PRICES["gpt-3.5-turbo/cot"]),
                   "gpt4": _model(path, ["gpt-4/cot"], _PRICES["gpt-4/cot"])}
         acar = {"probe_model": "ltm40", "models": ["ltm40", "gpt35", "gpt4"]}
         default = "ltm40"
-    else:
+    elif task == "gsm8k":
         models = {name: _model(path, [source], _PRICES[source]) for source, name in _GSM8K_NAMES.items()}
         models["probe3"] = _model(path, _PROBE3, _mean_price(_PROBE3))
         models["ensemble"] = _model(path, _STRONGEST_FIRST, _mean_price(_STRONGEST_FIRST))
         acar = {"probe_model": "probe3", "models": ["codex", "gpt35", "gpt4"]}
         default = "ensemble"
+    else:
+        raise ValueError(f"no default config for task {task!r} (there are for date and gsm8k): give --config "
+                         f"with pool models over its sources ({', '.join(sorted(sources_of(path)))})")
     config = Config(models=models, roles={"default": default})
     return config, {"acar": acar}
+
+
+def sources_of(path: Path) -> set[str]:
+    """Every source a pool file records."""
+    names: set[str] = set()
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            if line.strip():
+                names.update(json.loads(line)["samples"])
+    return names
+
+
+def check_pool_models(config: Config) -> None:
+    """Every pool model of the config opened once: a source its file does not record is an
+    error naming the recorded ones (PoolError), before any question runs."""
+    for name, spec in config.models.items():
+        if spec.backend == "pool" and spec.pool_file:
+            PoolModel(name, spec.pool_file, spec.pool_sources)
+
+
+FIT_SHARE = 0.9
+"""The share of gold answers an answer type must read for it to fit a pool."""
+
+
+def check_answer_fits(questions: list[Question], kind: str, task: str) -> None:
+    """An answer type that reads too few of the pool's gold answers does not fit its data
+    (a Last Letters pool read as numbers would score 0% with no error): refuse it."""
+    if not questions:
+        return
+    project = get_projection(kind)
+    read = sum(project(q.gold) is not None for q in questions)
+    if read < FIT_SHARE * len(questions):
+        hint = f"; the records' task {task!r} reads as {TASK_ANSWERS[task]!r}" if task in TASK_ANSWERS else ""
+        raise ValueError(f"answer type {kind!r} reads only {read} of {len(questions)} gold answers of this pool "
+                         f"(e.g. {questions[0].gold[:60]!r}){hint}; answer types: {', '.join(projection_names())}")
 
 
 def _mean_price(sources: list[str]) -> tuple[float, float]:
@@ -175,12 +219,18 @@ def default_params(config: Config, kind: str, defaults: dict[str, dict[str, Any]
     if not acar or any(name not in config.models for name in named if name):
         others = [name for name in config.models if name != default_model]
         acar = {"probe_model": default_model, "models": ([default_model] + others)[:3]}
-    acar.update({"judge": False, "mode_params": {"n": 1, "answer": kind}})
+    acar.update({"judge": False, "mode_params": {"n": 1, "answer": kind, "max_tokens": POOL_MAX_TOKENS},
+                 "max_tokens": POOL_MAX_TOKENS})
     params: dict[str, dict[str, Any]] = {"acar": acar}
     if n:
         params["self-consistency"] = {"n": n}
         params["adaptive-sc"] = {"n": n}
     return params
+
+
+POOL_MAX_TOKENS = 2048
+"""The max_tokens pool runs get by default: above the longest recorded completion of the
+shared pools (about 1,050 estimated tokens), so a completion is cut only by a budget."""
 
 
 async def answer(question: Question, method: str, config: Config, params: dict[str, Any], kind: str,
@@ -203,3 +253,39 @@ async def answer(question: Question, method: str, config: Config, params: dict[s
     return Outcome(question.index, question.id, method, text, question.gold, correct, served,
                    result.usage["total_tokens"], round(result.cost_usd or 0.0, 8), result.model_calls,
                    round(seconds, 3), result.run_id, result.stop_reason, error)
+
+
+def rank_sources(dev_pool: Path, kind: str, questions: set[str]) -> dict[str, float]:
+    """Each source's accuracy (its first completion, read as `kind`) on a selection pool;
+    a selection pool that shares a question with the scored one is refused (no peeking)."""
+    project = get_projection(kind)
+    right: dict[str, int] = {}
+    seen = 0
+    with open(dev_pool, encoding="utf-8") as lines:
+        for line in lines:
+            if not line.strip():
+                continue
+            entry = json.loads(line)
+            if entry["question"].strip() in questions:
+                raise ValueError(f"--select-on {Path(dev_pool).name} shares questions with the scored pool: "
+                                 f"selection would peek")
+            seen += 1
+            gold = project(str(entry["gold"]))
+            for source, texts in entry["samples"].items():
+                answer = project(texts[0]) if texts else None
+                right[source] = right.get(source, 0) + (answer is not None and answer == gold)
+    if not seen:
+        raise ValueError(f"--select-on {Path(dev_pool).name} holds no question")
+    return {source: count / seen for source, count in right.items()}
+
+
+def ordered_by(config: Config, accuracy: dict[str, float]) -> Config:
+    """Every pool model's sources strongest first by `accuracy` (ties keep their order),
+    so that a vote's ties go to the source that did best on the selection questions."""
+    models = {}
+    for name, spec in config.models.items():
+        if spec.backend == "pool" and spec.pool_sources and len(spec.pool_sources) > 1:
+            ranked = sorted(spec.pool_sources, key=lambda s: -accuracy.get(s, 0.0))
+            spec = spec.model_copy(update={"pool_sources": ranked})
+        models[name] = spec
+    return config.model_copy(update={"models": models})

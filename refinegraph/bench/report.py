@@ -43,3 +43,25 @@ def write_report(out_dir: Path, data: dict[str, Any], markdown: str) -> tuple[Pa
     json_path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     md_path.write_text(markdown.rstrip() + "\n", encoding="utf-8")
     return json_path, md_path
+
+
+def command_line(ctx: Any) -> str:
+    """The command that is running (its typer/click context), rebuilt from the parsed options
+    (every option not at its default), so that a report says exactly how to make it again."""
+    import shlex
+
+    path = ctx.command_path.split()
+    words = ["refinegraph", *path[1:]]
+    for param in ctx.command.params:
+        if getattr(param, "param_type_name", "") != "option" or param.name not in ctx.params:
+            continue
+        value = ctx.params[param.name]
+        if value is None or value == param.default or value in ((), []):
+            continue
+        flag = max(param.opts, key=len)
+        if param.is_flag:
+            words.append(flag if value else (param.secondary_opts or [flag])[0])
+            continue
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            words += [flag, str(item)]
+    return " ".join(shlex.quote(w) for w in words)

@@ -3,8 +3,10 @@
 Reads the official layouts: Spider's `dev.json` (db_id, question, query) with
 `database/<db_id>/<db_id>.sqlite`, and BIRD's (db_id, question, SQL, evidence,
 difficulty) with `dev_databases/` or `database/`. Every method answers every question
-under the same per-question token budget; a prediction is right when its rows equal the
-gold query's rows as a set (as a list when the gold query orders them).
+under the same per-question token budget. A prediction is scored under both execution
+metrics (bench/spider_metric.py): Spider's (bag of rows, columns in any order, the official
+script's DISTINCT handling) and BIRD's (set of rows); `correct` is the chosen one, by
+default the data's own.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from refinegraph.bench import common as _common
+from refinegraph.bench.spider_metric import Metric, correct_both
 from refinegraph.budget import Budget
 from refinegraph.config import Config
 from refinegraph.runner import RunFailed, run
-from refinegraph.tools.sql import connect, orders_rows, results_match
+from refinegraph.tools.sql import connect
 
 
 @dataclass
@@ -69,10 +72,12 @@ class Outcome:
     seconds: float
     run_id: str
     error: str | None = None
+    correct_spider: bool = False
+    correct_bird: bool = False
 
 
 async def answer(question: Question, method: str, config: Config, params: dict[str, Any],
-                 budget_tokens: int | None) -> Outcome:
+                 budget_tokens: int | None, metric: Metric = "spider") -> Outcome:
     """One method on one question, scored against the gold query's rows."""
     task = {"question": question.question, "db": question.db_path,
             **({"evidence": question.evidence} if question.evidence else {})}
@@ -84,18 +89,16 @@ async def answer(question: Question, method: str, config: Config, params: dict[s
         result, error = exc.result, str(exc.cause)[:300]
     seconds = time.perf_counter() - started
     sql = result.state.get("sql") if not error else None
-    correct = False
-    if sql:
-        db = connect(question.db_path, timeout_s=30.0, max_rows=100_000)
-        predicted, gold = db.execute_sync(sql), db.execute_sync(question.gold)
-        correct = predicted.ok and gold.ok and results_match(predicted.rows, gold.rows,
-                                                             ordered=orders_rows(question.gold))
-    return Outcome(question.index, question.db_id, method, correct, sql, result.stop_reason,
-                   result.usage["total_tokens"], result.model_calls, round(seconds, 3), result.run_id, error)
+    db = connect(question.db_path, timeout_s=30.0, max_rows=100_000)
+    both = correct_both(db.execute_sync, sql, question.gold)
+    return Outcome(question.index, question.db_id, method, both[metric], sql, result.stop_reason,
+                   result.usage["total_tokens"], result.model_calls, round(seconds, 3), result.run_id, error,
+                   both["spider"], both["bird"])
 
 
-summarize = partial(_common.summarize, score="ex")
-"""Per method: execution accuracy ("ex"), mean tokens and calls per question, EX per 1k tokens."""
+summarize = partial(_common.summarize, score="ex", shares=("correct_spider", "correct_bird"))
+"""Per method: execution accuracy ("ex", the chosen metric), "ex_spider" and "ex_bird", mean
+tokens and calls per question, EX per 1k tokens."""
 plot = partial(_common.plot, y="ex", ylabel="execution accuracy (%)")
 """accuracy.png: execution accuracy against mean tokens per question, one point a method."""
 write_outcomes = _common.write_outcomes

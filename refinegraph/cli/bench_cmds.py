@@ -189,6 +189,7 @@ def _finish(table: Table, lines: list[str], out_dir: Path, report: dict, markdow
 
 @app.command("spider")
 def spider_cmd(
+    ctx: typer.Context,
     data: Path = typer.Option(..., "--data", help="Spider or BIRD folder (dev.json + database/)."),
     graphs: str = typer.Option("sql-greedy,sql-sc,csc-sql", "--graphs", help="Comma-separated SQL graphs."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="The first N questions."),
@@ -197,11 +198,19 @@ def spider_cmd(
     budget_tokens: int | None = typer.Option(6000, "--budget-tokens", min=1,
                                              help="Token budget per question, the same for every method."),
     param: list[str] = typer.Option([], "--param", "-p", help="Graph parameter KEY=VALUE for every graph."),
+    metric: str | None = typer.Option(None, "--metric",
+                                      help="spider (bag of rows, columns in any order, as Spider's evaluator) or "
+                                           "bird (set of rows, as BIRD's); default: the data's own. Both are "
+                                           "reported."),
     pool: Path | None = typer.Option(None, "--pool", help="Recorded candidates (pool file) instead of a model."),
     systems: str | None = typer.Option(None, "--systems", help="With --pool: systems to vote over, in order."),
     top: int | None = typer.Option(None, "--top", min=1,
-                                   help="With --pool: the K systems most accurate on these questions (an oracle "
-                                        "choice, as in the published counts)."),
+                                   help="With --pool: the K systems most accurate on --select-on's questions "
+                                        "(without --select-on: on these very questions, an oracle choice)."),
+    select_on: Path | None = typer.Option(None, "--select-on",
+                                          help="With --pool: a Spider/BIRD folder whose questions rank the "
+                                               "systems and weigh the weighted vote; --data is then scored "
+                                               "only (no peeking)."),
     concurrency: int = typer.Option(1, "--concurrency", min=1,
                                     help="Runs at once (the embedded server batches up to its 8 slots)."),
     out_dir: Path = typer.Option(Path("bench-reports/spider"), "--out", help="Report folder."),
@@ -211,26 +220,47 @@ def spider_cmd(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
+    from refinegraph.bench.common import check_live_roles
+    from refinegraph.bench.pool import POOL_MAX_TOKENS
+    from refinegraph.bench.report import command_line
     from refinegraph.bench.spider import answer, load_questions, plot, summarize, write_outcomes
+    from refinegraph.bench.spider_metric import GoldFailed, check_golds, check_metric, layout_metric
     from refinegraph.cli.app import _params
     from refinegraph.config import ConfigError, ModelSpec, load_config
 
+    command = command_line(ctx)
+    selection: dict | None = None
     try:
+        chosen_metric = check_metric(metric) if metric else layout_metric(data)
         questions = load_questions(data, limit=limit)
+        check_golds(questions, chosen_metric)
         cfg = load_config(config)
         if model:
             cfg = cfg.with_model(model)
         params = _params(param)
         methods = [g.strip() for g in graphs.split(",") if g.strip()]
+        if select_on is not None and pool is None:
+            raise ValueError("--select-on chooses recorded systems: give --pool too")
         if pool is not None:
-            chosen = _pool_systems(pool, data, systems, top, {q.question for q in questions})
+            selection = _pool_selection(pool, data, {q.question for q in questions}, systems, top, select_on,
+                                        chosen_metric)
+            chosen = selection["systems"]
             merger = model or cfg.model_for_role("merger")
+            if "csc-sql" in methods:
+                spec = cfg.spec(merger)
+                err.print(f"note: csc-sql's merger is a live model: {merger!r} (backend {spec.backend}); "
+                          f"the other roles read the pool", markup=False)
             cfg = cfg.model_copy(update={
                 "models": {**cfg.models, "pool": ModelSpec(backend="pool", pool_file=str(pool), pool_sources=chosen)},
                 "roles": {"default": "pool", "merger": merger}})
-            params = {**params, "n": len(chosen)}
-            methods = [m for m in methods if m != "sql-greedy"] or ["sql-sc"]
-    except (FileNotFoundError, ValueError, ConfigError) as exc:
+            # Above every recorded query: only the budget cuts one, as it would a live model's.
+            params = {"max_tokens": POOL_MAX_TOKENS, **params, "n": len(chosen)}
+            for method in methods:
+                check_live_roles(method, params, cfg)
+            if "sql-greedy" in methods:
+                err.print(f"note: with --pool, sql-greedy answers with the first system's SQL ({chosen[0]})",
+                          markup=False)
+    except (FileNotFoundError, ValueError, ConfigError, GoldFailed) as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from exc
 
@@ -241,7 +271,7 @@ def spider_cmd(
 
         async def one(question, method):
             async with gate:
-                outcome = await answer(question, method, cfg, params, budget_tokens)
+                outcome = await answer(question, method, cfg, params, budget_tokens, chosen_metric)
             progress.advance(task)
             return outcome
 
@@ -255,33 +285,85 @@ def spider_cmd(
     out_dir.mkdir(parents=True, exist_ok=True)
     write_outcomes(out_dir, outcomes)
     source = f"pool {pool.name} ({params['n']} systems)" if pool else f"model {cfg.model_for_role('solver')}"
-    title = f"{data.name}: {len(questions)} questions, {source}, budget {budget_tokens} tokens/question"
-    picture = plot(out_dir, summary, title)
-    report = {"title": title, "questions": len(questions), "methods": methods, "params": params,
-              "budget_tokens": budget_tokens, "summary": summary}
-    if pool is not None:
+    title = (f"{data.name}: {len(questions)} questions, {source}, budget {budget_tokens} tokens/question, "
+             f"{chosen_metric} metric")
+    picture = plot(out_dir, summary, title, ylabel=f"execution accuracy, {chosen_metric} metric (%)")
+    report = {"title": title, "command": command, "metric": chosen_metric, "questions": len(questions),
+              "methods": methods, "params": params, "budget_tokens": budget_tokens, "summary": summary}
+    if selection is not None:
         report["systems"] = cfg.models["pool"].pool_sources
+        report["selection"] = selection
     (out_dir / "summary.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     table = Table(title=title)
-    for name in ("method", "EX", "mean tokens", "mean calls", "s/question", "EX per 1k tokens", "errors"):
+    for name in ("method", "EX", "EX spider", "EX bird", "mean tokens", "mean calls", "s/question",
+                 "EX per 1k tokens", "errors"):
         table.add_column(name, justify="left" if name == "method" else "right")
     for row in summary:
-        table.add_row(row["method"], f"{100 * row['ex']:.1f}%", f"{row['mean_tokens']:.0f}",
+        table.add_row(row["method"], f"{100 * row['ex']:.1f}%", f"{100 * row['ex_spider']:.1f}%",
+                      f"{100 * row['ex_bird']:.1f}%", f"{row['mean_tokens']:.0f}",
                       f"{row['mean_calls']:.2f}", f"{row['mean_seconds']:.1f}",
                       f"{row['ex_per_1k_tokens']:.3f}" if row["ex_per_1k_tokens"] is not None else "-",
                       str(row["errors"]))
     out.print(table)
+    if selection is not None and selection.get("offline"):
+        offline = selection["offline"]
+        out.print(f"recorded systems on these questions ({chosen_metric} metric): best single "
+                  f"{offline['best_single']['system']} {100 * offline['best_single']['ex']:.1f}%, vote "
+                  f"{100 * offline['vote']:.1f}%, weighted vote {100 * offline['weighted_vote']:.1f}% "
+                  f"(chosen on {selection['selected_on']})", highlight=False)
     plot_note = picture or "(no plot: pip install matplotlib)"
+    out.print(f"command: {command}", highlight=False, markup=False)
     out.print(f"report: {out_dir}/summary.json {out_dir}/questions.jsonl {plot_note}", highlight=False)
 
 
-def _pool_systems(pool: Path, data: Path, systems: str | None, top: int | None, questions: set[str]) -> list[str]:
-    """The systems to vote over: named ones, or the `top` most accurate on these questions."""
-    from refinegraph.bench.spider_pool import score_pool, system_accuracy
+def _pool_selection(pool: Path, data: Path, questions: set[str], systems: str | None, top: int | None,
+                    select_on: Path | None, metric: str) -> dict:
+    """Which systems vote, chosen on `select_on`'s questions when given (else on the scored
+    ones, an oracle choice), with weights from the same questions and the recorded systems'
+    own figures on the scored questions: best single (as chosen), plain and weighted vote."""
+    from refinegraph.bench.spider import load_questions
+    from refinegraph.bench.spider_pool import (
+        log_odds_weights,
+        pool_sources,
+        score_pool,
+        system_accuracy,
+        vote_accuracy,
+    )
 
+    available = pool_sources(pool)
     if systems:
-        return [s.strip() for s in systems.split(",") if s.strip()]
-    if not top:
+        named = [s.strip() for s in systems.split(",") if s.strip()]
+        unknown = [s for s in named if s not in available]
+        if unknown:
+            raise ValueError(f"--systems: {', '.join(unknown)} not in {pool.name}; available: "
+                             f"{', '.join(sorted(available))}")
+    elif not top:
         raise ValueError("with --pool, name --systems or give --top K")
-    accuracy = system_accuracy(score_pool(pool, data / "database", questions=questions))
-    return sorted(accuracy, key=lambda s: (-accuracy[s], s))[:top]
+    if select_on is not None:
+        picked = {q.question for q in load_questions(select_on)}
+        overlap = picked & questions
+        if overlap:
+            raise ValueError(f"--select-on shares {len(overlap)} questions with --data: selection would peek")
+        chooser = score_pool(pool, select_on / "database", questions=picked, metric=metric)  # type: ignore[arg-type]
+        if not chooser:
+            raise ValueError(f"no question of {select_on} is in {pool.name}")
+    else:
+        chooser = score_pool(pool, data / "database", questions=questions, metric=metric)  # type: ignore[arg-type]
+    accuracy = system_accuracy(chooser)
+    ranked = sorted(accuracy, key=lambda s: (-accuracy[s], s))
+    chosen = named if systems else ranked[:top]
+    weights = log_odds_weights(accuracy, len(chooser))
+    scored = score_pool(pool, data / "database", questions=questions, metric=metric)  # type: ignore[arg-type]
+    report_accuracy = system_accuracy(scored) if scored else {}
+    best = chosen[0]
+    return {
+        "systems": chosen, "selected_on": str(select_on.name) if select_on else "the scored questions (oracle)",
+        "selection_questions": len(chooser),
+        "selection_accuracy": {s: round(accuracy.get(s, 0.0), 4) for s in chosen},
+        "weights": {s: round(weights.get(s, 0.0), 4) for s in chosen},
+        "offline": {
+            "best_single": {"system": best, "ex": round(report_accuracy.get(best, 0.0), 4)},
+            "vote": round(vote_accuracy(scored, chosen), 4) if scored else None,
+            "weighted_vote": round(vote_accuracy(scored, chosen, weights), 4) if scored else None,
+        } if scored else None,
+    }

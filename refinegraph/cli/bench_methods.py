@@ -160,6 +160,7 @@ def gsm8k_cmd(
 
 @app.command("pool")
 def pool_cmd(
+    ctx: typer.Context,
     pool: Path = typer.Option(..., "--pool", help="A pool file of recorded outputs (data/pools/*.jsonl)."),
     graphs: str = typer.Option(POOL_GRAPHS, "--graphs",
                                help="Comma-separated graphs; GRAPH@MODEL has MODEL play every role."),
@@ -173,21 +174,36 @@ def pool_cmd(
     concurrency: int = typer.Option(4, "--concurrency", min=1, help="Runs at once."),
     param: list[str] = typer.Option([], "--param", "-p",
                                     help="KEY=VALUE for every graph that takes KEY; GRAPH.KEY=VALUE for one."),
+    select_on: Path | None = typer.Option(None, "--select-on",
+                                          help="A pool of other questions: each multi-source pool model's sources "
+                                               "are ranked on it (strongest first: a vote's ties go there), and "
+                                               "--pool is scored only."),
+    budget_tokens: int | None = typer.Option(None, "--budget", min=1,
+                                             help="Token budget per question (estimated tokens), binding as on a "
+                                                  "live model: a completion is cut at what is left."),
     out_dir: Path = typer.Option(Path("bench-reports/pool"), "--out", help="Report folder."),
 ) -> None:
     """Accuracy, samples served, estimated tokens and cost per method on recorded outputs."""
-    from refinegraph.bench.common import plot, summarize, write_outcomes
+    from refinegraph.bench.common import check_live_roles, plot, summarize, write_outcomes
     from refinegraph.bench.pool import (
+        POOL_MAX_TOKENS,
         PRICES_NOTE,
         answer,
         answer_kind,
+        check_answer_fits,
+        check_pool_models,
         config_toml,
         default_config,
         default_params,
         load_pool,
+        ordered_by,
+        rank_sources,
         with_pool_file,
     )
+    from refinegraph.bench.report import command_line
+    from refinegraph.budget import Budget
     from refinegraph.config import ConfigError, load_config
+    from refinegraph.models.pool import PoolError
     from refinegraph.tools.answers import get_projection
     from refinegraph.trace.store import TraceStore
 
@@ -203,16 +219,31 @@ def pool_cmd(
         questions, task = load_pool(pool, limit=limit)
         kind = answer_type or answer_kind(task, pool)
         get_projection(kind)
-        cfg, defaults = default_config(pool, task)
+        check_answer_fits(questions, kind, task)
         if config is not None:  # the defaults' ACAR routing still applies where the config has its models
-            cfg = with_pool_file(load_config(config), pool)
+            cfg, defaults = with_pool_file(load_config(config), pool), {}
+            if task in ("date", "gsm8k"):
+                defaults = default_config(pool, task)[1]
+        else:
+            cfg, defaults = default_config(pool, task)
+        check_pool_models(cfg)
+        selection = None
+        if select_on is not None:
+            accuracy = rank_sources(select_on, kind, {q.question for q in load_pool(pool)[0]})
+            cfg = ordered_by(cfg, accuracy)
+            selection = {"selected_on": select_on.name,
+                         "source_accuracy": {s: round(a, 4) for s, a in sorted(accuracy.items(), key=lambda x: -x[1])},
+                         "orders": {n: m.pool_sources for n, m in cfg.models.items()
+                                    if m.backend == "pool" and len(m.pool_sources or []) > 1}}
         optional = default_params(cfg, kind, defaults)
-        optional = {g: {**p, "answer": kind} for g, p in optional.items()}
+        optional = {g: {**p, "answer": kind, "max_tokens": POOL_MAX_TOKENS} for g, p in optional.items()}
         for method in methods:
-            optional.setdefault(method.partition("@")[0], {"answer": kind})
+            optional.setdefault(method.partition("@")[0], {"answer": kind, "max_tokens": POOL_MAX_TOKENS})
         params, applied = _resolve_all(methods, param, optional)
         configs = {m: _config_for(m, cfg) for m in methods}
-    except (FileNotFoundError, KeyError, ValueError, ConfigError) as exc:
+        for method in methods:
+            check_live_roles(method, params[method], configs[method])
+    except (FileNotFoundError, KeyError, ValueError, ConfigError, PoolError) as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from exc
 
@@ -220,7 +251,8 @@ def pool_cmd(
     store = TraceStore(out_dir / "traces.sqlite")
     try:
         outcomes = _run_all("pool", [(q, m) for q in questions for m in methods], concurrency,
-                            lambda q, m: answer(q, m, configs[m], params[m], kind, store))
+                            lambda q, m: answer(q, m, configs[m], params[m], kind, store,
+                                                Budget(max_tokens=budget_tokens) if budget_tokens else None))
     finally:
         store.close()
     summary = summarize(outcomes, methods, means=("samples", "cost_usd"))
@@ -230,7 +262,8 @@ def pool_cmd(
     picture = plot(out_dir, summary, title, x="mean_cost_usd", xlabel="mean cost per question (USD, illustrative)")
     report = {"title": title, "pool": str(pool), "questions": len(questions), "answer": kind, "methods": methods,
               "skipped": skipped, "config": str(config) if config else "default (config.toml)",
-              "note": PRICES_NOTE, "params": applied, "summary": summary}
+              "budget_tokens": budget_tokens, "selection": selection,
+              "note": PRICES_NOTE, "params": applied, "summary": summary, "command": command_line(ctx)}
     (out_dir / "summary.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     _table(title, summary, [
         ("method", lambda r: r["method"]), ("accuracy", lambda r: f"{100 * r['accuracy']:.1f}%"),
@@ -239,5 +272,6 @@ def pool_cmd(
         ("errors", lambda r: str(r["errors"]))])
     out.print(f"* {PRICES_NOTE}", highlight=False)
     plot_note = picture or "(no plot: pip install matplotlib)"
+    out.print(f"command: {report['command']}", highlight=False, markup=False)
     out.print(f"report: {out_dir}/summary.json {out_dir}/questions.jsonl {out_dir}/config.toml {plot_note}",
               highlight=False)

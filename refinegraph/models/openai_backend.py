@@ -32,7 +32,17 @@ CHARS_PER_TOKEN = 4
 
 _log = logging.getLogger(__name__)
 
-TokenCounting = Literal["usage", "tokenize"]
+TokenCounting = Literal["auto", "usage", "tokenize"]
+"""usage: trust the server's `usage` (split evenly over choices); tokenize: count each choice
+with llama.cpp's `/tokenize`; auto (the default): tokenize when the answer shows it comes
+from llama.cpp, whose `usage` counts one choice only when n > 1, else usage."""
+
+
+def is_llama_cpp(response: Any) -> bool:
+    """True when a chat completion came from llama.cpp's server: it alone adds a `timings`
+    object (prompt_n, predicted_n) beside `usage`."""
+    timings = (getattr(response, "model_extra", None) or {}).get("timings")
+    return isinstance(timings, dict) and "predicted_n" in timings
 
 
 class OpenAIModel:
@@ -50,7 +60,7 @@ class OpenAIModel:
         max_n: int | None = None,
         timeout: float = 120.0,
         supports_json_schema: bool = True,
-        count_tokens: TokenCounting = "usage",
+        count_tokens: TokenCounting = "auto",
         extra_body: dict[str, Any] | None = None,
         http_client: httpx.AsyncClient | None = None,
     ):
@@ -68,6 +78,7 @@ class OpenAIModel:
             max_retries=0,
             http_client=http_client,
         )
+        self._timeout = timeout
         self._tokenizer_http = httpx.AsyncClient(timeout=timeout) if count_tokens == "tokenize" else None
 
     def _split(self, n: int) -> list[int]:
@@ -109,7 +120,8 @@ class OpenAIModel:
             details = getattr(reported, "prompt_tokens_details", None) if reported else None
             cached = (getattr(details, "cached_tokens", None) or 0) if details else 0
             completion = reported.completion_tokens if reported else 0
-            part_counts = await self._count_choices(part_texts, part_finish, completion)
+            part_counts = await self._count_choices(part_texts, part_finish, completion,
+                                                    llama_cpp=is_llama_cpp(response))
             counts += part_counts
             usage = usage + Usage(prompt_tokens=prompt, cached_prompt_tokens=cached,
                                   completion_tokens=sum(part_counts))
@@ -143,18 +155,23 @@ class OpenAIModel:
         _check_shape(response)
         return response
 
-    async def _count_choices(self, texts: list[str], finish: list[str | None], reported: int) -> list[int]:
+    async def _count_choices(self, texts: list[str], finish: list[str | None], reported: int,
+                             *, llama_cpp: bool = False) -> list[int]:
         """Tokens of each choice, one figure per choice.
 
         With n=1 the server's figure is exact. With n>1, OpenAI and vLLM report the sum
         over choices, which is split evenly (the sum stays exact); llama.cpp reports one
-        choice only, so with count_tokens="tokenize" each text is counted by `/tokenize`.
+        choice only, so with count_tokens="tokenize" (or "auto" on a llama.cpp answer)
+        each text is counted by `/tokenize`.
         """
         if len(texts) == 1:
             return [reported]
-        if self.count_tokens != "tokenize" or self._tokenizer_http is None:
+        tokenize_here = self.count_tokens == "tokenize" or (self.count_tokens == "auto" and llama_cpp)
+        if not tokenize_here:
             share, rest = divmod(reported, len(texts))
             return [share + (1 if i < rest else 0) for i in range(len(texts))]
+        if self._tokenizer_http is None:
+            self._tokenizer_http = httpx.AsyncClient(timeout=self._timeout)
         root = self.base_url.removesuffix("/v1")
         tokenizer = self._tokenizer_http
 

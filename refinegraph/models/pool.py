@@ -16,6 +16,13 @@ at hand: ceil(characters / 4) tokens for each completion, and for the prompt (al
 contents) once per call. The estimate is what the run charges to its budget and prices
 (ModelSpec prices per Mtok), and the call's `server_usage` says it is one.
 
+A completion longer than the call's max_tokens (by the estimate) is cut there and
+finishes "length", as a live model's would: the run's budget, which lowers max_tokens to
+what is left, binds on a pool as on a live model. Benchmarks give pool runs a max_tokens
+above the longest recorded completion, so that only a budget cuts.
+
+A source that the file never records is an error naming the ones it does (it would
+otherwise answer "" to every question: 0% with no error).
 A prompt with no recorded question (a critic's or a judge's prompt, say), or a request
 for more samples than are left, raises PoolError; it is never retried (the retry policy
 retries transport errors only), and the run fails with the message.
@@ -60,6 +67,16 @@ def _entries(path: Path) -> dict[str, list[dict[str, Any]]]:
     return _parsed[key]
 
 
+_sources: dict[int, frozenset[str]] = {}
+
+
+def _recorded_sources(path: Path, entries: dict[str, list[dict[str, Any]]]) -> frozenset[str]:
+    """Every source the file records (computed once per parsed file)."""
+    if id(entries) not in _sources:
+        _sources[id(entries)] = frozenset(name for group in entries.values() for e in group for name in e["samples"])
+    return _sources[id(entries)]
+
+
 class PoolModel:
     """Answers from recorded completions; see the module docstring."""
 
@@ -78,6 +95,12 @@ class PoolModel:
         self.order = order
         self.seed = seed
         self._entries = _entries(self.path)
+        if sources:
+            recorded = _recorded_sources(self.path, self._entries)
+            unknown = [name for name in sources if name not in recorded]
+            if unknown:
+                raise PoolError(f"pool model {name!r}: {self.path.name} records no source "
+                                f"{', '.join(map(repr, unknown))}; its sources: {', '.join(sorted(recorded))}")
         self._by_length = sorted(self._entries, key=len, reverse=True)
         self._used: dict[int, int] = defaultdict(int)
 
@@ -120,12 +143,21 @@ class PoolModel:
                             f"question ({start} used); {n} more were asked for (samples are drawn without "
                             f"replacement)")
         self._used[id(entry)] = start + n
-        texts = available[start:start + n]
+        texts, finish = [], []
+        for text in available[start:start + n]:
+            # As a live model stops at max_tokens (which the run's budget lowers to what is
+            # left), a recorded completion longer than that is cut there: budgets bind.
+            if estimate_tokens(text) > max_tokens:
+                texts.append(text[: max_tokens * CHARS_PER_TOKEN])
+                finish.append("length")
+            else:
+                texts.append(text)
+                finish.append("stop")
         tokens = [estimate_tokens(text) for text in texts]
         prompt = estimate_tokens("".join(str(m.get("content", "")) for m in messages))
         estimate = {"estimate": f"ceil(chars/{CHARS_PER_TOKEN})", "prompt_tokens": prompt,
                     "completion_tokens": sum(tokens)}
-        return Samples(texts=texts, finish_reasons=["stop"] * n, completion_tokens=tokens,
+        return Samples(texts=texts, finish_reasons=finish, completion_tokens=tokens,
                        usage=Usage(prompt_tokens=prompt, completion_tokens=sum(tokens)), server_usage=[estimate],
                        model_id=f"pool:{self.path.name}")
 
