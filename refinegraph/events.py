@@ -224,6 +224,32 @@ class Merge(Event):
     output_key: str | None = None
     accepted: bool
     reason: str = ""
+    mode: Literal["single", "vote"] = "single"
+    """"single": one revision at temperature 0; "vote": several sampled revisions, executed,
+    voted on by result (CSC-SQL's released code)."""
+    temperature: float = 0.0
+    revisions: list[dict[str, Any]] = Field(default_factory=list)
+    """Each revision's SQL, result key (None: it failed) and error class, in sample order."""
+    groups: list[dict[str, Any]] = Field(default_factory=list)
+    """The vote over the revisions' results: members (revision indices) and votes."""
+
+
+class Repair(Event):
+    """One SQL repair round: the failed statement, the error it answered, and what the
+    writer wrote back (executed: `error_class` None when it now runs)."""
+
+    type: Literal["repair"] = "repair"
+    candidate: int
+    candidates: list[int] = Field(default_factory=list)
+    """Every candidate that had this same failed statement (repaired once, shared)."""
+    round: int
+    failed_sql: str
+    failed_error_class: str
+    failed_error: str
+    repaired_sql: str
+    error_class: str | None = None
+    error: str | None = None
+    result_key: str | None = None
 
 
 class SamplingCheck(Event):
@@ -296,13 +322,13 @@ class Route(Event):
 AnyEvent = Annotated[
     RunStarted | RunResumed | NodeStarted | NodeFinished | LLMCall | Retry | Critique | Verdict
     | Refine | Fallback | BudgetEvent | ErrorEvent | Stop | RunFinished | SqlExec | Vote | Merge
-    | SamplingCheck | Score | Difficulty | Judge | Route | CodeExec,
+    | SamplingCheck | Score | Difficulty | Judge | Route | CodeExec | Repair,
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(AnyEvent)
 
 DECISION_TYPES = frozenset({"critique", "verdict", "refine", "fallback", "budget", "stop", "sql_exec", "vote",
-                            "merge", "sampling_check", "score", "difficulty", "judge", "route", "code_exec"})
+                            "merge", "repair", "sampling_check", "score", "difficulty", "judge", "route", "code_exec"})
 
 
 def parse_event(data: dict[str, Any]) -> Event:
