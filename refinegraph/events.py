@@ -252,6 +252,38 @@ class Repair(Event):
     result_key: str | None = None
 
 
+class Expand(Event):
+    """Step-level search: one partial solution extended by one step into its children."""
+
+    type: Literal["expand"] = "expand"
+    iteration: int
+    parent: int
+    """The partial solution expanded (0: the empty solution)."""
+    children: list[int]
+    steps: list[str]
+    """Each child's new step (the first 2000 characters)."""
+    complete: list[bool]
+    """Whether each child ended the solution (a final answer, or nothing more to say)."""
+
+
+class Prune(Event):
+    """Step-level search: which partial solutions go on after an iteration's scores."""
+
+    type: Literal["prune"] = "prune"
+    iteration: int
+    algorithm: Literal["beam-search", "dvts", "particle-filter"]
+    rule: Literal["top_k", "best_per_subtree", "resample"]
+    scores: dict[str, float | None]
+    """Each scored partial solution's step reward, by its id (None: unscored)."""
+    kept: list[int]
+    """The partial solutions expanded next (particle filter: each new particle's parent, in order)."""
+    pruned: list[int] = Field(default_factory=list)
+    finished: list[int] = Field(default_factory=list)
+    """Complete solutions set aside for the final selection."""
+    weights: list[float] = Field(default_factory=list)
+    """Particle filter: the resampling probability of each particle, in particle order."""
+
+
 class SamplingCheck(Event):
     """After each batch of an adaptive sampler: the counts so far and whether to stop."""
 
@@ -322,13 +354,14 @@ class Route(Event):
 AnyEvent = Annotated[
     RunStarted | RunResumed | NodeStarted | NodeFinished | LLMCall | Retry | Critique | Verdict
     | Refine | Fallback | BudgetEvent | ErrorEvent | Stop | RunFinished | SqlExec | Vote | Merge
-    | SamplingCheck | Score | Difficulty | Judge | Route | CodeExec | Repair,
+    | SamplingCheck | Score | Difficulty | Judge | Route | CodeExec | Repair | Expand | Prune,
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(AnyEvent)
 
 DECISION_TYPES = frozenset({"critique", "verdict", "refine", "fallback", "budget", "stop", "sql_exec", "vote",
-                            "merge", "repair", "sampling_check", "score", "difficulty", "judge", "route", "code_exec"})
+                            "merge", "repair", "expand", "prune", "sampling_check", "score", "difficulty", "judge",
+                            "route", "code_exec"})
 
 
 def parse_event(data: dict[str, Any]) -> Event:
