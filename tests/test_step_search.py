@@ -206,3 +206,26 @@ async def test_a_process_reward_model_scores_each_step(store):
     scores = store.events(result.run_id, types={"score"})
     assert [s["steps"] for s in scores] == [[0.7], [0.6], [0.7, 0.2], [0.6, 0.9]]
     assert result.answer == "9"
+
+
+def test_bench_gsm8k_runs_the_three_searches(tmp_path, monkeypatch):
+    """The command that shows their worth on a real model, here on a scripted one."""
+    from typer.testing import CliRunner
+
+    from refinegraph.cli.app import app
+
+    def respond(messages):
+        if messages[0]["content"].startswith("You are a strict grader"):
+            return json.dumps({"steps": [9], "score": 9})
+        return "Nine eggs are sold at two dollars each. The answer is 18.\n\nA second paragraph."
+
+    monkeypatch.setattr("refinegraph.runner.build_model", lambda name, spec: ScriptedModel(respond, name=name))
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text(json.dumps({"question": "Janet sells 9 eggs at $2. Dollars?", "answer": "9*2=18\n#### 18"}) + "\n")
+    out_dir = tmp_path / "report"
+    result = CliRunner().invoke(app, ["bench", "gsm8k", "--data", str(data), "--graphs",
+                                      "beam-search,dvts,particle-filter", "-p", "n=2", "--out", str(out_dir)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (out_dir / "questions.jsonl").open()]
+    assert {r["method"]: (r["correct"], r["answer"]) for r in rows} == {
+        "beam-search": (True, "18"), "dvts": (True, "18"), "particle-filter": (True, "18")}
