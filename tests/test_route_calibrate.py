@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from refinegraph import run
+from refinegraph import replay, run
 from refinegraph.cli.app import app
 from refinegraph.config import Config, ModelSpec
 from refinegraph.graphs.acar_calibration import (
@@ -25,6 +25,7 @@ from refinegraph.graphs.acar_calibration import (
     probe_arms,
     reference_cost,
 )
+from refinegraph.graphs.acar_runs import read_gold, recorded_pool
 from refinegraph.registry import get_graph
 
 # question -> (gold, cheap model's six samples, mid's answer, big's answer)
@@ -135,3 +136,38 @@ def test_cli_calibrate_rejects_what_it_cannot_read(tmp_path):
     assert missing.exit_code == 2 and "no such pool file" in missing.output
     target = CliRunner().invoke(app, ["route", "calibrate", "--runs", str(tmp_path), "--cost-target", "1.5"])
     assert target.exit_code == 2
+
+
+async def test_calibrating_from_the_trace_store_matches_the_pool(pool, tmp_path, store, rg_home):
+    """Record every model on every question (the probe model's six samples in one run, each mode
+    model greedy), then calibrate from the store: the same fit as from the pool itself. A
+    question one model was not run on is left out, and said so."""
+    config = config_for(pool)
+    questions = list(QUESTIONS)
+    for question in questions:
+        await run("self-consistency", question, config=config, params={"n": 6}, store=store, checkpoint=False)
+        for name in ("mid", "big") if question != questions[3] else ("mid",):
+            await run("greedy", question, config=config.with_model(name), store=store, checkpoint=False)
+    probing = next(r["run_id"] for r in store.all_runs() if r["graph"] == "self-consistency")
+    await replay(probing, store=store)  # a replay repeats its original: not counted twice
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text("".join(json.dumps({"question": q, "gold": g}) + "\n" for q, (g, *_) in QUESTIONS.items()))
+    recorded = recorded_pool(store, read_gold(gold), ["cheap", "mid", "big"])
+    assert [{m: len(t) for m, t in e["samples"].items()} for e in recorded.entries] == [
+        {"cheap": 6, "mid": 1, "big": 1}] * 3
+    assert recorded.prices["big"] == (20.0, 20.0)
+    store.close()
+    snippet = tmp_path / "from-traces.toml"
+    result = CliRunner().invoke(app, ["route", "calibrate", "--runs", "trace", "--gold", str(gold), "--probe", "cheap",
+                                      "--models", "cheap,mid,big", "--cost-target", "1.0", "-o", str(snippet)])
+    assert result.exit_code == 0, result.output
+    assert "3 questions usable" in result.output and "1 questions some model did not answer (big)" in result.output
+    params = tomllib.loads(snippet.read_text())["pipelines"]["acar-calibrated"]["params"]
+    outputs = PoolOutputs(config, "number")
+    entries = [e for e in outputs.entries() if e["question"] != questions[3]]
+    cases = build_cases(outputs, probe_arms(outputs, ARM, ["cheap"], entries), entries)
+    expected = fit(cases, 1.0, reference_cost(cases[ARM])).point
+    assert params == expected.arm.params(expected.thresholds)
+    missing = CliRunner().invoke(app, ["route", "calibrate", "--runs", "trace", "--probe", "cheap",
+                                       "--models", "cheap,mid,big"])
+    assert missing.exit_code == 2 and "--gold" in missing.output

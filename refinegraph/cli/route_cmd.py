@@ -13,42 +13,80 @@ from refinegraph.cli.common import err, fail, out
 
 app = typer.Typer(help="Routing calibrated from recorded outputs (ACAR's sigma cut-points).", no_args_is_help=True)
 
-RUNS_HELP = "Recorded outputs: a pool file (data/pools/*.jsonl: one JSON object per question)."
+RUNS_HELP = ("Recorded outputs: a pool file (data/pools/*.jsonl), or `trace` (every run of the trace store) or "
+             "`trace:GRAPH,...` (runs of those graphs), with --gold, --probe and --models.")
+GOLD_HELP = "With --runs trace: the gold answers, a pool file or a GSM8K-format jsonl (traces record none)."
+PROBE_HELP = "The probe model (default: the pool's default; required with --runs trace)."
+MODELS_HELP = "The three mode models, cheapest first, comma-separated (required with --runs trace)."
 
 
-def _setup(runs: str, config_path: Path | None, probe_models: list[str], answer: str | None
+def _from_traces(runs: str, gold: Path | None, probe: str | None, models: list[str]) -> tuple[Path, Any]:
+    """The trace store's task completions written as a pool file (graphs/acar_runs.py), and its config."""
+    import tempfile
+
+    from refinegraph.cli.common import open_store
+    from refinegraph.graphs.acar_runs import read_gold, recorded_pool, write_recorded
+
+    if gold is None or not gold.is_file():
+        fail("--runs trace needs --gold FILE (a pool file or a GSM8K-format jsonl): traces record no gold answers")
+    if not probe or not models:
+        fail("--runs trace needs --probe MODEL and --models A,B,C (the model names the runs recorded)")
+    graphs = {g.strip() for g in runs.partition(":")[2].split(",") if g.strip()} or None
+    store = open_store()
+    try:
+        recorded = recorded_pool(store, read_gold(gold), [probe, *models], graphs=graphs)
+    finally:
+        store.close()
+    skipped = "; ".join(f"{count} {why}" for why, count in recorded.skipped.items()) or "none"
+    err.print(f"trace store: {recorded.runs} runs, {len(recorded.entries)} questions usable; skipped: {skipped}",
+              highlight=False)
+    if len(recorded.entries) < 2:
+        fail("fewer than two recorded questions have answers from every model named and a gold answer")
+    path = Path(tempfile.mkdtemp(prefix="refinegraph-route-")) / "recorded.jsonl"
+    return path, write_recorded(recorded, path)
+
+
+def _setup(runs: str, config_path: Path | None, probe_models: list[str], answer: str | None, *,
+           gold: Path | None = None, probe: str | None = None, models_option: str | None = None
            ) -> tuple[Any, Any, list[str], Any]:
-    """(outputs, base arm, probe models to consider, config) for a pool and an optional config."""
+    """(outputs, base arm, probe models to consider, config) for recorded outputs and an optional config."""
     from refinegraph.bench.pool import answer_kind, default_config, load_pool, with_pool_file
     from refinegraph.config import ConfigError, load_config
     from refinegraph.graphs.acar_calibration import Arm, PoolOutputs
 
-    path = Path(runs)
-    if not path.is_file():
-        fail(f"--runs {runs!r}: no such pool file (calibration reads a pool of recorded outputs; "
-             "see docs/methods.md)")
-    try:
-        _, task = load_pool(path, limit=1)
-    except (ValueError, KeyError) as exc:
-        fail(f"--runs {runs!r} is not a pool file: {exc}")
-    kind = answer or answer_kind(task, path)
-    if config_path is not None:
-        try:
-            config = with_pool_file(load_config(config_path), path)
-        except ConfigError as exc:
-            fail(str(exc))
-        names = [n for n, s in config.models.items() if s.backend == "pool"]
-        if not names:
-            fail(f"{config_path}: no model of backend \"pool\" to calibrate with")
-        probe, models = config.model_for_role("probe"), names[:3]  # as `bench pool`: file order, cheapest first
+    chosen = [m.strip() for m in (models_option or "").split(",") if m.strip()]
+    if runs == "trace" or runs.startswith("trace:"):
+        path, config = _from_traces(runs, gold, probe, chosen)
+        kind = answer or "number"
+        default_probe, models = probe, chosen
     else:
-        config, defaults = default_config(path, task)
-        probe, models = defaults["acar"]["probe_model"], defaults["acar"]["models"]
+        path = Path(runs)
+        if not path.is_file():
+            fail(f"--runs {runs!r}: no such pool file, and not `trace` (see docs/methods.md)")
+        try:
+            _, task = load_pool(path, limit=1)
+        except (ValueError, KeyError) as exc:
+            fail(f"--runs {runs!r} is not a pool file: {exc}")
+        kind = answer or answer_kind(task, path)
+        if config_path is not None:
+            try:
+                config = with_pool_file(load_config(config_path), path)
+            except ConfigError as exc:
+                fail(str(exc))
+            names = [n for n, s in config.models.items() if s.backend == "pool"]
+            if not names:
+                fail(f"{config_path}: no model of backend \"pool\" to calibrate with")
+            default_probe, models = config.model_for_role("probe"), names[:3]  # as `bench pool`: file order
+        else:
+            config, defaults = default_config(path, task)
+            default_probe, models = defaults["acar"]["probe_model"], defaults["acar"]["models"]
+        default_probe, models = probe or default_probe, chosen or models
     models = (list(models) + [models[-1]] * 3)[:3]
-    unknown = [m for m in [probe, *models, *probe_models] if m not in config.models]
+    unknown = [m for m in [default_probe, *models, *probe_models] if m not in config.models]
     if unknown:
         fail(f"unknown model(s) {', '.join(unknown)}; configured: {', '.join(sorted(config.models))}")
-    return PoolOutputs(config, kind), Arm(probe, 3, tuple(models)), [probe, *probe_models], config
+    return (PoolOutputs(config, kind), Arm(default_probe, 3, tuple(models)), [default_probe, *probe_models],
+            config)
 
 
 @app.command("calibrate")
@@ -61,6 +99,9 @@ def calibrate(
                                                               "as `bench pool`)."),
     probe_model: list[str] = typer.Option([], "--probe-model", help="Another probe model to consider (repeat)."),
     answer: str | None = typer.Option(None, "--answer", help="Answer type (default: from the pool's task)."),
+    gold: Path | None = typer.Option(None, "--gold", help=GOLD_HELP),
+    probe: str | None = typer.Option(None, "--probe", help=PROBE_HELP),
+    models: str | None = typer.Option(None, "--models", help=MODELS_HELP),
     limit: int | None = typer.Option(None, "--limit", min=2, help="Only the first N questions."),
     name: str = typer.Option("acar-calibrated", "--name", help="The pipeline's name in the snippet."),
     output: Path | None = typer.Option(None, "-o", "--output", help="Write the snippet here (default: stdout)."),
@@ -70,7 +111,8 @@ def calibrate(
     from refinegraph.graphs.acar_calibration import CalibrationError, build_cases, fit, probe_arms, reference_cost
     from refinegraph.graphs.acar_calibration import snippet as make_snippet
 
-    outputs, base, probes, cfg = _setup(runs, config, probe_model, answer)
+    outputs, base, probes, cfg = _setup(runs, config, probe_model, answer, gold=gold, probe=probe,
+                                        models_option=models)
     try:
         entries = outputs.entries()[:limit]
         cases = build_cases(outputs, probe_arms(outputs, base, probes, entries), entries)
@@ -99,6 +141,9 @@ def frontier_cmd(
     config: Path | None = typer.Option(None, "--config", help="Pool models (default: the pool's own defaults)."),
     probe_model: list[str] = typer.Option([], "--probe-model", help="Another probe model to consider (repeat)."),
     answer: str | None = typer.Option(None, "--answer", help="Answer type (default: from the pool's task)."),
+    gold: Path | None = typer.Option(None, "--gold", help=GOLD_HELP),
+    probe: str | None = typer.Option(None, "--probe", help=PROBE_HELP),
+    models: str | None = typer.Option(None, "--models", help=MODELS_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed of the split into a fitting half and a reported half."),
     limit: int | None = typer.Option(None, "--limit", min=4, help="Only the first N questions."),
     out_dir: Path = typer.Option(Path("route-frontier"), "--out", help="Report folder."),
@@ -114,12 +159,12 @@ def frontier_cmd(
         fail(f"--targets {targets!r}: comma-separated numbers, e.g. 0.25,0.5,1")
     if not values or not all(0 < v <= 1 for v in values):
         fail(f"--targets {targets!r}: each target must be in (0, 1]")
-    outputs, base, probes, _ = _setup(runs, config, probe_model, answer)
+    outputs, base, probes, _ = _setup(runs, config, probe_model, answer, gold=gold, probe=probe, models_option=models)
     try:
         report = frontier(outputs, base, probes, values, seed=seed, limit=limit)
     except CalibrationError as exc:
         fail(str(exc))
-    report.update({"pool": Path(runs).name, "environment": environment()})
+    report.update({"pool": Path(runs).name if Path(runs).is_file() else runs, "environment": environment()})
     markdown = _markdown(report)
     out_dir.mkdir(parents=True, exist_ok=True)
     _plot(report, out_dir / "frontier.png")
