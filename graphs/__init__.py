@@ -9,4 +9,5 @@ from refinegraph.graphs import (  # noqa: F401  (each registers its graphs)
     self_refine,
     sets,
     sql,
+    step_search,
 )

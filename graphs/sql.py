@@ -5,8 +5,14 @@
   candidates get no vote; ties go to the earliest candidate's group); the winner's SQL.
 - csc-sql: as sql-sc, then, when the vote is not unanimous, a merge-revise step reads the
   two most-voted queries with their (truncated) results and writes the final query. Ties
-  are merged too (the paper's code skips them and, on a tie, picks one group twice). The
-  merged query is executed; if it fails, the vote winner stands (a recorded fallback).
+  are merged too (the paper's code skips them and, on a tie, picks one group twice). By
+  default as CSC-SQL's released code: `merge_n` (8) revisions at `merge_temperature` (0.8),
+  executed and voted on by result; `merge_mode="single"` writes one at temperature 0. The
+  merged query is executed; if every revision fails, the vote winner stands (a recorded
+  fallback). See refinegraph.agents.sql_merger.
+- sql-repair: sql-greedy with repair on: a query that fails to execute goes back to the
+  writer with the database's error, up to `max_repairs` rounds. `repair=True` does the same
+  for every failed candidate of sql-sc and csc-sql, before the vote (agents.sql_repairer).
 
 Input: {"question": str, "db": URL or path, "evidence": optional str}. Output adds
 sql, columns, rows (capped), answer (a rendered table) and stop_reason. When every
@@ -26,7 +32,7 @@ return sql None, the statement in refused_sql and the reason in error.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, Literal, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
@@ -34,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from refinegraph.agents.sql_executor import execute_candidates
 from refinegraph.agents.sql_merger import merge_revise
+from refinegraph.agents.sql_repairer import repair_candidates
 from refinegraph.agents.sql_writer import write_sql
 from refinegraph.context import RunContext
 from refinegraph.events import Approval, Stop, Vote
@@ -65,6 +72,13 @@ class SqlParams(BaseModel):
     schema_samples: int = Field(3, ge=0, le=10)
     approve: bool = False
     """Wait for a person's approval of the chosen SQL before it runs (needs a checkpointer)."""
+    repair: bool = False
+    """Send each failed candidate back to the writer with the database's error before the vote."""
+    max_repairs: int = Field(2, ge=0, le=10)
+    merge_mode: Literal["vote", "single"] = "vote"
+    """csc-sql: "vote" samples merge_n revisions and votes by result (the released code); "single": one at 0."""
+    merge_n: int = Field(8, ge=1, le=64)
+    merge_temperature: float = Field(0.8, ge=0.0, le=2.0)
 
 
 class SqlState(TypedDict, total=False):
@@ -221,10 +235,15 @@ def _build(params: dict[str, Any] | None, *, checkpointer: Any, name: str, vote_
     after_writer = "propose" if greedy_approval else "executor"
     graph.add_conditional_edges("writer", lambda s: "finish" if s.get("stop_reason") else after_writer,
                                 [after_writer, "finish"])
+    executed = "executor"  # the node after which every candidate has run (repaired, if asked)
+    if settings["repair"] and not greedy_approval:
+        graph.add_node("repair", wrap("repair", repair_candidates))
+        graph.add_edge("executor", "repair")
+        executed = "repair"
     if vote_on:
         graph.add_node("executor", wrap("executor", execute_candidates))
         graph.add_node("vote", wrap("vote", vote))
-        graph.add_edge("executor", "vote")
+        graph.add_edge(executed, "vote")
         targets = [chosen] + (["merge"] if merge else [])
         graph.add_conditional_edges("vote", _route_after_vote(merge, chosen), targets)
         if merge:
@@ -236,7 +255,7 @@ def _build(params: dict[str, Any] | None, *, checkpointer: Any, name: str, vote_
     else:
         graph.add_node("executor", wrap("executor", execute_candidates))
         graph.add_node("pick", wrap("pick", _pick_first))
-        graph.add_edge("executor", "pick")
+        graph.add_edge(executed, "pick")
         graph.add_edge("pick", "finish")
     if approve:
         graph.add_node("request_approval", wrap("request_approval", request_approval))
@@ -262,6 +281,11 @@ def build_sql_greedy(params: dict[str, Any] | None = None, *, checkpointer: Any 
                   defaults={"n": 1, "temperature": 0.0}, **kw)
 
 
+def build_sql_repair(params: dict[str, Any] | None = None, *, checkpointer: Any = None, **kw: Any) -> Any:
+    return _build(params, checkpointer=checkpointer, name="sql-repair", vote_on=False, merge=False,
+                  defaults={"n": 1, "temperature": 0.0, "repair": True}, **kw)
+
+
 def build_sql_sc(params: dict[str, Any] | None = None, *, checkpointer: Any = None, **kw: Any) -> Any:
     return _build(params, checkpointer=checkpointer, name="sql-sc", vote_on=True, merge=False, defaults={}, **kw)
 
@@ -272,6 +296,9 @@ def build_csc_sql(params: dict[str, Any] | None = None, *, checkpointer: Any = N
 
 def register() -> None:
     register_graph("sql-greedy", build_sql_greedy, "Text-to-SQL: one query at temperature 0, executed",
+                   input_key="question")
+    register_graph("sql-repair", build_sql_repair,
+                   "Text-to-SQL: one query at temperature 0; on an execution error, repaired from the error",
                    input_key="question")
     register_graph("sql-sc", build_sql_sc, "Text-to-SQL: n candidates, vote by execution result",
                    input_key="question")

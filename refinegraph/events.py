@@ -233,6 +233,64 @@ class Merge(Event):
     output_key: str | None = None
     accepted: bool
     reason: str = ""
+    mode: Literal["single", "vote"] = "single"
+    """"single": one revision at temperature 0; "vote": several sampled revisions, executed,
+    voted on by result (CSC-SQL's released code)."""
+    temperature: float = 0.0
+    revisions: list[dict[str, Any]] = Field(default_factory=list)
+    """Each revision's SQL, result key (None: it failed) and error class, in sample order."""
+    groups: list[dict[str, Any]] = Field(default_factory=list)
+    """The vote over the revisions' results: members (revision indices) and votes."""
+
+
+class Repair(Event):
+    """One SQL repair round: the failed statement, the error it answered, and what the
+    writer wrote back (executed: `error_class` None when it now runs)."""
+
+    type: Literal["repair"] = "repair"
+    candidate: int
+    candidates: list[int] = Field(default_factory=list)
+    """Every candidate that had this same failed statement (repaired once, shared)."""
+    round: int
+    failed_sql: str
+    failed_error_class: str
+    failed_error: str
+    repaired_sql: str
+    error_class: str | None = None
+    error: str | None = None
+    result_key: str | None = None
+
+
+class Expand(Event):
+    """Step-level search: one partial solution extended by one step into its children."""
+
+    type: Literal["expand"] = "expand"
+    iteration: int
+    parent: int
+    """The partial solution expanded (0: the empty solution)."""
+    children: list[int]
+    steps: list[str]
+    """Each child's new step (the first 2000 characters)."""
+    complete: list[bool]
+    """Whether each child ended the solution (a final answer, or nothing more to say)."""
+
+
+class Prune(Event):
+    """Step-level search: which partial solutions go on after an iteration's scores."""
+
+    type: Literal["prune"] = "prune"
+    iteration: int
+    algorithm: Literal["beam-search", "dvts", "particle-filter"]
+    rule: Literal["top_k", "best_per_subtree", "resample"]
+    scores: dict[str, float | None]
+    """Each scored partial solution's step reward, by its id (None: unscored)."""
+    kept: list[int]
+    """The partial solutions expanded next (particle filter: each new particle's parent, in order)."""
+    pruned: list[int] = Field(default_factory=list)
+    finished: list[int] = Field(default_factory=list)
+    """Complete solutions set aside for the final selection."""
+    weights: list[float] = Field(default_factory=list)
+    """Particle filter: the resampling probability of each particle, in particle order."""
 
 
 class SamplingCheck(Event):
@@ -325,14 +383,14 @@ class Approval(Event):
 AnyEvent = Annotated[
     RunStarted | RunResumed | RunInterrupted | NodeStarted | NodeFinished | LLMCall | Retry | Critique | Verdict
     | Refine | Fallback | BudgetEvent | ErrorEvent | Stop | RunFinished | SqlExec | Vote | Merge
-    | SamplingCheck | Score | Difficulty | Judge | Route | CodeExec | Approval,
+    | SamplingCheck | Score | Difficulty | Judge | Route | CodeExec | Approval | Repair | Expand | Prune,
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(AnyEvent)
 
 DECISION_TYPES = frozenset({"critique", "verdict", "refine", "fallback", "budget", "stop", "sql_exec", "vote",
-                            "merge", "sampling_check", "score", "difficulty", "judge", "route", "code_exec",
-                            "approval"})
+                            "merge", "repair", "expand", "prune", "sampling_check", "score", "difficulty", "judge",
+                            "route", "code_exec", "approval"})
 
 
 def parse_event(data: dict[str, Any]) -> Event:

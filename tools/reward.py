@@ -253,5 +253,26 @@ class RewardModelScorer:
         return Scores(outcome=round(outcome, 6), steps=steps, parsed_with="reward_model", scorer=self.name)
 
 
+
+
+# -- step-level search ----------------------------------------------------------------------
+
+
+def join_steps(steps: Sequence[str]) -> str:
+    """A partial solution as the scorers read it: one line per step (a step's own line
+    breaks become spaces), so `split_steps` gives back exactly these steps."""
+    return "\n".join(" ".join(step.split()) for step in steps)
+
+
+def step_reward(scores: Scores, aggregate: Literal["last", "min", "outcome"] = "last") -> float | None:
+    """The reward of a partial solution: its last step's score (search-and-learn's default),
+    the lowest step score, or the outcome; the outcome when no step was scored; None unscored."""
+    if scores.outcome is None and not scores.steps:
+        return None
+    if aggregate == "outcome" or not scores.steps:
+        return scores.outcome
+    return scores.steps[-1] if aggregate == "last" else min(scores.steps)
+
+
 __all__ = ["JudgeReply", "JudgeScorer", "MAX_STEPS", "RewardModelScorer", "RewardOutputError", "Scorer", "Scores",
-           "best_index", "numbered_steps", "read_pooling_output", "split_steps"]
+           "best_index", "join_steps", "numbered_steps", "read_pooling_output", "split_steps", "step_reward"]

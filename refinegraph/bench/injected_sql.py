@@ -264,8 +264,11 @@ def candidates_for(question: Injected, graph: str) -> int:
 def graph_params(question: Injected, graph: str, *, timeout_s: float = 1.0) -> dict[str, Any]:
     """The adversary's run parameters: n as `candidates_for`, a short timeout for the runaway
     read, and no sample values in the schema (the pool does not read its prompt, and on DuckDB
-    each sample query opens a connection)."""
-    return {"n": candidates_for(question, graph), "timeout_s": timeout_s, "max_rows": 100, "schema_samples": 0}
+    each sample query opens a connection). csc-sql merges once (merge_mode "single"): the
+    adversary holds one hostile merge per question."""
+    single = {"merge_mode": "single"} if graph == "csc-sql" else {}
+    return {"n": candidates_for(question, graph), "timeout_s": timeout_s, "max_rows": 100, "schema_samples": 0,
+            **single}
 
 
 def served(question: Injected, fill: dict[str, str]) -> list[str]:

@@ -30,6 +30,7 @@ app = typer.Typer(help="Verify-and-refine LLM agents with auditable decision tra
                   no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(trace_cmds.app, name="trace")
 app.add_typer(bench_cmds.app, name="bench")
+app.add_typer(__import__("refinegraph.cli.route_cmd", fromlist=["app"]).app, name="route")
 serve_cmd.register(app)
 batch_cmd.register(app)
 approve_cmd.register(app)
