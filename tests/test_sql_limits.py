@@ -11,7 +11,6 @@ of 20 MB, byte caps of a few MB) so each test is quick and stays far under 300 M
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -21,7 +20,7 @@ from test_sql_engines import pg_dsn, pg_reader
 from typer.testing import CliRunner
 
 from refinegraph import run
-from refinegraph.bench.hostile_sql import build_concert_db
+from refinegraph.bench.hostile_sql import PeakRss, build_concert_db
 from refinegraph.cli.app import app
 from refinegraph.models import ScriptedModel
 from refinegraph.tools.sql import connect
@@ -79,34 +78,6 @@ def url(request, concert, tmp_path_factory) -> str:
 
 def engine_of(url: str) -> str:
     return connect(url).engine
-
-
-class PeakRss:
-    """The process's resident memory sampled every 5 ms while the block runs: its peak growth."""
-
-    def __enter__(self) -> PeakRss:
-        self.start = self.peak = self._rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def growth_mb(self) -> float:
-        return (self.peak - self.start) / 1024
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/status") as status:
-            return int(next(line for line in status if line.startswith("VmRSS:")).split()[1])
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self._rss())
 
 
 # -- 1. SQLite: few, expensive steps ------------------------------------------------------------
