@@ -362,3 +362,10 @@ def test_duckdb_urls_as_sqlalchemy_writes_them(concert, tmp_path, monkeypatch):
         connect("duckdb://shop.duckdb")  # was read as hop.duckdb
     with pytest.raises(FileNotFoundError):
         connect(f"duckdb:///{tmp_path.name}-missing.duckdb")
+
+
+def test_cli_refuses_a_file_that_is_not_a_database(tmp_path):
+    text = tmp_path / "notes.db"
+    text.write_text("not a database\n" * 100)
+    out = CliRunner().invoke(app, ["sql", "--db", str(text), "--execute", "SELECT 1"])
+    assert out.exit_code == 2 and "not a readable sqlite database" in out.output

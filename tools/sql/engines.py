@@ -128,8 +128,8 @@ class Database:
             if problem:
                 raise PreflightError(problem)
             return
-        try:
-            self.introspect("SELECT 1")
+        try:  # SQLite opens any file; reading its schema is what fails on one that is not a database
+            self.introspect("SELECT COUNT(*) FROM sqlite_master" if self.engine == "sqlite" else "SELECT 1")
         except Exception as exc:  # noqa: BLE001 - each engine's own error type: all mean "not readable"
             raise PreflightError(f"not a readable {self.engine} database: {_first_line(exc)}") from None
 
