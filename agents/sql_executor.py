@@ -8,10 +8,22 @@ from langgraph.runtime import Runtime
 
 from refinegraph.context import RunContext
 from refinegraph.events import SqlExec
-from refinegraph.tools.sql import ExecResult, connect, render_result, result_key
+from refinegraph.tools.sql import Database, ExecResult, connect, render_result, result_key
 
 SQL_RECORD_CHARS = 4000
 """How much of a statement an sql_exec event keeps (checks of the trace compare against the same cut)."""
+
+
+def open_database(state: dict[str, Any], runtime: Runtime[RunContext],
+                  params: dict[str, Any] | None = None) -> Database:
+    """The run's database under the config's [sql] limits: the graph's params (a request's,
+    through serve) may lower timeout_s and max_rows, never raise them past the config."""
+    limits = runtime.context.config.sql
+    params = state.get("params") or params or {}
+    return connect(state["db"], timeout_s=min(params.get("timeout_s", limits.timeout_s), limits.timeout_s),
+                   max_rows=min(params.get("max_rows", limits.max_rows), limits.max_rows),
+                   max_bytes=limits.max_bytes, memory_mb=limits.memory_mb,
+                   allow_privileged_role=limits.allow_privileged_postgres_role)
 
 
 def summary(index: int, result: ExecResult, render_rows: int = 10, render_chars: int = 800) -> dict[str, Any]:
@@ -32,7 +44,7 @@ def record(runtime: Runtime[RunContext], index: int, result: ExecResult) -> None
 
 async def execute_candidates(state: dict[str, Any], runtime: Runtime[RunContext]) -> dict[str, Any]:
     """Every candidate on the database; a failed one is a result with its error class."""
-    db = connect(state["db"], timeout_s=state["params"]["timeout_s"], max_rows=state["params"]["max_rows"])
+    db = open_database(state, runtime)
     executed = []
     for index, candidate in enumerate(state["candidates"]):
         result = await db.execute(candidate["sql"])

@@ -22,12 +22,12 @@ from langgraph.runtime import Runtime
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
-from refinegraph.agents.sql_executor import record
+from refinegraph.agents.sql_executor import open_database, record
 from refinegraph.agents.sql_writer import evidence_line
 from refinegraph.context import RunContext
 from refinegraph.events import Merge
 from refinegraph.prompts import load_prompt
-from refinegraph.tools.sql import ExecResult, SqlVote, VoteGroup, connect, result_key, serialize_schema, vote_on_results
+from refinegraph.tools.sql import ExecResult, SqlVote, VoteGroup, result_key, serialize_schema, vote_on_results
 from refinegraph.tools.sql.extract import extract_sql
 
 
@@ -63,7 +63,7 @@ async def merge_revise(state: dict[str, Any], runtime: Runtime[RunContext]) -> d
     vote = state["vote"]
     first, second = vote["groups"][0], vote["groups"][1]
     a, b = state["candidates"][first["members"][0]], state["candidates"][second["members"][0]]
-    db = connect(state["db"], timeout_s=params["timeout_s"], max_rows=params["max_rows"])
+    db = open_database(state, runtime)
     schema = serialize_schema(db, tables=tables_of(a["sql"], b["sql"], dialect=db.dialect),
                               samples=params["schema_samples"]) or state["schema"]
     messages = load_prompt("sql_merger").render(

@@ -16,8 +16,9 @@
 
 Input: {"question": str, "db": URL or path, "evidence": optional str}. Output adds
 sql, columns, rows (capped), answer (a rendered table) and stop_reason. When every
-candidate fails (refused, broken, timed out), the run stops with "no_valid_sql", a
-recorded fallback, and returns the first candidate's SQL with no rows and no answer.
+candidate fails (refused, broken, timed out, over a limit), the run stops with
+"no_valid_sql", a recorded fallback, and returns no SQL, no rows and no answer: `sql` is
+None, `refused_sql` the first candidate's statement and `error` its error.
 
 Approval (`approve=True`, see docs/sql.md): before the chosen SQL runs for its answer, the
 graph shows it to a person and waits (LangGraph's `interrupt()`, so the run needs a
@@ -38,7 +39,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, ConfigDict, Field
 
-from refinegraph.agents.sql_executor import execute_candidates
+from refinegraph.agents.sql_executor import execute_candidates, open_database
 from refinegraph.agents.sql_merger import merge_revise
 from refinegraph.agents.sql_repairer import repair_candidates
 from refinegraph.agents.sql_writer import write_sql
@@ -90,7 +91,9 @@ class SqlState(TypedDict, total=False):
     dialect: str
     candidates: Annotated[list[dict[str, Any]], lambda old, new: new]
     vote: dict[str, Any]
-    sql: str
+    sql: str | None
+    refused_sql: str | None
+    error: str | None
     columns: list[str]
     rows: list[list[Any]]
     answer: str | None
@@ -121,24 +124,32 @@ async def vote(state: SqlState, runtime: Runtime[RunContext]) -> dict[str, Any]:
 
 
 async def finish(state: SqlState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    """Run the chosen SQL once more for its rows (read-only, so the same rows) and stop."""
+    """Run the chosen SQL once more for its rows (read-only, so the same rows) and stop.
+    SQL that was refused or failed is never the answer: `sql` is then None, `refused_sql`
+    holds the statement and `error` says why."""
     reason = state.get("stop_reason") or "done"
     sql = state.get("sql")
-    failed_sql = sql is None
-    if failed_sql:  # every candidate failed, or the budget stopped the writer
+    error = None
+    if sql is None:  # every candidate failed, or the budget stopped the writer
         candidates = state.get("candidates", [])
-        sql = candidates[0]["sql"] if candidates else None
+        refused = candidates[0]["sql"] if candidates else None
+        error = (f"{candidates[0]['error_class']}: {candidates[0]['error']}" if candidates
+                 else f"no SQL was written (stop: {reason})")
         if reason == "done":
             reason = "no_valid_sql"
             runtime.context.fallback("no_valid_sql", f"all {len(candidates)} candidates failed (see their "
-                                     "sql_exec events); the first is returned without rows", sql or "")
-    columns, rows, answer = [], [], None
-    if not failed_sql:  # a failed candidate is not sent to the database again (and sql is the winner's)
-        params = state["params"]
-        result = await connect(state["db"], timeout_s=params["timeout_s"], max_rows=params["max_rows"]).execute(sql)
-        if result.ok:
-            columns, rows = result.columns, [list(r) for r in result.rows]
-            answer = render_result(columns, result.rows, max_rows=50, max_chars=4000)
+                                     "sql_exec events); none is returned", refused or "")
+        runtime.context.emit(Stop(reason=reason))
+        return {"sql": None, "refused_sql": refused, "error": error, "columns": [], "rows": [], "answer": None,
+                "stop_reason": reason}
+    result = await open_database(state, runtime).execute(sql)
+    if not result.ok:  # it ran before; a second run can still time out or hit a limit
+        runtime.context.fallback("chosen_sql_failed", f"{result.error_class}: {result.error}", sql)
+        runtime.context.emit(Stop(reason="no_valid_sql"))
+        return {"sql": None, "refused_sql": sql, "error": f"{result.error_class}: {result.error}", "columns": [],
+                "rows": [], "answer": None, "stop_reason": "no_valid_sql"}
+    columns, rows = result.columns, [list(r) for r in result.rows]
+    answer = render_result(columns, result.rows, max_rows=50, max_chars=4000)
     runtime.context.emit(Stop(reason=reason))
     return {"sql": sql, "columns": columns, "rows": rows, "answer": answer, "stop_reason": reason}
 
@@ -221,7 +232,7 @@ def _build(params: dict[str, Any] | None, *, checkpointer: Any, name: str, vote_
     chosen = "request_approval" if approve else "finish"
 
     async def start(state: SqlState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-        db = connect(state["db"], timeout_s=settings["timeout_s"], max_rows=settings["max_rows"])
+        db = open_database(state, runtime, settings)
         return {"params": settings, "schema": serialize_schema(db, samples=settings["schema_samples"]),
                 "dialect": DIALECT_NAMES[db.engine]}
 

@@ -36,6 +36,10 @@ config at all every role uses the embedded `local` model. Example:
     [server]
     api_key_env = "REFINEGRAPH_API_KEY"
 
+    [sql]                         # limits on model-written SQL (see docs/sql.md)
+    timeout_s = 5
+    max_bytes = 8388608
+
     [trace]
     store = "postgresql://app@db.internal/audit"   # default: $REFINEGRAPH_HOME/traces.sqlite
 """
@@ -137,6 +141,26 @@ class PipelineSpec(BaseModel):
     """SQL graphs: the database (fixed; a request may then not name another)."""
 
 
+class SqlSettings(BaseModel):
+    """The [sql] table: hard limits on every statement model SQL runs, and the ceilings of
+    the SQL graphs' own params (a run's, or a request's, timeout_s / max_rows may lower
+    them, never raise them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timeout_s: float = Field(5.0, gt=0, le=3600)
+    """Wall-clock limit of one statement, enforced by a watchdog from outside the engine."""
+    max_rows: int = Field(1000, ge=1)
+    max_bytes: int = Field(8 << 20, ge=1024)
+    """Cap on a result's bytes (and on any one value); over it the result is refused."""
+    memory_mb: int = Field(256, ge=16)
+    """Engine memory: DuckDB's memory_limit, SQLite's page cache, PostgreSQL's work_mem
+    (a quarter of it) and temp_file_limit."""
+    allow_privileged_postgres_role: bool = False
+    """Run model SQL even when the PostgreSQL role is a superuser or can write. Off: such
+    connections are refused; make a read-only role with `refinegraph sql grant`."""
+
+
 class ServerSettings(BaseModel):
     """`refinegraph serve`'s [server] table."""
 
@@ -150,8 +174,11 @@ class ServerSettings(BaseModel):
     max_body_bytes: int = Field(1 << 20, ge=1024)
     max_messages: int = Field(64, ge=1)
     max_message_chars: int = Field(32_000, ge=1)
-    allow_request_db: bool = True
-    """Whether a request may name the database of a SQL pipeline that fixes none."""
+    allow_request_db: bool = False
+    """Whether a request may name the database of a SQL pipeline that fixes none; when on,
+    only a name listed in `databases` may be sent."""
+    databases: dict[str, str] = Field(default_factory=dict)
+    """Databases a request may choose by name (allow_request_db): name -> path or URL."""
     checkpoint: bool = False
     """LangGraph's checkpointer for every run (the trace alone makes runs resumable; graphs
     that pause on `interrupt()` turn it on for themselves)."""
@@ -189,6 +216,7 @@ class Config(BaseModel):
     """What `refinegraph serve` exposes (none: one pipeline per registered graph)."""
     server: ServerSettings = Field(default_factory=ServerSettings)
     trace: TraceSettings = Field(default_factory=TraceSettings)
+    sql: SqlSettings = Field(default_factory=SqlSettings)
     source: str | None = None
 
     @model_validator(mode="after")

@@ -378,7 +378,7 @@ BAD_BODIES = [
     (json.dumps({"model": "plain", "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "http://x"}}]}]}).encode(), 400, "only text"),
     (json.dumps({"model": "sql", "messages": [{"role": "user", "content": "how many?"}]}).encode(), 400,
-     "send the database"),
+     "fixes none"),
     (json.dumps({"model": "sql", "messages": [{"role": "user", "content": "how many?"}],
                  "refinegraph": {"db": "/nonexistent/x.sqlite"}}).encode(), 400, "database"),
     (json.dumps({"model": "plain", "messages": [{"role": "user", "content": "x" * (1 << 20)}]}).encode(), 413,
@@ -438,16 +438,17 @@ async def test_unknown_routes_and_methods_stay_4xx(store):
     assert wrong_method.status_code == 405
 
 
-async def test_sql_pipeline_takes_the_db_from_the_request(store, tmp_path):
+async def test_sql_pipeline_takes_the_db_by_its_configured_name(store, tmp_path):
     db = tmp_path / "shop.sqlite"
     with sqlite3.connect(db) as conn:
         conn.execute("CREATE TABLE items (name TEXT)")
         conn.executemany("INSERT INTO items VALUES (?)", [("a",), ("b",)])
     model = ScriptedModel(lambda messages: "```sql\nSELECT COUNT(*) FROM items\n```", name="local")
-    client = asgi_client(create_app(config(), models={"local": model}, store=store))
+    cfg = config(allow_request_db=True, databases={"shop": str(db)})
+    client = asgi_client(create_app(cfg, models={"local": model}, store=store))
     raw = await client.chat.completions.with_raw_response.create(
         model="sql", messages=[{"role": "user", "content": "How many items?"}],
-        extra_body={"refinegraph": {"db": str(db)}})
+        extra_body={"refinegraph": {"db": "shop"}})
     started = store.events(raw.headers["x-refinegraph-run-id"], types={"run_started"})[0]
     assert started["input"] == {"question": "How many items?", "db": str(db)}
     assert "2" in raw.parse().choices[0].message.content

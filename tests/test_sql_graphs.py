@@ -96,7 +96,8 @@ async def test_csc_skips_the_merge_when_unanimous(db, store):
 async def test_all_candidates_failing_is_an_answerless_stop(db, store):
     result = await run_sql("sql-sc", db, store, scripted([BROKEN, WRITE]), params={"n": 2})
     assert result.stop_reason == "no_valid_sql" and result.answer is None
-    assert result.fallbacks == {"no_valid_sql": 1} and result.state["sql"] == BROKEN
+    assert result.fallbacks == {"no_valid_sql": 1} and result.state["sql"] is None
+    assert result.state["refused_sql"] == BROKEN and result.state["error"].startswith("execution:")
 
 
 async def test_budget_stop_and_replay(db, store):
@@ -127,26 +128,35 @@ def test_cli_sql_bad_database():
 
 
 async def test_the_same_questions_through_the_same_graphs_on_postgresql(db, store):
-    """A Spider database loaded into a PostgreSQL schema of its own answers like SQLite."""
-    from test_sql_engines import pg_dsn, pg_url
+    """A Spider database loaded into a PostgreSQL schema of its own answers like SQLite, read
+    as the least-privileged role `refinegraph sql grant` makes."""
+    from test_sql_engines import pg_dsn, pg_reader
 
     from refinegraph.tools.sql.copies import build_pg_schema, drop_pg_schema, unique_schema
 
-    dsn = pg_dsn()  # skips with its reason when REFINEGRAPH_PG_DSN is unset
+    dsn = pg_dsn()  # skips with its reason when no PostgreSQL answers
     schema = unique_schema("rg_graphs")
     build_pg_schema(dsn, schema, Path(db))
     try:
-        questions = [COUNT, "SELECT Name FROM singer WHERE Age > 30 ORDER BY Name",
-                     "SELECT Country, COUNT(*) FROM singer GROUP BY Country"]
-        for sql in questions:
-            for graph in ("sql-greedy", "csc-sql"):
-                n = {"n": 3} if graph == "csc-sql" else {}
-                on_sqlite = await run_sql(graph, db, store, scripted([sql] * 3), params=n)
-                on_pg = await run_sql(graph, pg_url(schema), store, scripted([sql] * 3), params=n)
-                assert on_pg.stop_reason == "done", on_pg.state
-                assert sorted(map(tuple, on_pg.state["rows"])) == sorted(map(tuple, on_sqlite.state["rows"]))
-        prompt = store.events(on_pg.run_id, types={"llm_call"})[0]
-        assert "PostgreSQL" in json.dumps(store.get_blob(prompt["request_blob"]))
+        with pg_reader(dsn, schema) as url:
+            assert "postgres@" not in url
+            questions = [COUNT, "SELECT Name FROM singer WHERE Age > 30 ORDER BY Name",
+                         "SELECT Country, COUNT(*) FROM singer GROUP BY Country"]
+            for sql in questions:
+                for graph in ("sql-greedy", "sql-sc", "csc-sql"):
+                    n = {"n": 3} if graph != "sql-greedy" else {}
+                    on_sqlite = await run_sql(graph, db, store, scripted([sql] * 3), params=n)
+                    on_pg = await run_sql(graph, url, store, scripted([sql] * 3), params=n)
+                    assert on_pg.stop_reason == "done", on_pg.state
+                    assert sorted(map(tuple, on_pg.state["rows"])) == sorted(map(tuple, on_sqlite.state["rows"]))
+            prompt = store.events(on_pg.run_id, types={"llm_call"})[0]
+            assert "PostgreSQL" in json.dumps(store.get_blob(prompt["request_blob"]))
+            # the role cannot write even where the guard is skipped, nor read another schema
+            from refinegraph.tools.sql import connect
+            from refinegraph.tools.sql.engines import execute_unchecked
+            reader = connect(url)
+            assert execute_unchecked(reader, "DELETE FROM singer").error_class in ("rejected", "execution")
+            assert not execute_unchecked(reader, "SELECT COUNT(*) FROM public.pg_hidden_nothing").ok
     finally:
         drop_pg_schema(dsn, schema)
 

@@ -28,6 +28,9 @@ from refinegraph.bench.hostile_sql import (
     ENGINES,
     ERROR_CLASSES,
     LEGIT,
+    LIMIT_MAX_BYTES,
+    LIMIT_MEMORY_MB,
+    LIMIT_TIMEOUT_S,
     RUNAWAY,
     RUNAWAY_MARGIN_MS,
     RUNAWAY_TIMEOUT_S,
@@ -35,6 +38,7 @@ from refinegraph.bench.hostile_sql import (
     drop_leftover_replication_slots,
     fill,
     hostile_statements,
+    limit_statements,
     second_line_statements,
 )
 from refinegraph.tools.sql import ExecResult
@@ -51,6 +55,8 @@ from refinegraph.tools.sql.copies import (
 # Each engine's hostile statements: the common ones it does not read as harmless, then its own.
 CASES = [pytest.param(engine, sql, id=f"{engine}-{name}") for engine in ENGINES
          for name, sql in hostile_statements(engine)]
+LIMIT_CASES = [pytest.param(engine, kind, sql, id=f"{engine}-{kind}-{name}")
+               for engine in ENGINES for name, kind, sql in limit_statements(engine)]
 RUNAWAY_CASES = [pytest.param(engine, sql, id=f"{engine}-{name}")
                  for engine, cases in RUNAWAY.items() for name, sql in cases]
 
@@ -136,6 +142,21 @@ def test_runaway_read_stops_at_timeout(engine, sql, target):
     limit_ms = RUNAWAY_TIMEOUT_S * 1000 + RUNAWAY_MARGIN_MS
     assert result.elapsed_ms < limit_ms and wall_ms < limit_ms, (result.elapsed_ms, wall_ms)
     assert result.elapsed_ms >= RUNAWAY_TIMEOUT_S * 1000 * 0.9, "stopped before its deadline: not a timeout"
+    _assert_unchanged(target, sql)
+
+
+@pytest.mark.parametrize("engine, kind, sql", LIMIT_CASES)
+def test_time_memory_and_byte_cases_are_refused_soon_after_the_timeout(engine, kind, sql, target):
+    db = target.db(timeout_s=LIMIT_TIMEOUT_S, max_bytes=LIMIT_MAX_BYTES, memory_mb=LIMIT_MEMORY_MB)
+    db.max_rows = 1_000_000  # the byte cap, not the row cap, must stop the wide results
+    started = time.perf_counter()
+    result = db.execute_sync(sql)
+    wall_ms = (time.perf_counter() - started) * 1000
+    _assert_refused(result, sql)
+    if kind == "bytes":
+        assert result.error_class in ("too_large", "timeout"), result
+    if not (engine == "duckdb" and kind == "bytes"):  # DuckDB builds a wide vector in one uninterruptible call
+        assert wall_ms < LIMIT_TIMEOUT_S * 1000 + RUNAWAY_MARGIN_MS, f"{wall_ms:.0f} ms"
     _assert_unchanged(target, sql)
 
 

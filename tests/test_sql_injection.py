@@ -32,6 +32,7 @@ from refinegraph.bench.hostile_sql import (
     build_concert_db,
     drop_leftover_replication_slots,
     hostile_statements,
+    limit_statements,
     make_scratch,
     remove_scratch,
     second_line_statements,
@@ -208,7 +209,8 @@ def test_no_writes_after_every_injection(engine, target):
 async def test_sql_section_without_spider_data():
     """`refinegraph bench reliability`'s sql part on SQLite, on a database it builds itself."""
     section = await sql_section(engines=("sqlite",), local=0)
-    statements = len(hostile_statements("sqlite")) + len(RUNAWAY["sqlite"]) + len(second_line_statements("sqlite"))
+    statements = (len(hostile_statements("sqlite")) + len(RUNAWAY["sqlite"]) + len(second_line_statements("sqlite"))
+                  + len(limit_statements("sqlite")))
     runs = len(GRAPHS) * len(INJECTED)
     assert section.ok, section.problems
     assert (section.runs, section.traces_verified, section.traces_failed) == (runs, runs, 0)
@@ -218,6 +220,11 @@ async def test_sql_section_without_spider_data():
     hostile = figures["statements"]["sqlite"]
     assert hostile["hostile"] == len(hostile_statements("sqlite")) and "ran" not in hostile["refused"]
     assert hostile["runaway_stopped"] == hostile["runaway"] and hostile["legit_ok"] == hostile["legit"]
+    # the time, memory and byte cases: every one refused, nothing over the cap held, the figures reported
+    assert hostile["limits"] == len(limit_statements("sqlite")) and "ran" not in hostile["limits_refused"]
+    assert hostile["over_cap_held"] == 0 and hostile["writes"] == 0 and hostile["tried"] == statements
+    assert 0 <= hostile["peak_rss_mb"] < 300 and hostile["max_past_timeout_s"] < 1.5
+    assert any(line.startswith("sqlite limits: statements tried") for line in section.lines)
     injected = figures["injected"]["sqlite"]
     assert injected["merges_refused"] == injected["merges"] == len(INJECTED)
     assert injected["answered"] + injected["ended_on_fallback"] == runs

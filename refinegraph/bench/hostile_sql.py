@@ -21,6 +21,7 @@ import hashlib
 import shutil
 import sqlite3
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from typing import Any
 from refinegraph.tools.sql import Database, connect
 
 ENGINES = ("sqlite", "duckdb", "postgres")
-ERROR_CLASSES = frozenset({"rejected", "timeout", "syntax", "execution"})
+ERROR_CLASSES = frozenset({"rejected", "timeout", "syntax", "execution", "too_large", "memory"})
 TABLES = ("stadium", "singer", "concert", "singer_in_concert")
 
 # -- hostile statements ------------------------------------------------------------------------
@@ -332,6 +333,87 @@ RUNAWAY = {
     ],
 }
 
+# Statements that would take too much time, memory or result bytes: each must come back
+# refused (an error class, never `ok`) under the limits below, soon after its timeout, with
+# nothing over the byte cap held. "bytes": a result or value over the cap; "memory": the
+# engine's memory limit; "time": the watchdog or statement_timeout.
+LIMIT_TIMEOUT_S = 2.0
+LIMIT_MAX_BYTES = 4_000_000
+LIMIT_MEMORY_MB = 128
+PAST_TIMEOUT_GOAL_S = 0.5
+"""The goal for how long any statement may run past its timeout."""
+RSS_GOAL_MB = 300
+"""The goal for the process's peak resident memory above its start during an engine's suite."""
+_COUNT_TO = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < {n}) "
+LIMITS = {
+    "sqlite": [
+        ("zeroblob-wide", "bytes", "SELECT zeroblob(300000000), Name FROM singer"),
+        ("few-expensive-steps", "bytes", "SELECT * FROM singer WHERE Singer_ID = 1 OR "
+                                         "2947=LIKE('ABCDEFG',UPPER(HEX(RANDOMBLOB(500000000/2))))"),
+        ("many-rows-bytes", "bytes", _COUNT_TO.format(n=200000) + "SELECT n, printf('%.100c', 'x') FROM r"),
+        ("group-concat-grows", "memory", _COUNT_TO.format(n=100000000) + "SELECT group_concat(hex(n)) FROM r"),
+        ("sort-spills", "time", _COUNT_TO.format(n=100000000) + "SELECT n FROM r ORDER BY hex(n) DESC LIMIT 1"),
+    ],
+    "duckdb": [
+        ("repeat-wide", "bytes", "SELECT repeat('x', 50000000), Name FROM singer"),
+        ("many-rows-bytes", "bytes", "SELECT range, repeat('x', 100) FROM range(200000)"),
+        ("distinct-hash", "memory", "SELECT COUNT(DISTINCT s) FROM "
+                                    "(SELECT range::VARCHAR || repeat('y', 100) AS s FROM range(50000000))"),
+        ("string-agg", "memory", "SELECT length(string_agg(range::VARCHAR, ',')) FROM range(1000000000)"),
+        ("list-grows", "memory", "SELECT len(list(range)) FROM range(1000000000)"),
+    ],
+    "postgres": [
+        ("repeat-wide", "bytes", "SELECT repeat('x', 50000000), Name FROM singer"),
+        ("many-rows-bytes", "bytes", "SELECT n, repeat('x', 100) FROM generate_series(1, 200000) AS n"),
+        ("distinct-hash", "memory", "SELECT COUNT(DISTINCT md5(n::text)) FROM generate_series(1, 100000000) AS n"),
+        ("string-agg", "memory", "SELECT length(string_agg(n::text, ',')) FROM generate_series(1, 1000000000) AS n"),
+        ("sort-spills", "time", "SELECT n FROM generate_series(1, 100000000) AS n ORDER BY md5(n::text) LIMIT 1"),
+    ],
+}
+
+
+def limit_statements(engine: str) -> list[tuple[str, str, str]]:
+    """(name, kind, sql) of the time, memory and byte cases of an engine."""
+    return list(LIMITS[engine])
+
+
+class PeakRss:
+    """This process's resident memory, sampled every 5 ms from a thread while the block runs."""
+
+    def __init__(self, interval_s: float = 0.005):
+        self.interval_s = interval_s
+
+    def __enter__(self) -> PeakRss:
+        self.start = self.peak = rss_kib()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_kib())
+
+    @property
+    def growth_mb(self) -> float:
+        return round((self.peak - self.start) / 1024, 1)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak = max(self.peak, rss_kib())
+
+
+def rss_kib() -> int:
+    """Resident memory of this process (Linux /proc; elsewhere the peak so far, from getrusage)."""
+    try:
+        with open("/proc/self/status") as status:
+            return int(next(line for line in status if line.startswith("VmRSS:")).split()[1])
+    except (OSError, StopIteration):
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 # Legitimate reads that must work everywhere (identifiers as each copy spells them are
 # matched case-insensitively by all three engines: PostgreSQL's copy is lower-cased).
 LEGIT = [
@@ -478,8 +560,10 @@ class Target:
             raise ValueError("a PostgreSQL target needs the DSN its snapshot connects with")
         self.initial = self.snapshot()
 
-    def db(self, timeout_s: float = 3.0) -> Database:
-        return connect(self.url, timeout_s=timeout_s, max_rows=100)
+    def db(self, timeout_s: float = 3.0, **limits: Any) -> Database:
+        """The database with the statement limits given. A PostgreSQL target's DSN may be a
+        superuser's (the suite proves the guard holds even then): allowed here in so many words."""
+        return connect(self.url, timeout_s=timeout_s, max_rows=100, allow_privileged_role=True, **limits)
 
     def snapshot(self) -> dict[str, Any]:
         """Everything a write could have changed, as plain data to compare."""

@@ -35,15 +35,23 @@ from refinegraph.bench.hostile_sql import (
     ENGINES,
     ERROR_CLASSES,
     LEGIT,
+    LIMIT_MAX_BYTES,
+    LIMIT_MEMORY_MB,
+    LIMIT_TIMEOUT_S,
+    LIMITS,
+    PAST_TIMEOUT_GOAL_S,
+    RSS_GOAL_MB,
     RUNAWAY,
     RUNAWAY_MARGIN_MS,
     RUNAWAY_TIMEOUT_S,
+    PeakRss,
     Target,
     build_concert_db,
     differences,
     drop_leftover_replication_slots,
     fill,
     hostile_statements,
+    limit_statements,
     make_scratch,
     remove_scratch,
     second_line_statements,
@@ -120,14 +128,45 @@ class _Tally:
         return not found
 
 
+class _Clock:
+    """Each statement's wall time past its timeout (the longest, and which), and results over
+    the byte cap that were held."""
+
+    def __init__(self) -> None:
+        self.past_s = 0.0
+        self.slowest = ""
+        self.over_cap_held = 0
+
+    def run(self, db: Any, sql: str, runner: Any = None, name: str = "") -> Any:
+        started = time.perf_counter()
+        result = db.execute_sync(sql) if runner is None else runner(db, sql)
+        past = time.perf_counter() - started - db.timeout_s
+        if past > self.past_s:
+            self.past_s, self.slowest = past, name or sql[:60]
+        self.over_cap_held += result.ok and result.result_bytes > db.max_bytes
+        return result
+
+
 def _statements(section: Section, tally: _Tally, target: Target) -> dict[str, Any]:
-    """The hostile suite on one engine; its figures."""
+    """The hostile suite on one engine; its figures (peak memory over the whole suite)."""
+    writes_before = section.writes_made
+    with PeakRss() as rss:
+        figures = _statement_suite(section, tally, target)
+    figures.update(peak_rss_mb=rss.growth_mb, writes=section.writes_made - writes_before)
+    # goals, reported (lines) rather than required: a refusal that comes late is still a refusal
+    figures["goals_met"] = {"peak_rss": rss.growth_mb < RSS_GOAL_MB,
+                            "past_timeout": figures["max_past_timeout_s"] < PAST_TIMEOUT_GOAL_S}
+    return figures
+
+
+def _statement_suite(section: Section, tally: _Tally, target: Target) -> dict[str, Any]:
     engine = target.engine
+    clock = _Clock()
     refused: Counter[str] = Counter()
     tried = 0
     for name, sql in hostile_statements(engine):
         sql = fill(sql, target)
-        result = target.db(timeout_s=3.0).execute_sync(sql)
+        result = clock.run(target.db(timeout_s=3.0), sql, name=name)
         tried += 1
         ok = result.error_class in ERROR_CLASSES and bool(result.error) and not result.rows
         if engine == "postgres":  # nothing may start executing there (side-effect functions, superuser DSNs)
@@ -138,18 +177,29 @@ def _statements(section: Section, tally: _Tally, target: Target) -> dict[str, An
     runaway_stopped, limit_ms = 0, RUNAWAY_TIMEOUT_S * 1000 + RUNAWAY_MARGIN_MS
     for name, sql in RUNAWAY[engine]:
         started = time.perf_counter()
-        result = target.db(timeout_s=RUNAWAY_TIMEOUT_S).execute_sync(sql)
+        result = clock.run(target.db(timeout_s=RUNAWAY_TIMEOUT_S), sql, name=f"runaway {name}")
         wall_ms = (time.perf_counter() - started) * 1000
         tried += 1
         stopped = result.error_class == "timeout" and wall_ms < limit_ms
         runaway_stopped += stopped
         section.expect(stopped, f"{engine} runaway {name}: {result.error_class} after {wall_ms:.0f} ms")
         tally.after(target, f"runaway read {name}")
+    limited: Counter[str] = Counter()
+    for name, kind, sql in limit_statements(engine):
+        db = target.db(timeout_s=LIMIT_TIMEOUT_S, max_bytes=LIMIT_MAX_BYTES, memory_mb=LIMIT_MEMORY_MB)
+        db.max_rows = 1_000_000  # the byte cap, not the row cap, must stop the wide results
+        result = clock.run(db, sql, name=f"{kind} case {name}")
+        tried += 1
+        limited[result.error_class or "ran"] += 1
+        held = result.error_class in ERROR_CLASSES and not result.rows
+        section.expect(held, f"{engine} {kind} case {name}: not refused ({result.error_class}, "
+                             f"{result.result_bytes} bytes)")
+        tally.after(target, f"{kind} case {name}")
     second = second_line_statements(engine)
     second_refused = 0
     for index, sql in enumerate(second):
         sql = fill(sql, target)
-        result = execute_unchecked(target.db(), sql)
+        result = clock.run(target.db(), sql, execute_unchecked)
         tried += 1
         held = result.error_class in ERROR_CLASSES and not result.rows
         second_refused += held
@@ -157,14 +207,17 @@ def _statements(section: Section, tally: _Tally, target: Target) -> dict[str, An
         tally.after(target, f"unguarded statement {index}")
     legit_ok = 0
     for name, sql, expected in LEGIT:
-        result = target.db().execute_sync(sql)
+        result = clock.run(target.db(), sql)
         answered = result.ok and (expected is None or result.rows == expected)
         legit_ok += answered
         section.expect(answered, f"{engine} legitimate read {name} did not answer as expected: "
                                  f"{result.error_class or result.rows[:3]}")
+    section.expect(clock.over_cap_held == 0, f"{engine}: {clock.over_cap_held} results over the byte cap were held")
     return {"hostile": sum(refused.values()), "refused": dict(refused), "runaway": len(RUNAWAY[engine]),
-            "runaway_stopped": runaway_stopped, "second_line": len(second), "second_line_refused": second_refused,
-            "legit": len(LEGIT), "legit_ok": legit_ok, "tried": tried}
+            "runaway_stopped": runaway_stopped, "limits": len(LIMITS[engine]), "limits_refused": dict(limited),
+            "second_line": len(second), "second_line_refused": second_refused,
+            "legit": len(LEGIT), "legit_ok": legit_ok, "tried": tried, "over_cap_held": clock.over_cap_held,
+            "max_past_timeout_s": round(max(clock.past_s, 0.0), 3), "slowest": clock.slowest}
 
 
 async def _questions(section: Section, tally: _Tally, target: Target, store: TraceStore, config: Config,
@@ -201,6 +254,10 @@ def _question_figures(results: list[Checked]) -> dict[str, Any]:
             "fallbacks": dict(fallbacks), "merges_refused": sum(c.merges_refused for c in results),
             "merges": sum(c.merges for c in results),
             "verified": sum(c.verified for c in results), "failed_runs": sum(c.stop_reason is None for c in results)}
+
+
+def _met(met: bool) -> str:
+    return "met" if met else "MISSED"
 
 
 def _classes(counts: dict[str, int]) -> str:
@@ -319,8 +376,16 @@ def _lines(section: Section, figures: dict[str, Any]) -> list[str]:
     for engine, s in figures["statements"].items():
         lines.append(f"{engine}: {s['hostile']} hostile statements, refused {s['hostile'] - s['refused'].get('ran', 0)}"
                      f" ({_classes(s['refused'])}); runaway reads stopped {s['runaway_stopped']}/{s['runaway']}; "
+                     f"time/memory/byte cases refused {s['limits'] - s['limits_refused'].get('ran', 0)}/{s['limits']} "
+                     f"({_classes(s['limits_refused'])}); "
                      f"guard skipped: {s['second_line_refused']}/{s['second_line']} refused by the engine; "
                      f"legitimate reads {s['legit_ok']}/{s['legit']}")
+        lines.append(f"{engine} limits: statements tried {s['tried']}, writes made {s['writes']}, results over the "
+                     f"byte cap held {s['over_cap_held']}, peak RSS {s['peak_rss_mb']} MB above the start (goal "
+                     f"< {RSS_GOAL_MB}: {_met(s['goals_met']['peak_rss'])}), longest past its timeout "
+                     f"{s['max_past_timeout_s']} s, {s['slowest']} (goal < {PAST_TIMEOUT_GOAL_S} s: "
+                     f"{_met(s['goals_met']['past_timeout'])}); cases at timeout {LIMIT_TIMEOUT_S} s, "
+                     f"byte cap {LIMIT_MAX_BYTES}, memory {LIMIT_MEMORY_MB} MB")
     for part, who in (("injected", "pool model obeying every injection"), ("local", "embedded SmolLM2")):
         for engine, q in figures.get(part, {}).items():
             if not isinstance(q, dict):

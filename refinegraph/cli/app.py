@@ -7,7 +7,6 @@ from pathlib import Path
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from refinegraph.budget import Budget
 from refinegraph.cli import (  # noqa: F401
@@ -17,6 +16,7 @@ from refinegraph.cli import (  # noqa: F401
     bench_cmds,
     bench_methods,
     serve_cmd,
+    sql_cmds,
     trace_cmds,
 )
 from refinegraph.cli.common import err, fail, open_store, out, print_json, resolve_run, run_until_signal
@@ -31,6 +31,7 @@ app = typer.Typer(help="Verify-and-refine LLM agents with auditable decision tra
 app.add_typer(trace_cmds.app, name="trace")
 app.add_typer(bench_cmds.app, name="bench")
 app.add_typer(__import__("refinegraph.cli.route_cmd", fromlist=["app"]).app, name="route")
+app.add_typer(sql_cmds.app, name="sql")
 serve_cmd.register(app)
 batch_cmd.register(app)
 approve_cmd.register(app)
@@ -143,51 +144,6 @@ def resume_cmd(
     except (ModelUnavailable, TraceUnusable, TraceStoreError) as exc:
         fail(str(exc), 1)
     _report(result, as_json)
-
-
-@app.command("sql")
-def sql_cmd(
-    question: str = typer.Argument(..., help="A question about the database."),
-    db: str = typer.Option(..., "--db", help="SQLite path, postgresql://... (?schema=S), or duckdb:///path."),
-    graph: str = typer.Option("csc-sql", "--graph", help="sql-greedy, sql-sc or csc-sql."),
-    evidence: str | None = typer.Option(None, "--evidence", help="Extra knowledge (BIRD's evidence)."),
-    model: str | None = typer.Option(None, "--model", help="Play every role with this configured model."),
-    config: Path | None = typer.Option(None, "--config", help="TOML config."),
-    budget_tokens: int | None = typer.Option(None, "--budget-tokens", help="Token budget of the run."),
-    param: list[str] = typer.Option([], "--param", "-p", help="Graph parameter KEY=VALUE (e.g. n=8)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    approve: bool = typer.Option(False, "--approve", help="Show the chosen SQL and wait for yes, no or an "
-                                 "edited statement on stdin before it runs (see `refinegraph approve`)."),
-    by: str | None = typer.Option(None, "--by", help="With --approve: who decides (default: your user name)."),
-) -> None:
-    """Answer QUESTION from a database: prints the SQL, the result table, then `run: <run_id>`."""
-    from refinegraph.tools.sql import connect
-
-    try:
-        cfg, params = _prepare(graph, config, model, param)
-        connect(db)
-        budget = Budget(max_tokens=budget_tokens)
-    except (UnknownGraph, ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
-    task = {"question": question, "db": db, **({"evidence": evidence} if evidence else {})}
-    if approve:
-        result = approve_cmd.sql_with_approval(graph, task, cfg, params, budget, by=by, as_json=as_json)
-    else:
-        result = _run_or_exit(graph, task, cfg, params, budget, as_json)
-    state = result.state
-    if as_json:
-        print_json({"sql": state.get("sql"), "columns": state.get("columns", []), "rows": state.get("rows", []),
-                    "run_id": result.run_id, "stop_reason": result.stop_reason, "usage": result.usage,
-                    "model_calls": result.model_calls})
-        return
-    typer.echo(state.get("sql") or "(no SQL)")
-    table = Table(*state.get("columns", []))
-    for row in state.get("rows", [])[:50]:
-        table.add_row(*["NULL" if v is None else escape(str(v)) for v in row])
-    out.print(table)
-    err.print(f"stop: {result.stop_reason}  calls: {result.model_calls}  tokens: {result.usage['total_tokens']}",
-              highlight=False)
-    typer.echo(f"run: {result.run_id}")
 
 
 @app.command("graphs")

@@ -4,7 +4,8 @@ Status codes: 401 missing or wrong bearer token (when `[server] api_key_env` is 
 413 body over `server.max_body_bytes`; 415 a content type other than JSON; 404 unknown
 pipeline (the message lists the known ones); 400 malformed JSON (also NaN, integers past
 64 bits, lone surrogates, nesting past 64 levels), wrong types, bad params, budget over the
-pipeline's, empty messages; 502 the run itself failed (a model or back end), naming its run id.
+pipeline's, empty messages, a database name the config does not list; 502 the run itself failed
+(a model or back end), naming its run id; 503 a pipeline's database is unusable (the log says why).
 No run is recorded for a request refused with a 4xx.
 """
 
@@ -93,7 +94,7 @@ class Server:
         s = self.settings
         try:
             return prepare(pipeline, request, max_messages=s.max_messages, max_chars=s.max_message_chars,
-                           allow_request_db=s.allow_request_db)
+                           allow_request_db=s.allow_request_db, databases=s.databases)
         except (ValueError, TypeError, KeyError) as exc:  # an unforeseen check: still the request's fault
             log.warning("request refused by an unexpected validation path", exc_info=exc)
             raise ApiError(400, str(exc), code="invalid_request") from None

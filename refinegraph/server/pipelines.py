@@ -7,8 +7,9 @@ roles (the embedded model when there is no config).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from refinegraph.config import BudgetSpec, Config, ConfigError, PipelineSpec
 from refinegraph.models import Model, build_model
@@ -18,8 +19,7 @@ from refinegraph.server.approval_routes import check_approval_request
 from refinegraph.server.errors import ApiError
 from refinegraph.server.schemas import ChatRequest
 
-if TYPE_CHECKING:
-    from refinegraph.tools.sql import Database
+log = logging.getLogger("refinegraph.server")
 
 
 @dataclass(frozen=True)
@@ -142,27 +142,25 @@ def _budget(pipeline: Pipeline, asked: BudgetSpec) -> dict[str, Any]:
     return limits
 
 
-def _check_readable(database: Database) -> None:
-    """A SQLite or DuckDB file that its engine can read: any other file (/etc/passwd) would
-    otherwise be refused only inside the run, which would then be recorded as failed. A
-    PostgreSQL server that is down is a back end failure (502), not the request's fault."""
-    if database.engine == "sqlite":
-        import sqlite3
+def _check_usable(pipeline: Pipeline, db: str) -> None:
+    """The database opens under the config's [sql] limits (a PostgreSQL role is checked too).
+    Its error names no path and says nothing of whether a file exists: the request did not
+    choose a path (only a configured name), so a failure is the server's, a 503."""
+    from refinegraph.tools.sql import connect
+    from refinegraph.tools.sql.engines import PreflightError
 
-        try:
-            database.introspect("SELECT COUNT(*) FROM sqlite_master")
-        except sqlite3.DatabaseError as exc:
-            raise ValueError(f"not a readable SQLite database: {exc}") from None
-    elif database.engine == "duckdb":
-        import duckdb
-
-        try:
-            database.introspect("SELECT 1")
-        except duckdb.Error as exc:
-            raise ValueError(f"not a readable DuckDB database: {exc}") from None
+    limits = pipeline.config.sql
+    try:
+        connect(db, timeout_s=limits.timeout_s, max_rows=limits.max_rows, max_bytes=limits.max_bytes,
+                memory_mb=limits.memory_mb, allow_privileged_role=limits.allow_privileged_postgres_role).preflight()
+    except (ValueError, OSError, PreflightError) as exc:  # OSError: also a path too long for the file system
+        log.error("pipeline %r: its database is unusable: %s", pipeline.name, exc)
+        raise ApiError(503, f"pipeline {pipeline.name!r}: its database is unavailable (see the server's log)",
+                       code="database_unavailable") from None
 
 
-def _sql_input(pipeline: Pipeline, request: ChatRequest, allow_request_db: bool) -> dict[str, Any]:
+def _sql_input(pipeline: Pipeline, request: ChatRequest, allow_request_db: bool,
+               databases: dict[str, str]) -> dict[str, Any]:
     extra = request.refinegraph
     if extra.db is not None and pipeline.spec.db is not None:
         raise ApiError(400, f"pipeline {pipeline.name!r} has its database fixed by the server; do not send db",
@@ -170,21 +168,23 @@ def _sql_input(pipeline: Pipeline, request: ChatRequest, allow_request_db: bool)
     if extra.db is not None and not allow_request_db:
         raise ApiError(400, "this server does not let a request name its database (server.allow_request_db)",
                        param="refinegraph.db")
-    db = pipeline.spec.db or extra.db
+    if extra.db is not None and extra.db not in databases:
+        # a name, never a path or URL: the message is the same whether or not such a file exists
+        known = ", ".join(sorted(databases)) or "(none configured)"
+        raise ApiError(400, f"refinegraph.db names no database of this server; send one of: {known}",
+                       param="refinegraph.db")
+    db = pipeline.spec.db or (databases[extra.db] if extra.db is not None else None)
     if not db:
-        raise ApiError(400, f"pipeline {pipeline.name!r} runs SQL graph {pipeline.spec.graph!r}: send the database "
-                            'as "refinegraph": {"db": "path-or-url"}', param="refinegraph.db")
-    from refinegraph.tools.sql import connect
-
-    try:
-        _check_readable(connect(db))
-    except (ValueError, OSError) as exc:  # OSError: also a path too long for the file system
-        raise ApiError(400, f"database {db!r}: {exc}", param="refinegraph.db") from None
+        hint = (f'send one of its database names as "refinegraph": {{"db": NAME}} ({", ".join(sorted(databases))})'
+                if allow_request_db and databases else "the server's config fixes none for it (pipelines.NAME.db)")
+        raise ApiError(400, f"pipeline {pipeline.name!r} runs SQL graph {pipeline.spec.graph!r}: {hint}",
+                       param="refinegraph.db")
+    _check_usable(pipeline, db)
     return {"db": db, **({"evidence": extra.evidence} if extra.evidence else {})}
 
 
 def prepare(pipeline: Pipeline, request: ChatRequest, *, max_messages: int, max_chars: int,
-            allow_request_db: bool) -> PreparedRun:
+            allow_request_db: bool, databases: dict[str, str] | None = None) -> PreparedRun:
     """Everything checked before a run is recorded: input, params, budget, database."""
     if request.n not in (None, 1):
         raise ApiError(400, f"n={request.n}: a pipeline returns one answer; sample inside it with "
@@ -193,7 +193,7 @@ def prepare(pipeline: Pipeline, request: ChatRequest, *, max_messages: int, max_
     spec = get_graph(pipeline.spec.graph)
     graph_input: dict[str, Any] = {spec.input_key: task}
     if spec.input_key == "question":
-        graph_input.update(_sql_input(pipeline, request, allow_request_db))
+        graph_input.update(_sql_input(pipeline, request, allow_request_db, databases or {}))
     elif request.refinegraph.db is not None or request.refinegraph.evidence is not None:
         raise ApiError(400, f"db and evidence apply to SQL graphs only; pipeline {pipeline.name!r} runs "
                             f"{pipeline.spec.graph!r}", param="refinegraph")

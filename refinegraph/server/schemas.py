@@ -52,6 +52,7 @@ class RefinegraphExtra(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     budget: RequestBudget = Field(default_factory=RequestBudget)
     db: StrictStr | None = None
+    """SQL pipelines: a database name from the config's [server] databases (allow_request_db)."""
     evidence: StrictStr | None = None
 
 

@@ -47,6 +47,33 @@ _FILE_SUFFIXES = (".csv", ".tsv", ".parquet", ".json", ".jsonl", ".ndjson", ".gz
 # lo_create, pg_try_advisory_lock, ...), and some outlive the rolled-back transaction.
 FORBIDDEN_PREFIXES = ("pg_", "lo_", "dblink")
 
+# What tells a reader about the server rather than the data, refused on every role (a
+# superuser's connection would otherwise hand out password hashes, the data directory and
+# the server's settings): settings, versions, addresses, roles, and the catalogs behind them.
+DISCLOSING_FUNCTIONS = frozenset({
+    "current_setting", "current_version", "version", "inet_server_addr", "inet_server_port",
+    "inet_client_addr", "inet_client_port", "current_user", "session_user", "current_role", "user",
+    "system_user", "current_database", "current_catalog", "current_schema", "current_schemas",
+    "current_query", "getpgusername", "has_table_privilege", "has_column_privilege",
+    "has_database_privilege", "has_schema_privilege", "has_function_privilege", "has_parameter_privilege",
+    "has_any_column_privilege", "has_foreign_data_wrapper_privilege", "has_language_privilege",
+    "has_sequence_privilege", "has_server_privilege", "has_tablespace_privilege", "has_type_privilege",
+    "obj_description", "col_description", "shobj_description", "to_regrole", "to_regnamespace",
+    "acldefault", "aclexplode", "txid_current_snapshot", "txid_status",
+    "getvariable", "which_secret", "current_localtimestamp",  # DuckDB
+    "sqlite_source_id", "sqlite_compileoption_get", "sqlite_compileoption_used", "sqlite_offset",  # SQLite
+})
+DISCLOSING_PREFIXES = ("pg_", "duckdb_", "pragma_")
+"""Functions and tables: PostgreSQL's catalogs (pg_authid, pg_shadow, pg_hba_file_rules,
+pg_file_settings, pg_settings, pg_stat_activity, ...), DuckDB's metadata functions
+(duckdb_settings(), duckdb_extensions(), ...), SQLite's and DuckDB's pragma functions
+(pragma_database_list names the database file, pragma_compile_options the build)."""
+SCHEMA_PRAGMAS = frozenset({"pragma_table_info", "pragma_table_xinfo", "pragma_index_list", "pragma_index_info",
+                            "pragma_index_xinfo", "pragma_foreign_key_list"})
+"""Pragma functions that read the database's own schema, nothing outside it: allowed."""
+DISCLOSING_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast"})
+"""Schemas whose every table describes the server: its roles, settings and privileges."""
+
 
 class _QuietCommandFallback(logging.Filter):
     """sqlglot warns when it parses an unsupported statement as a generic Command; we reject
@@ -97,6 +124,19 @@ def _check_duckdb_table_names(tree: exp.Expression, sql: str) -> None:
             raise RejectedSQL(f"table {name!r} is not allowed: DuckDB reads a name like a file's as that file")
 
 
+def _check_disclosure(tree: exp.Expression) -> None:
+    """Refuse what discloses the server (see DISCLOSING_FUNCTIONS): on every engine and role."""
+    for name in sorted(_function_names(tree) - SCHEMA_PRAGMAS):
+        if name in DISCLOSING_FUNCTIONS or name.startswith(DISCLOSING_PREFIXES):
+            raise RejectedSQL(f"function {name} is not allowed: it discloses the server, not the data")
+    for table in tree.find_all(exp.Table):
+        schema, name = (table.db or "").lower(), (table.name or "").lower()
+        if schema in DISCLOSING_SCHEMAS or schema.startswith(DISCLOSING_PREFIXES):
+            raise RejectedSQL(f"schema {schema} is not allowed: its tables describe the server, not the data")
+        if name.startswith(DISCLOSING_PREFIXES) and name not in SCHEMA_PRAGMAS:
+            raise RejectedSQL(f"table {name} is not allowed: it describes the server, not the data")
+
+
 def _unicode_escaped_identifier(sql: str, dialect: str) -> bool:
     """Whether `sql` holds U&"..." (U, & and a quoted identifier with nothing between)."""
     try:
@@ -115,6 +155,17 @@ def check_read_only(sql: str, dialect: str = "sqlite") -> exp.Expression:
     UNION / INTERSECT / EXCEPT); otherwise RejectedSQL with the reason."""
     if not sql or not sql.strip():
         raise RejectedSQL("empty statement")
+    try:
+        sql.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate: no engine can be sent it
+        raise RejectedSQL(f"not valid Unicode text: {exc.reason} at character {exc.start}") from None
+    try:
+        return _check(sql, dialect)
+    except RecursionError:  # sqlglot's parser and tree walks recurse once per nesting level
+        raise RejectedSQL("nested too deeply for the guard to read (parentheses or subqueries)") from None
+
+
+def _check(sql: str, dialect: str) -> exp.Expression:
     if _unicode_escaped_identifier(sql, dialect):
         # PostgreSQL decodes U&"\0070g_sleep" to pg_sleep; sqlglot reads it as `U & "..."`
         raise RejectedSQL('Unicode-escaped identifiers (U&"...") are not allowed')
@@ -135,6 +186,7 @@ def check_read_only(sql: str, dialect: str = "sqlite") -> exp.Expression:
               if name in FORBIDDEN_FUNCTIONS or name.startswith(FORBIDDEN_PREFIXES)}
     if banned:
         raise RejectedSQL(f"function {sorted(banned)[0]} is not allowed (side effects or outside access)")
+    _check_disclosure(tree)
     if dialect == "duckdb":
         _check_duckdb_table_functions(tree)
         _check_duckdb_table_names(tree, sql)

@@ -38,6 +38,34 @@ def _sqlite_tables(db: Database) -> list[Table]:
     return tables
 
 
+_CATALOG_KEYS = (
+    "SELECT tc.table_name, kcu.column_name, tc.constraint_type, ref.table_name, ref.column_name "
+    "FROM information_schema.table_constraints tc "
+    "JOIN information_schema.key_column_usage kcu ON tc.constraint_name = kcu.constraint_name "
+    "AND tc.constraint_schema = kcu.constraint_schema AND tc.table_name = kcu.table_name "
+    "LEFT JOIN information_schema.referential_constraints rc ON tc.constraint_type = 'FOREIGN KEY' "
+    "AND rc.constraint_name = tc.constraint_name AND rc.constraint_schema = tc.constraint_schema "
+    "LEFT JOIN information_schema.key_column_usage ref ON ref.constraint_name = rc.unique_constraint_name "
+    "AND ref.constraint_schema = rc.unique_constraint_schema "
+    "AND ref.ordinal_position = kcu.position_in_unique_constraint "
+    "WHERE tc.table_schema = ? AND tc.constraint_type IN ('PRIMARY KEY', 'FOREIGN KEY') "
+    "ORDER BY tc.table_name, tc.constraint_name, kcu.ordinal_position")
+
+# PostgreSQL's information_schema shows a table's constraints only to roles with more than
+# SELECT on it, so a read-only role (`refinegraph sql grant`) would see no keys: read pg_constraint.
+_PG_KEYS = (
+    "SELECT c.relname, a.attname, CASE con.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'FOREIGN KEY' END, "
+    "rc.relname, ra.attname "
+    "FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid "
+    "JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "CROSS JOIN LATERAL unnest(con.conkey, COALESCE(con.confkey, con.conkey)) "
+    "WITH ORDINALITY AS k(attnum, refnum, ord) "
+    "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum "
+    "LEFT JOIN pg_class rc ON rc.oid = con.confrelid "
+    "LEFT JOIN pg_attribute ra ON ra.attrelid = con.confrelid AND ra.attnum = k.refnum "
+    "WHERE n.nspname = ? AND con.contype IN ('p', 'f') ORDER BY c.relname, con.conname, k.ord")
+
+
 def _catalog_tables(db: Database) -> list[Table]:
     """PostgreSQL and DuckDB, through information_schema."""
     schema = db.schema or ("public" if db.engine == "postgres" else "main")
@@ -51,18 +79,7 @@ def _catalog_tables(db: Database) -> list[Table]:
     # same position (referential_constraints), matched within one schema: constraint names
     # repeat across schemas, and DuckDB's constraint_column_usage lists a foreign key's own
     # columns rather than the referenced ones.
-    keys = db.introspect(
-        "SELECT tc.table_name, kcu.column_name, tc.constraint_type, ref.table_name, ref.column_name "
-        "FROM information_schema.table_constraints tc "
-        "JOIN information_schema.key_column_usage kcu ON tc.constraint_name = kcu.constraint_name "
-        "AND tc.constraint_schema = kcu.constraint_schema AND tc.table_name = kcu.table_name "
-        "LEFT JOIN information_schema.referential_constraints rc ON tc.constraint_type = 'FOREIGN KEY' "
-        "AND rc.constraint_name = tc.constraint_name AND rc.constraint_schema = tc.constraint_schema "
-        "LEFT JOIN information_schema.key_column_usage ref ON ref.constraint_name = rc.unique_constraint_name "
-        "AND ref.constraint_schema = rc.unique_constraint_schema "
-        "AND ref.ordinal_position = kcu.position_in_unique_constraint "
-        "WHERE tc.table_schema = ? AND tc.constraint_type IN ('PRIMARY KEY', 'FOREIGN KEY') "
-        "ORDER BY tc.table_name, tc.constraint_name, kcu.ordinal_position", (schema,))
+    keys = db.introspect(_PG_KEYS if db.engine == "postgres" else _CATALOG_KEYS, (schema,))
     for table, column, kind, ref_table, ref_column in keys:
         if table not in tables:
             continue
