@@ -132,9 +132,10 @@ async def finish(state: SqlState, runtime: Runtime[RunContext]) -> dict[str, Any
     error = None
     if sql is None:  # every candidate failed, or the budget stopped the writer
         candidates = state.get("candidates", [])
-        refused = candidates[0]["sql"] if candidates else None
-        error = (f"{candidates[0]['error_class']}: {candidates[0]['error']}" if candidates
-                 else f"no SQL was written (stop: {reason})")
+        first = candidates[0] if candidates else {}
+        refused = first.get("sql")
+        error = (f"{first['error_class']}: {first.get('error')}" if first.get("error_class")
+                 else f"no SQL was answered (stop: {reason})")
         if reason == "done":
             reason = "no_valid_sql"
             runtime.context.fallback("no_valid_sql", f"all {len(candidates)} candidates failed (see their "

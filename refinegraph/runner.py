@@ -469,12 +469,13 @@ class ReplayModel:
         return None
 
 
-def _recorded_prices(models: dict[str, dict[str, Any]], roles: dict[str, str]) -> Config:
-    """The recorded models' prices, so a replay reports (and decides on) the same cost."""
+def _recorded_prices(models: dict[str, dict[str, Any]], roles: dict[str, str], base: Config | None = None) -> Config:
+    """The recorded models' prices, so a replay reports (and decides on) the same cost; the
+    rest (the [sql] limits a replayed SQL graph runs its statements under, ...) from `base`."""
     specs = {name: ModelSpec(price_input_per_mtok=entry.get("price_input_per_mtok"),
                              price_output_per_mtok=entry.get("price_output_per_mtok"))
              for name, entry in models.items()}
-    return Config(models=specs or {"local": ModelSpec()}, roles=roles)
+    return (base or Config()).model_copy(update={"models": specs or {"local": ModelSpec()}, "roles": roles})
 
 
 class ReplayResult(RunResult):
@@ -493,14 +494,15 @@ def decisions(store: BaseTraceStore, run_id: str) -> list[dict[str, Any]]:
             if event["type"] in DECISION_TYPES and owner.get(event["seq"]) not in dropped]
 
 
-async def replay(run_id: str, *, store: BaseTraceStore | None = None) -> ReplayResult:
+async def replay(run_id: str, *, store: BaseTraceStore | None = None, config: Config | None = None) -> ReplayResult:
     """Re-run a recorded run from its trace alone: no model is called.
 
     The replay is itself a run (with `replay_of` set) whose decisions are compared with
     the original's. Its budget is the original's less wall time, which no replay
-    reproduces: where the original was refused for time, the replay is refused alike.
+    reproduces: where the original was refused for time, the replay is refused alike. The
+    models are the recorded ones; `config` gives the rest (a SQL run's [sql] limits).
     """
-    store = store or shared_store()
+    store = store or shared_store(config)
     original = store.find_run(run_id)
     started = _recorded(store, original, "replay")
     roles = started["roles"]
@@ -515,7 +517,7 @@ async def replay(run_id: str, *, store: BaseTraceStore | None = None) -> ReplayR
                       owner=_owner())
     ctx = RunContext(run_id=new_id, models=models, roles=roles, writer=writer,
                      budget=Budget(**limits), cache=ReplayCache.from_trace(store, original), replay_only=True,
-                     config=_recorded_prices(started["models"], roles))
+                     config=_recorded_prices(started["models"], roles, config))
     ctx.emit(RunStarted(graph=started["graph"], input=started["input"], params=started["params"],
                         roles=roles, models=started["models"], budget=started["budget"],
                         replay_of=original, version=__version__))

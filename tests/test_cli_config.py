@@ -133,7 +133,7 @@ def test_bench_overhead_runs_and_writes_its_report(tmp_path):
     import json
     result = runner.invoke(app, ["bench", "overhead", "--runs", "10", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert "traces on / traces off" in result.output
+    assert "default path (traced, resumable) / bare LangGraph" in result.output
     report = json.loads((tmp_path / "report.json").read_text())
     assert report
 

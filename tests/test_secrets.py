@@ -161,8 +161,10 @@ def test_json_fast_path_never_skips_what_the_walk_would_redact(value):
     assert json.loads(redact_json(canonical_json(value), canonical_json)) == redact_value(value)
 
 
-def test_logs_of_refinegraph_and_the_server_are_redacted(caplog):
+def test_logs_of_refinegraph_and_the_server_are_redacted(caplog, monkeypatch):
     caplog.set_level(logging.DEBUG)
+    for name in ("uvicorn.error", "uvicorn.access"):  # a served test before may have stopped their propagation
+        monkeypatch.setattr(logging.getLogger(name), "propagate", True)
     logging.getLogger("refinegraph.server").warning("upstream %s refused", "postgresql://u:pw123456@h/db")
     logging.getLogger("uvicorn.error").info("Authorization: Bearer %s", "abcdefgh12345678")
     try:
@@ -288,6 +290,9 @@ default = "stub_userinfo"
 
 [server]
 api_key_env = "RG_SECRETS_SERVER_KEY"
+
+[sql]
+allow_privileged_postgres_role = true   # the test's database is reached as its superuser
 """)
     return path
 
@@ -393,7 +398,7 @@ def test_cli_db_url_and_api_key_env_never_stored(secret_env, rg_home, tmp_path, 
             assert bad.exit_code == 2 and "unsupported database" in bad.output
             # a replay reads the redacted URL back and connects without the password
             # (libpq's PGPASSWORD or ~/.pgpass supply it where the server asks for one)
-            replayed = CliRunner().invoke(cli_app, ["trace", "replay", data["run_id"], "--json"])
+            replayed = CliRunner().invoke(cli_app, ["trace", "replay", data["run_id"], "--config", str(cfg), "--json"])
             assert replayed.exit_code == 0, replayed.output
             assert json.loads(replayed.stdout)["model_calls"] == 0
     finally:

@@ -133,12 +133,20 @@ def export(run: str = typer.Argument(..., help="Run id (or a unique prefix).")) 
 
 @app.command("replay")
 def replay_cmd(run: str = typer.Argument(..., help="Run id (or a unique prefix)."),
+               config: Path | None = typer.Option(None, "--config", help="TOML config: its [sql] limits and "
+                                                  "permissions for a SQL run's statements (models: recorded)."),
                as_json: bool = typer.Option(False, "--json")) -> None:
     """Re-run from the recorded calls only (no model is called); compare the decisions."""
-    store = open_store()
+    from refinegraph.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        fail(str(exc))
+    store = open_store(cfg)
     run_id = resolve_run(store, run)
     try:
-        result = asyncio.run(replay(run_id, store=store))
+        result = asyncio.run(replay(run_id, store=store, config=cfg))
     except RunFailed as exc:
         if isinstance(exc.cause, ReplayMiss):
             fail(f"the trace does not hold every call this run needs: {exc.cause}", 1)
