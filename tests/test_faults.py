@@ -274,10 +274,12 @@ async def test_a_cancelled_run_loses_no_event(store, upstream):
     (run_id,) = written
     assert len(store.raw_events(run_id)) == written[run_id]  # the held events were committed
     errors = store.events(run_id, types={"error"})
-    assert [e["error_class"] for e in errors] == ["CancelledError", "CancelledError"]  # the call, the run
+    assert [e["error_class"] for e in errors] == ["CancelledError"]  # the call
     assert errors[0]["attempts"] == 1 and not errors[0]["cache_keys"]
+    assert len(store.events(run_id, types={"run_interrupted"})) == 1  # the run
     report = verify_run(store, run_id)
     assert report.ok and not report.sealed  # interrupted: resumable, not finished
+    assert store.run(run_id)["status"] == "interrupted"
 
 
 # -- the proxy itself ------------------------------------------------------------------
