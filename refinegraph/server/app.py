@@ -35,6 +35,7 @@ from refinegraph.server.pipelines import ModelPool, Pipeline, PreparedRun, load_
 from refinegraph.server.responses import completion_body, failure_extra
 from refinegraph.server.schemas import ChatRequest
 from refinegraph.server.streaming import stream_run
+from refinegraph.server.upstream import proxied_pipeline, proxy_cards, split_name
 from refinegraph.trace.store import TraceStore
 
 log = logging.getLogger("refinegraph.server")
@@ -80,6 +81,8 @@ class Server:
             raise ApiError(400, validation_message(exc), code="invalid_request") from None
 
     def pipeline(self, name: str) -> Pipeline:
+        if name not in self.pipelines and split_name(name) is not None:
+            return proxied_pipeline(self.config, name)
         if name not in self.pipelines:
             raise ApiError(404, f"unknown model {name!r}: it names no pipeline of this server; known: "
                                 f"{', '.join(sorted(self.pipelines))}", param="model", code="model_not_found")
@@ -97,7 +100,7 @@ class Server:
 
     def models_for(self, prepared: PreparedRun) -> dict[str, Model]:
         try:
-            return self.pool.get(prepared.model_names)
+            return self.pool.get(prepared.model_names, prepared.pipeline.config)
         except ConfigError as exc:  # e.g. a model whose API key variable is unset: not the request's fault
             log.error("cannot build a model: %s", exc)
             raise ApiError(502, f"a model of pipeline {prepared.pipeline.name!r} is unavailable: {exc}",
@@ -108,7 +111,7 @@ class Server:
         async with self.semaphore:
             return await run(prepared.pipeline.spec.graph, prepared.graph_input, config=prepared.pipeline.config,
                              params=prepared.params, budget=Budget(**prepared.limits), models=models, store=self.store,
-                             checkpoint=self.settings.checkpoint, run_id=run_id)
+                             checkpoint=self.settings.checkpoint, run_id=run_id, messages=prepared.messages)
 
 
 def create_app(config: Config | None = None, *, models: dict[str, Model] | None = None,
@@ -144,7 +147,8 @@ def create_app(config: Config | None = None, *, models: dict[str, Model] | None 
     @app.get("/v1/models", response_model=None, responses=docs.MODELS_RESPONSES, openapi_extra=auth)
     async def list_models(request: Request) -> dict[str, Any]:
         server.check_auth(request)
-        return {"object": "list", "data": [p.card(server.created) for _, p in sorted(server.pipelines.items())]}
+        cards = [p.card(server.created) for _, p in sorted(server.pipelines.items())]
+        return {"object": "list", "data": cards + proxy_cards(server.config, server.created)}
 
     @app.get("/v1/models/{name}", response_model=None, responses=docs.MODEL_RESPONSES, openapi_extra=auth)
     async def get_model(name: str, request: Request) -> dict[str, Any]:

@@ -1,0 +1,93 @@
+"""The drop-in proxy: whole conversations, `GRAPH:UPSTREAM` names, a `[proxy]` upstream
+server's models passed through; clients are the official openai SDK."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+from scripted_upstream import ScriptedUpstream
+from test_server import asgi_client
+
+from refinegraph.config import Config
+from refinegraph.models import ScriptedModel
+from refinegraph.server import create_app
+
+CHAT = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "My favourite number is 17."},
+    {"role": "assistant", "content": "Noted."},
+    {"role": "user", "content": "What is my favourite number?"},
+]
+
+
+def remembering(name: str = "local") -> ScriptedModel:
+    return ScriptedModel(lambda m: "It is 17." if "favourite number is 17" in str(m) else "I do not know.", name=name)
+
+
+async def test_a_served_run_sees_the_whole_conversation(store):
+    model = remembering()
+    client = asgi_client(create_app(Config(), models={"local": model}, store=store))
+    reply = await client.chat.completions.create(model="greedy", messages=CHAT)
+    assert "17" in reply.choices[0].message.content
+    assert model.calls[0] == CHAT
+    started = store.events(reply.model_extra["refinegraph"]["run_id"], types={"run_started"})[0]
+    assert store.get_blob(started["conversation_blob"]) == CHAT
+
+
+async def test_graph_colon_upstream_runs_the_graph_over_that_configured_model(store):
+    cfg = Config.model_validate({"models": {"local": {}, "llama3:8b": {}}})
+    local, llama = remembering("local"), ScriptedModel(lambda m: "llama says 12", name="llama3:8b")
+    client = asgi_client(create_app(cfg, models={"local": local, "llama3:8b": llama}, store=store))
+    reply = await client.chat.completions.create(model="greedy:llama3:8b", messages=CHAT)
+    assert reply.choices[0].message.content == "12"
+    assert reply.model == "greedy:llama3:8b"
+    assert len(llama.calls) == 1 and local.calls == []
+
+
+async def test_params_come_from_extra_body_under_the_proxy_budget(store):
+    cfg = Config.model_validate({"proxy": {"budget": {"tokens": 1000}}})
+    model = ScriptedModel(lambda m: "The answer is 12.", name="local")
+    client = asgi_client(create_app(cfg, models={"local": model}, store=store))
+    reply = await client.chat.completions.create(model="self-consistency:local", messages=CHAT,
+                                                 extra_body={"refinegraph": {"params": {"n": 4}}})
+    assert reply.model_extra["refinegraph"]["graph"] == "self-consistency"
+    assert len(model.calls) == 1  # one request carrying n=4
+    with pytest.raises(openai.BadRequestError, match="exceeds"):
+        await client.chat.completions.create(model="greedy:local", messages=CHAT,
+                                             extra_body={"refinegraph": {"budget": {"tokens": 5000}}})
+
+
+@pytest.mark.parametrize("name, needle", [("nograph:local", "nograph"), ("greedy:gpt-9", "gpt-9"),
+                                          ("greedy:", "names no upstream")])
+async def test_unknown_graph_or_upstream_is_a_404_naming_it(store, name, needle):
+    client = asgi_client(create_app(Config(), models={"local": remembering()}, store=store))
+    with pytest.raises(openai.NotFoundError, match=needle):
+        await client.chat.completions.create(model=name, messages=CHAT)
+    assert store.runs() == []
+
+
+async def test_acar_takes_a_comma_list_of_models(store):
+    cfg = Config.model_validate({"models": {"cheap": {}, "strong": {}}, "roles": {"default": "cheap"}})
+    cheap = ScriptedModel(lambda m: "The answer is 12.", name="cheap")
+    strong = ScriptedModel(lambda m: "The answer is 12.", name="strong")
+    client = asgi_client(create_app(cfg, models={"cheap": cheap, "strong": strong}, store=store))
+    reply = await client.chat.completions.create(model="acar:cheap,strong", messages=CHAT)
+    assert reply.model_extra["refinegraph"]["graph"] == "acar"
+    assert cheap.calls and reply.choices[0].message.content
+
+
+async def test_models_lists_pipelines_and_graph_forms(store):
+    cfg = Config.model_validate({"models": {"local": {}}, "pipelines": {"plain": {"graph": "greedy"}}})
+    client = asgi_client(create_app(cfg, models={"local": remembering()}, store=store))
+    ids = [m.id for m in (await client.models.list()).data]
+    assert "plain" in ids and "greedy:local" in ids and "self-refine:local" in ids
+
+
+async def test_any_model_id_of_the_proxy_server_is_passed_through(store):
+    with ScriptedUpstream(lambda body: {"content": f"upstream {body['model']} answers 12"}) as up:
+        cfg = Config.model_validate({"proxy": {"base_url": up.url}})
+        client = asgi_client(create_app(cfg, store=store))
+        reply = await client.chat.completions.create(model="greedy:Qwen/Qwen2.5-7B-Instruct", messages=CHAT)
+        assert reply.choices[0].message.content == "12"
+        assert up.received[0]["model"] == "Qwen/Qwen2.5-7B-Instruct"
+        assert up.received[0]["messages"] == CHAT
