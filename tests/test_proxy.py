@@ -91,3 +91,24 @@ async def test_any_model_id_of_the_proxy_server_is_passed_through(store):
         assert reply.choices[0].message.content == "12"
         assert up.received[0]["model"] == "Qwen/Qwen2.5-7B-Instruct"
         assert up.received[0]["messages"] == CHAT
+
+
+async def test_a_stream_is_the_answer_in_pieces_then_usage_and_no_progress_events(store):
+    model = ScriptedModel(lambda m: "Your favourite number is 17, Ada.", name="local")
+    client = asgi_client(create_app(Config(), models={"local": model}, store=store))
+    stream = await client.chat.completions.create(model="self-refine:local", messages=CHAT, stream=True,
+                                                  stream_options={"include_usage": True},
+                                                  extra_body={"refinegraph": {"params": {"max_iterations": 0}}})
+    chunks = [chunk async for chunk in stream]
+    assert not any("event" in (c.model_extra or {}).get("refinegraph", {}) for c in chunks)
+    texts = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert texts == ["Your ", "favourite ", "number ", "is ", "17, ", "Ada."]
+    assert chunks[-2].choices[0].finish_reason == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens > 0
+
+
+async def test_a_stream_without_include_usage_has_no_usage_chunk(store):
+    client = asgi_client(create_app(Config(), models={"local": remembering()}, store=store))
+    stream = await client.chat.completions.create(model="greedy:local", messages=CHAT, stream=True)
+    chunks = [chunk async for chunk in stream]
+    assert all(c.choices for c in chunks) and chunks[-1].choices[0].finish_reason == "stop"

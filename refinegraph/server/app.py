@@ -166,7 +166,9 @@ def create_app(config: Config | None = None, *, models: dict[str, Model] | None 
         created = int(time.time())
         headers = {RUN_HEADER: run_id}
         if body.stream:
-            stream = stream_run(server.execute(prepared, models, run_id), server.store, run_id, body.model, created)
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            stream = stream_run(server.execute(prepared, models, run_id), server.store, run_id, body.model, created,
+                                progress=body.refinegraph.progress, include_usage=include_usage)
             return StreamingResponse(stream, media_type="text/event-stream",
                                      headers={**headers, "cache-control": "no-cache"})
         try:

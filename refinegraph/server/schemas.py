@@ -53,6 +53,8 @@ class RefinegraphExtra(BaseModel):
     budget: RequestBudget = Field(default_factory=RequestBudget)
     db: StrictStr | None = None
     evidence: StrictStr | None = None
+    progress: StrictBool = False
+    """stream=true: also stream the run's trace events as they are written (see streaming.py)."""
 
 
 class StreamOptions(BaseModel):
