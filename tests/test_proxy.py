@@ -112,3 +112,16 @@ async def test_a_stream_without_include_usage_has_no_usage_chunk(store):
     stream = await client.chat.completions.create(model="greedy:local", messages=CHAT, stream=True)
     chunks = [chunk async for chunk in stream]
     assert all(c.choices for c in chunks) and chunks[-1].choices[0].finish_reason == "stop"
+
+
+async def test_a_run_without_an_answer_says_so(store):
+    model = ScriptedModel(lambda m: "I cannot tell.", name="local")
+    client = asgi_client(create_app(Config(), models={"local": model}, store=store))
+    with pytest.raises(openai.UnprocessableEntityError, match="found no answer") as caught:
+        await client.chat.completions.create(model="self-consistency:local", messages=CHAT)
+    body = caught.value.body
+    assert body["stop_reason"] == "no_answer" and store.run(body["run_id"])["status"] == "finished"
+    stream = await client.chat.completions.create(model="self-consistency:local", messages=CHAT, stream=True)
+    with pytest.raises(openai.APIError, match="found no answer"):
+        async for _ in stream:
+            pass

@@ -27,12 +27,13 @@ from pydantic import ValidationError
 from refinegraph.budget import Budget
 from refinegraph.config import Config, ConfigError, load_config
 from refinegraph.models import Model
+from refinegraph.registry import list_graphs
 from refinegraph.runner import RunFailed, RunResult, default_store, run
 from refinegraph.server import openapi as docs
 from refinegraph.server.body import parse_json_object, read_limited
 from refinegraph.server.errors import ApiError, error_response, install_handlers, validation_message
 from refinegraph.server.pipelines import ModelPool, Pipeline, PreparedRun, load_pipelines, prepare
-from refinegraph.server.responses import completion_body, failure_extra
+from refinegraph.server.responses import completion_body, failure_extra, no_answer
 from refinegraph.server.schemas import ChatRequest
 from refinegraph.server.streaming import stream_run
 from refinegraph.server.upstream import proxied_pipeline, proxy_cards, split_name
@@ -133,7 +134,8 @@ def create_app(config: Config | None = None, *, models: dict[str, Model] | None 
     install_handlers(app)
     auth = docs.security(server.api_key is not None)
     docs.install_openapi(app, pipelines=list(server.pipelines), max_messages=server.settings.max_messages,
-                    max_chars=server.settings.max_message_chars, auth=bool(auth))
+                    max_chars=server.settings.max_message_chars, auth=bool(auth),
+                    graphs=[g.name for g in list_graphs()])
 
     @app.get("/healthz", response_model=docs.Health)
     async def healthz() -> dict[str, Any]:
@@ -179,6 +181,8 @@ def create_app(config: Config | None = None, *, models: dict[str, Model] | None 
             return error_response(ApiError(502, f"run {run_id} failed: {exc.cause}", code="run_failed",
                                            headers={**headers, "x-should-retry": "false"},
                                            extra=failure_extra(run_id, exc.result)))
+        if not result.answer:
+            return error_response(no_answer(result, headers))
         return JSONResponse(completion_body(result, body.model, created), headers=headers)
 
     return app

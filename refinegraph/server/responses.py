@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from refinegraph.runner import RunResult
+from refinegraph.server.errors import ApiError
 
 
 def usage_of(result: RunResult) -> dict[str, Any]:
@@ -34,3 +35,11 @@ def failure_extra(run_id: str, result: RunResult | None) -> dict[str, Any]:
     if result is not None:
         extra.update(model_calls=result.model_calls, usage=result.usage)
     return extra
+
+
+def no_answer(result: RunResult, headers: dict[str, str]) -> ApiError:
+    """A 422 for a run that ended without an answer: an empty 200 would read as one."""
+    return ApiError(422, f"run {result.run_id} found no answer (stop reason: {result.stop_reason})",
+                    code="no_answer", headers={**headers, "x-should-retry": "false"},
+                    extra={"run_id": result.run_id, "stop_reason": result.stop_reason,
+                           "model_calls": result.model_calls, "usage": usage_of(result)})
