@@ -114,14 +114,24 @@ async def test_a_stream_without_include_usage_has_no_usage_chunk(store):
     assert all(c.choices for c in chunks) and chunks[-1].choices[0].finish_reason == "stop"
 
 
-async def test_a_run_without_an_answer_says_so(store):
+async def test_a_vote_without_an_answer_says_so_and_keeps_the_chosen_text(store):
     model = ScriptedModel(lambda m: "I cannot tell.", name="local")
     client = asgi_client(create_app(Config(), models={"local": model}, store=store))
+    reply = await client.chat.completions.create(model="self-consistency:local", messages=CHAT)
+    assert reply.choices[0].message.content == "I cannot tell."
+    meta = reply.model_extra["refinegraph"]
+    assert meta["answer"] is None and meta["stop_reason"] == "no_answer"
+
+
+async def test_a_run_with_nothing_to_say_is_a_422_not_an_empty_200(store):
+    client = asgi_client(create_app(Config(), models={"local": remembering()}, store=store))
+    refuse_first_call = {"refinegraph": {"budget": {"tokens": 5}}}
     with pytest.raises(openai.UnprocessableEntityError, match="found no answer") as caught:
-        await client.chat.completions.create(model="self-consistency:local", messages=CHAT)
+        await client.chat.completions.create(model="greedy:local", messages=CHAT, extra_body=refuse_first_call)
     body = caught.value.body
-    assert body["stop_reason"] == "no_answer" and store.run(body["run_id"])["status"] == "finished"
-    stream = await client.chat.completions.create(model="self-consistency:local", messages=CHAT, stream=True)
+    assert body["stop_reason"] == "budget" and store.run(body["run_id"])["status"] == "finished"
+    stream = await client.chat.completions.create(model="greedy:local", messages=CHAT, stream=True,
+                                                  extra_body=refuse_first_call)
     with pytest.raises(openai.APIError, match="found no answer"):
         async for _ in stream:
             pass

@@ -33,7 +33,7 @@ from refinegraph.server import openapi as docs
 from refinegraph.server.body import parse_json_object, read_limited
 from refinegraph.server.errors import ApiError, error_response, install_handlers, validation_message
 from refinegraph.server.pipelines import ModelPool, Pipeline, PreparedRun, load_pipelines, prepare
-from refinegraph.server.responses import completion_body, failure_extra, no_answer
+from refinegraph.server.responses import completion_body, content_of, failure_extra, no_answer
 from refinegraph.server.schemas import ChatRequest
 from refinegraph.server.streaming import stream_run
 from refinegraph.server.upstream import proxied_pipeline, proxy_cards, split_name
@@ -181,7 +181,7 @@ def create_app(config: Config | None = None, *, models: dict[str, Model] | None 
             return error_response(ApiError(502, f"run {run_id} failed: {exc.cause}", code="run_failed",
                                            headers={**headers, "x-should-retry": "false"},
                                            extra=failure_extra(run_id, exc.result)))
-        if not result.answer:
+        if not content_of(result):
             return error_response(no_answer(result, headers))
         return JSONResponse(completion_body(result, body.model, created), headers=headers)
 

@@ -62,6 +62,8 @@ class Choice(BaseModel):
 
 class RunMetadata(BaseModel):
     run_id: str
+    answer: str | None
+    """The graph's answer (null when none was found: the reply then carries the chosen text)."""
     pipeline: str
     graph: str
     stop_reason: str
@@ -117,8 +119,8 @@ CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: _error("the model names no pipeline of this server"),
     413: _error("body over server.max_body_bytes"),
     415: _error("the body's content type is not JSON"),
-    422: _error("the run finished without an answer (e.g. no sample gave a readable one, or the budget ran out "
-                "first); the body names its run id and stop reason"),
+    422: _error("the run finished with no answer and no chosen text (e.g. the budget ran out before any "
+                "call); the body names its run id and stop reason"),
     502: _error("the run itself failed (a model or back end); the body names its run id"),
 }
 MODELS_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"model": ModelList}, **AUTH_ERRORS}
@@ -171,7 +173,8 @@ def _validation_is_400(doc: dict[str, Any]) -> None:
     for operations in doc.get("paths", {}).values():
         for operation in operations.values():
             responses = operation.get("responses", {})
-            if responses.pop("422", None) is not None:
+            if responses.get("422", {}).get("description") == "Validation Error":  # FastAPI's, not ours
+                del responses["422"]
                 responses.setdefault("400", {"description": "invalid request", "content": error_ref})
     schemas = doc.get("components", {}).get("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):

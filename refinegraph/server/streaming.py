@@ -29,7 +29,7 @@ from typing import Any
 
 from refinegraph.runner import RunFailed, RunResult
 from refinegraph.server.errors import error_body
-from refinegraph.server.responses import failure_extra, metadata_of, no_answer, usage_of
+from refinegraph.server.responses import content_of, failure_extra, metadata_of, no_answer, usage_of
 from refinegraph.trace.store import TraceStore
 
 POLL_S = 0.1
@@ -90,11 +90,11 @@ async def stream_run(run: Awaitable[RunResult], store: TraceStore, run_id: str, 
             yield _sse(error_body(500, f"internal error ({type(exc).__name__}); see the server log",
                                   **failure_extra(run_id, None)))
             return
-        if not result.answer:
+        if not content_of(result):
             refused = no_answer(result, {})
             yield _sse(error_body(refused.status, refused.message, code=refused.code, **refused.extra))
             return
-        for piece in pieces(result.answer):
+        for piece in pieces(content_of(result)):
             yield chunk({"content": piece})
         yield chunk({}, "stop", refinegraph=metadata_of(result, pipeline))
         if include_usage:
