@@ -184,6 +184,20 @@ class ServerSettings(BaseModel):
     that pause on `interrupt()` turn it on for themselves)."""
 
 
+class ProxySettings(BaseModel):
+    """The [proxy] table: an upstream OpenAI-compatible server whose every model id a
+    request may name as `GRAPH:MODEL_ID` (see refinegraph.server.upstream)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str | None = None
+    api_key_env: str | None = None
+    timeout_s: float = Field(120.0, gt=0)
+    supports_json_schema: bool = True
+    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    """The most a `GRAPH:UPSTREAM` request may spend (and its default)."""
+
+
 class TraceSettings(BaseModel):
     """The [trace] table: where runs are recorded.
 
@@ -217,6 +231,7 @@ class Config(BaseModel):
     server: ServerSettings = Field(default_factory=ServerSettings)
     trace: TraceSettings = Field(default_factory=TraceSettings)
     sql: SqlSettings = Field(default_factory=SqlSettings)
+    proxy: ProxySettings = Field(default_factory=ProxySettings)
     source: str | None = None
 
     @model_validator(mode="after")
