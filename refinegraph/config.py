@@ -1,10 +1,13 @@
 """Models named in a TOML config, and which model plays which role.
 
 Looked up in this order: `--config FILE`, `$REFINEGRAPH_HOME/config.toml`, none. With no
-config at all every role uses the embedded `local` model. Example:
+config at all every role uses the embedded `local` model: Qwen2.5-Coder-1.5B-Instruct
+when its parts are installed (`pip install "refinegraph[qwen]"`) and the machine has 3 GB,
+else SmolLM2-135M-Instruct; $REFINEGRAPH_LOCAL_MODEL names another. Example:
 
     [models.local]
     backend = "local"
+    model = "qwen2.5-coder-1.5b"  # or smollm2-135m, qwen2.5-coder-0.5b; or model_path = "x.gguf"
 
     [models.gpt]
     backend = "openai"
@@ -80,7 +83,16 @@ class ModelSpec(BaseModel):
     count_tokens: Literal["usage", "tokenize"] = "usage"
     n_parallel: int = Field(8, ge=1, le=256)
     ctx_per_slot: int = Field(4096, ge=256)
+    """backend "local": each slot's own cache when kv_cache_tokens is 0."""
     threads: int | None = None
+    model_path: str | None = None
+    """backend "local": a GGUF file to run (else `model` names a packaged model: smollm2-135m,
+    qwen2.5-coder-1.5b, qwen2.5-coder-0.5b; neither: the default, see refinegraph.models.local)."""
+    kv_cache_tokens: int = Field(8192, ge=0)
+    """backend "local": tokens of the KV cache all slots share (0: ctx_per_slot per slot, reserved up front)."""
+    kv_cache_type: Literal["f16", "q8_0", "q4_0"] = "q8_0"
+    batch_size: int | None = Field(None, ge=1)
+    ubatch_size: int | None = Field(None, ge=1)
     price_input_per_mtok: float | None = None
     price_output_per_mtok: float | None = None
     extra_body: dict[str, Any] = Field(default_factory=dict)

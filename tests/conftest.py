@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,11 @@ from refinegraph.bench.hostile_sql import make_scratch, remove_scratch
 from refinegraph.bench.stub_server import role_of
 from refinegraph.models import ScriptedModel
 from refinegraph.trace.store import TraceStore
+
+
+def pytest_configure(config):
+    """The fast suite runs on SmolLM2 whatever else is installed: the qwen suite names its model."""
+    os.environ["REFINEGRAPH_LOCAL_MODEL"] = "smollm2-135m"
 
 
 @pytest.fixture(autouse=True)
