@@ -48,14 +48,29 @@ def sampling_cmd(
         help="Prefix each request set with a unique tag so no configuration reuses another's "
              "cached prompt (--same-prompt shows the server's prompt cache at work)."),
     out_dir: Path = typer.Option(Path("bench-reports/sampling"), "--out", help="Folder for report.json/.md."),
+    model: list[str] = typer.Option([], "--model", help="Packaged model (repeat it to compare models side by "
+                                                        "side, each in its own process). Default: the default."),
 ) -> None:
-    """The embedded llama.cpp server: n samples in one request vs n requests vs refinegraph."""
-    from refinegraph.bench.sampling import markdown, ratio_lines, sampling
+    """The embedded llama.cpp server: n samples in one request vs n requests vs refinegraph,
+    with prefill/decode tokens/s and the peak resident memory beside the model file's size."""
+    from refinegraph.bench.sampling import compare, compare_markdown, compare_rows, markdown, ratio_lines, sampling
     from refinegraph.models import ModelUnavailable
 
+    if len(model) > 1:
+        err.print(f"n={n}, max_tokens={max_tokens}, {repeats} repeats on {', '.join(model)}, one process each ...")
+        report = compare(model, n, max_tokens, repeats, fresh_prompt)
+        table = Table(title=f"n={n} samples, max_tokens={max_tokens}, median of {repeats} repeats")
+        from refinegraph.bench.sampling import COMPARE_HEADER
+        for name in COMPARE_HEADER:
+            table.add_column(name, justify="left" if name == "model" else "right")
+        for row in compare_rows(report):
+            table.add_row(*row)
+        _finish(table, [], out_dir, report, compare_markdown(report))
+        return
     err.print(f"n={n}, max_tokens={max_tokens}, {repeats} repeats against the embedded llama.cpp server ...")
     try:
-        report = asyncio.run(sampling(n=n, max_tokens=max_tokens, repeats=repeats, fresh_prompt=fresh_prompt))
+        report = asyncio.run(sampling(n=n, max_tokens=max_tokens, repeats=repeats, fresh_prompt=fresh_prompt,
+                                      model=model[0] if model else None))
     except ModelUnavailable as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(1) from exc
@@ -69,7 +84,12 @@ def sampling_cmd(
                       f"{c['completion_tokens_per_s']:.1f}", f"{c['prompt_tokens_processed']:.0f}",
                       f"{c['prompt_tokens_cached']:.0f}", f"{c['http_requests']}",
                       f"{c['distinct_texts']:.0f}/{n}")
-    _finish(table, ratio_lines(report), out_dir, report, markdown(report))
+    speed, memory = report["speed"], report["memory"]
+    lines = [*ratio_lines(report),
+             f"{report['model']['title']}: prefill {speed['prefill_tok_s']:.1f} tok/s, decode "
+             f"{speed['decode_tok_s']:.1f} tok/s; peak RSS {memory['peak_rss_mb']:.0f} MB, "
+             f"{memory['beyond_file_mb']:.0f} MB beyond the {memory['file_mb']:.0f} MB model file"]
+    _finish(table, lines, out_dir, report, markdown(report))
 
 
 @app.command("vllm")
