@@ -230,7 +230,22 @@ def spider_cmd(
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from exc
 
-    outcomes = []
+    from refinegraph.bench.journal import Journal, JournalMismatch
+    from refinegraph.bench.spider import Outcome
+
+    solver = cfg.model_for_role("solver")
+    try:
+        journal = Journal(out_dir, {"benchmark": "spider", "data": str(data.resolve()), "questions": len(questions),
+                                    "methods": methods, "budget_tokens": budget_tokens, "params": params,
+                                    "model": solver, "model_spec": cfg.models[solver].model_dump(),
+                                    "pool": str(pool) if pool else None}, Outcome)
+    except JournalMismatch as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(2) from exc
+    jobs = journal.pending([(q, m) for q in questions for m in methods])
+    if len(jobs) < len(questions) * len(methods):
+        err.print(f"resuming {out_dir}: {len(questions) * len(methods) - len(jobs)} done, {len(jobs)} to go",
+                  highlight=False)
 
     async def main() -> None:
         gate = asyncio.Semaphore(concurrency)
@@ -238,15 +253,16 @@ def spider_cmd(
         async def one(question, method):
             async with gate:
                 outcome = await answer(question, method, cfg, params, budget_tokens)
+            journal.record(outcome)
             progress.advance(task)
-            return outcome
 
         with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=err) as progress:
-            task = progress.add_task("spider", total=len(questions) * len(methods))
-            outcomes.extend(await asyncio.gather(*[one(q, m) for q in questions for m in methods]))
+            task = progress.add_task("spider", total=len(jobs))
+            await asyncio.gather(*[one(q, m) for q, m in jobs])
 
     asyncio.run(main())
+    outcomes = journal.outcomes(methods)
     summary = summarize(outcomes, methods)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_outcomes(out_dir, outcomes)
