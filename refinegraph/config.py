@@ -93,6 +93,8 @@ class ModelSpec(BaseModel):
     kv_cache_type: Literal["f16", "q8_0", "q4_0"] = "q8_0"
     batch_size: int | None = Field(None, ge=1)
     ubatch_size: int | None = Field(None, ge=1)
+    mmap: bool = False
+    """backend "local": map the GGUF file instead of reading it (see refinegraph.models.local)."""
     price_input_per_mtok: float | None = None
     price_output_per_mtok: float | None = None
     extra_body: dict[str, Any] = Field(default_factory=dict)
