@@ -59,6 +59,9 @@ class ConfigError(ValueError):
     """A config that cannot be used, or a name it does not define."""
 
 
+LOCAL_TIMEOUT_S = 600.0
+
+
 class RetryPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -118,6 +121,14 @@ class ModelSpec(BaseModel):
     langchain_native_n: bool = False
     """backend "langchain": send n in one request (models with an `n` field, e.g. ChatOpenAI)."""
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+
+    @model_validator(mode="after")
+    def _local_timeout(self) -> ModelSpec:
+        """A CPU model on a busy machine can take minutes on one long prompt; a retry after a
+        timeout only queues the same work again on the same server. Local default: 600 s."""
+        if self.backend == "local" and "timeout_s" not in self.model_fields_set:
+            self.timeout_s = LOCAL_TIMEOUT_S
+        return self
 
 
 class BudgetSpec(BaseModel):

@@ -141,6 +141,7 @@ def test_the_server_shares_one_small_quantised_cache(tmp_path):
     from refinegraph.models.local import ServerSettings, _params
 
     model = build_model("local", ModelSpec())
+    assert model._timeout == 600.0 and ModelSpec(backend="openai").timeout_s == 120.0
     settings = ServerSettings(**model.settings)
     params = _params(xllamacpp, tmp_path / "m.gguf", settings)
     assert params.n_parallel == 8 and params.kv_unified and params.n_ctx == 8192
