@@ -149,5 +149,7 @@ def test_the_server_shares_one_small_quantised_cache(tmp_path):
     assert params.flash_attn_type == xllamacpp.llama_flash_attn_type.LLAMA_FLASH_ATTN_TYPE_ENABLED
     assert params.load_mode == xllamacpp.llama_load_mode.LLAMA_LOAD_MODE_NONE
     assert params.cache_prompt and params.cache_ram_mib == 0
+    many = _params(xllamacpp, tmp_path / "m.gguf", ServerSettings(n_parallel=32))
+    assert many.kv_unified and many.n_ctx == 32 * 1024
     per_slot = _params(xllamacpp, tmp_path / "m.gguf", ServerSettings(kv_cache_tokens=None, kv_cache_type="f16"))
     assert not per_slot.kv_unified and per_slot.n_ctx == 8 * 4096

