@@ -47,6 +47,11 @@ def pg_dsn() -> str | None:
     return dsn
 
 
+def pytest_configure(config):
+    """The fast suite runs on SmolLM2 whatever else is installed: the qwen suite names its model."""
+    os.environ["REFINEGRAPH_LOCAL_MODEL"] = "smollm2-135m"
+
+
 @pytest.fixture(autouse=True)
 def rg_home(tmp_path, monkeypatch):
     """Every test gets its own home: traces, checkpoints and config never leak between tests
