@@ -6,6 +6,7 @@ from typing import Any
 
 from refinegraph.context import RunContext
 from refinegraph.prompts import load_prompt
+from refinegraph.prompts.conversation import solver_messages
 from refinegraph.tools.code import extract_code
 
 
@@ -13,7 +14,7 @@ async def write_programs(ctx: RunContext, task: str, *, entry_point: str | None,
                          max_tokens: int, seed: int | None, role: str = "solver") -> list[dict[str, Any]]:
     """Candidates as {"index", "code", "extracted" ("fenced" or "raw"), "text"} (temperature 0
     when n is 1)."""
-    messages = load_prompt("code_solver").render(task=task)
+    messages = solver_messages(load_prompt("code_solver"), task, ctx.conversation)
     samples = await ctx.sample(role, messages, n=n, temperature=temperature if n > 1 else 0.0,
                                max_tokens=max_tokens, seed=seed)
     candidates = []

@@ -15,6 +15,7 @@ from refinegraph.context import RunContext
 from refinegraph.events import Judge
 from refinegraph.models.base import ModelError
 from refinegraph.prompts import load_prompt
+from refinegraph.prompts.conversation import task_text
 from refinegraph.tools.structured import response_format_for, sample_structured
 
 MAX_SOLUTION_CHARS = 1500
@@ -42,7 +43,7 @@ async def judge_answers(ctx: RunContext, task: str, options: list[dict[str, Any]
                         seed: int | None) -> int | None:
     """Index (0-based) of the chosen option, or None after a recorded fallback; emits `judge`."""
     labels = [str(o["answer"]) for o in options]
-    messages = load_prompt("judge").render(task=task, options=render_options(options))
+    messages = load_prompt("judge").render(task=task_text(task, ctx.conversation), options=render_options(options))
     try:
         asked = await sample_structured(ctx, "judge", messages, JudgeChoice, response_format=RESPONSE_FORMAT,
                                         max_tokens=max_tokens, seed=seed, min_tokens=MIN_JUDGE_TOKENS)

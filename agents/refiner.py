@@ -13,6 +13,7 @@ from langgraph.runtime import Runtime
 from refinegraph.context import RunContext
 from refinegraph.events import Refine
 from refinegraph.prompts import load_prompt
+from refinegraph.prompts.conversation import task_text
 
 
 def _edits_text(verdict: dict[str, Any]) -> str:
@@ -28,7 +29,8 @@ async def refine(state: dict[str, Any], runtime: Runtime[RunContext]) -> dict[st
     source = len(state["candidates"]) - 1
     verdict = state["verdicts"][-1]
     scores = ", ".join(f"{k} {v}" for k, v in verdict["criteria"].items()) or "not given"
-    messages = load_prompt("refiner").render(task=state["task"], answer=state["candidates"][source]["text"],
+    messages = load_prompt("refiner").render(task=task_text(state["task"], ctx.conversation),
+                                             answer=state["candidates"][source]["text"],
                                              scores=scores, edits=_edits_text(verdict))
     samples = await ctx.sample("refiner", messages, temperature=params.get("temperature", 0.0),
                                max_tokens=params.get("refiner_max_tokens", 384), seed=params.get("seed", 0))

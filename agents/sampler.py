@@ -10,6 +10,7 @@ from typing import Any
 
 from refinegraph.context import RunContext
 from refinegraph.prompts import load_prompt
+from refinegraph.prompts.conversation import solver_messages
 from refinegraph.tools.answers import get_projection
 
 
@@ -18,7 +19,7 @@ async def sample_answers(ctx: RunContext, task: str, *, n: int, temperature: flo
                          ) -> list[dict[str, Any]]:
     """n samples as {"index", "text", "answer", "tokens", "model"}; indices continue from
     `first_index` so batches of an adaptive sampler number their samples in order."""
-    messages = load_prompt("solver_cot").render(task=task)
+    messages = solver_messages(load_prompt("solver_cot"), task, ctx.conversation)
     samples = await ctx.sample(role, messages, n=n, temperature=temperature, max_tokens=max_tokens, seed=seed)
     project = get_projection(kind)
     model = ctx.model_name(role)

@@ -1,10 +1,13 @@
 """Models named in a TOML config, and which model plays which role.
 
 Looked up in this order: `--config FILE`, `$REFINEGRAPH_HOME/config.toml`, none. With no
-config at all every role uses the embedded `local` model. Example:
+config at all every role uses the embedded `local` model: Qwen2.5-Coder-1.5B-Instruct
+when its parts are installed (`pip install "refinegraph[qwen]"`) and the machine has 3 GB,
+else SmolLM2-135M-Instruct; $REFINEGRAPH_LOCAL_MODEL names another. Example:
 
     [models.local]
     backend = "local"
+    model = "qwen2.5-coder-1.5b"  # or smollm2-135m, qwen2.5-coder-0.5b; or model_path = "x.gguf"
 
     [models.gpt]
     backend = "openai"
@@ -63,6 +66,9 @@ class ConfigError(ValueError):
     """A config that cannot be used, or a name it does not define."""
 
 
+LOCAL_TIMEOUT_S = 600.0
+
+
 class RetryPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -89,7 +95,18 @@ class ModelSpec(BaseModel):
     one choice when n > 1), else trust the server's usage."""
     n_parallel: int = Field(8, ge=1, le=256)
     ctx_per_slot: int = Field(4096, ge=256)
+    """backend "local": each slot's own cache when kv_cache_tokens is 0."""
     threads: int | None = None
+    model_path: str | None = None
+    """backend "local": a GGUF file to run (else `model` names a packaged model: smollm2-135m,
+    qwen2.5-coder-1.5b, qwen2.5-coder-0.5b; neither: the default, see refinegraph.models.local)."""
+    kv_cache_tokens: int = Field(8192, ge=0)
+    """backend "local": tokens of the KV cache all slots share (0: ctx_per_slot per slot, reserved up front)."""
+    kv_cache_type: Literal["f16", "q8_0", "q4_0"] = "q8_0"
+    batch_size: int | None = Field(None, ge=1)
+    ubatch_size: int | None = Field(None, ge=1)
+    mmap: bool = False
+    """backend "local": map the GGUF file instead of reading it (see refinegraph.models.local)."""
     price_input_per_mtok: float | None = None
     price_output_per_mtok: float | None = None
     extra_body: dict[str, Any] = Field(default_factory=dict)
@@ -113,6 +130,14 @@ class ModelSpec(BaseModel):
     langchain_native_n: bool = False
     """backend "langchain": send n in one request (models with an `n` field, e.g. ChatOpenAI)."""
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+
+    @model_validator(mode="after")
+    def _local_timeout(self) -> ModelSpec:
+        """A CPU model on a busy machine can take minutes on one long prompt; a retry after a
+        timeout only queues the same work again on the same server. Local default: 600 s."""
+        if self.backend == "local" and "timeout_s" not in self.model_fields_set:
+            self.timeout_s = LOCAL_TIMEOUT_S
+        return self
 
 
 class BudgetSpec(BaseModel):
@@ -184,6 +209,20 @@ class ServerSettings(BaseModel):
     that pause on `interrupt()` turn it on for themselves)."""
 
 
+class ProxySettings(BaseModel):
+    """The [proxy] table: an upstream OpenAI-compatible server whose every model id a
+    request may name as `GRAPH:MODEL_ID` (see refinegraph.server.upstream)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str | None = None
+    api_key_env: str | None = None
+    timeout_s: float = Field(120.0, gt=0)
+    supports_json_schema: bool = True
+    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    """The most a `GRAPH:UPSTREAM` request may spend (and its default)."""
+
+
 class TraceSettings(BaseModel):
     """The [trace] table: where runs are recorded.
 
@@ -217,6 +256,7 @@ class Config(BaseModel):
     server: ServerSettings = Field(default_factory=ServerSettings)
     trace: TraceSettings = Field(default_factory=TraceSettings)
     sql: SqlSettings = Field(default_factory=SqlSettings)
+    proxy: ProxySettings = Field(default_factory=ProxySettings)
     source: str | None = None
 
     @model_validator(mode="after")

@@ -58,6 +58,8 @@ class RunContext:
     cost_usd: float = 0.0
     fallbacks: Counter = field(default_factory=Counter)
     retries: int = 0
+    conversation: list[dict[str, Any]] | None = None
+    """The client's whole chat when the run's input is one (see prompts/conversation.py)."""
 
     # -- events ---------------------------------------------------------------------------
 

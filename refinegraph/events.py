@@ -32,6 +32,8 @@ class RunStarted(Event):
     roles: dict[str, str] = Field(default_factory=dict)
     budget: dict[str, Any] = Field(default_factory=dict)
     replay_of: str | None = None
+    conversation_blob: str | None = None
+    """The client's whole chat, when the input is one (a blob: it can be long)."""
     version: str = ""
 
 

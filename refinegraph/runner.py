@@ -35,6 +35,7 @@ from refinegraph.context import ReplayMiss, RunContext
 from refinegraph.events import DECISION_TYPES, ErrorEvent, RunFinished, RunInterrupted, RunResumed, RunStarted
 from refinegraph.models import Model, ModelError, ModelUnavailable, build_model
 from refinegraph.models.base import Usage
+from refinegraph.prompts.conversation import check_conversation, last_user_text
 from refinegraph.registry import get_graph
 from refinegraph.sqlite_files import BUSY_TIMEOUT_S, prepare_once
 from refinegraph.trace.chain import canonical_json
@@ -306,12 +307,15 @@ def new_run_id() -> str:
     return uuid.uuid4().hex
 
 
-async def run(graph: str, task: str | dict[str, Any], *, config: Config | None = None,
+async def run(graph: str, task: str | dict[str, Any] | None = None, *, config: Config | None = None,
               params: dict[str, Any] | None = None, budget: Budget | None = None,
               models: dict[str, Model] | None = None, store: BaseTraceStore | None = None,
               trace: bool = True, checkpoint: bool = False, checkpoint_path: Path | None = None,
-              run_id: str | None = None) -> RunResult:
+              run_id: str | None = None, messages: list[dict[str, Any]] | None = None) -> RunResult:
     """Run `graph` on `task` and return its answer; the trace is written as it goes.
+
+    `messages` is a conversation to run on instead (its last user turn is the task): the
+    solver sees it as sent, judging roles quote it, the trace keeps it as a blob.
 
     `models` overrides the config's backends by name (e.g. a test double). Everything
     that can be checked (graph, models, params, input) is checked before the run is
@@ -321,7 +325,13 @@ async def run(graph: str, task: str | dict[str, Any], *, config: Config | None =
     """
     spec = get_graph(graph)
     config = config or load_config()
-    graph_input = task if isinstance(task, dict) else {spec.input_key: task}
+    if messages is not None:
+        try:
+            messages = check_conversation(messages)
+        except ValueError as exc:
+            raise ConfigError(f"messages: {exc}") from None
+        task = task if task is not None else last_user_text(messages)
+    graph_input = task if isinstance(task, dict) else {spec.input_key: task or ""}
     if not str(graph_input.get(spec.input_key, "")).strip():
         raise ConfigError(f"the input of graph {graph!r} is empty")
     _check_recordable(graph, graph_input)
@@ -338,9 +348,11 @@ async def run(graph: str, task: str | dict[str, Any], *, config: Config | None =
             writer.create_run(graph, str(graph_input.get(spec.input_key, graph_input)), owner=_owner())
         else:
             store, writer, checkpoint = None, NullWriter(run_id), False
-        ctx = RunContext(run_id=run_id, models=built, roles=roles, writer=writer, budget=budget, config=config)
+        ctx = RunContext(run_id=run_id, models=built, roles=roles, writer=writer, budget=budget, config=config,
+                         conversation=messages)
         ctx.emit(RunStarted(graph=graph, input=graph_input, params=params, roles=roles,
-                            models=_model_summary(config, built), budget=budget.limits(), version=__version__))
+                            models=_model_summary(config, built), budget=budget.limits(), version=__version__,
+                            conversation_blob=writer.put_blob(messages) if messages else None))
         await writer.commit()  # listed, with its input, before any work
         return await _execute(ctx, graph, graph_input, params, checkpoint=checkpoint,
                               checkpoint_path=checkpoint_path)
@@ -352,6 +364,12 @@ async def _close(built: dict[str, Model], supplied: dict[str, Model] | None) -> 
     for name, model in built.items():
         if not supplied or name not in supplied:
             await model.aclose()
+
+
+def _conversation(store: BaseTraceStore, started: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The recorded run's conversation (its blob), or None when its input was one task."""
+    digest = started.get("conversation_blob")
+    return store.get_blob(digest) if digest else None
 
 
 def _recorded(store: BaseTraceStore, run_id: str, purpose: str) -> dict[str, Any]:
@@ -443,7 +461,8 @@ async def resume(run_id: str, *, config: Config | None = None, models: dict[str,
     try:
         ctx = RunContext(run_id=run_id, models=built, roles=roles, writer=TraceWriter(store, run_id, deferred=True),
                          budget=Budget(**{f"max_{k}": v for k, v in started["budget"].items()}),
-                         cache=ReplayCache.from_trace(store, run_id), config=config, charge_cache_hits=False)
+                         cache=ReplayCache.from_trace(store, run_id), config=config, charge_cache_hits=False,
+                         conversation=_conversation(store, started))
         recorded, again = _restore(ctx, store, run_id)
         ctx.emit(RunResumed(recorded_calls=recorded, from_checkpoint=False, superseded=again))
         await ctx.writer.commit()
@@ -517,10 +536,11 @@ async def replay(run_id: str, *, store: BaseTraceStore | None = None, config: Co
                       owner=_owner())
     ctx = RunContext(run_id=new_id, models=models, roles=roles, writer=writer,
                      budget=Budget(**limits), cache=ReplayCache.from_trace(store, original), replay_only=True,
-                     config=_recorded_prices(started["models"], roles, config))
+                     config=_recorded_prices(started["models"], roles, config),
+                     conversation=_conversation(store, started))
     ctx.emit(RunStarted(graph=started["graph"], input=started["input"], params=started["params"],
                         roles=roles, models=started["models"], budget=started["budget"],
-                        replay_of=original, version=__version__))
+                        replay_of=original, version=__version__, conversation_blob=started.get("conversation_blob")))
     result = await _execute(ctx, started["graph"], started["input"], started["params"], checkpoint=False,
                             checkpoint_path=None)
     finished = store.events(original, types={"run_finished"})

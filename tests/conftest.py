@@ -23,8 +23,11 @@ DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 def pytest_configure(config):
+    """The both_stores marker; and the fast suite runs on SmolLM2 whatever else is installed
+    (the qwen suite names its model)."""
     config.addinivalue_line("markers", "both_stores: run each test that takes a trace store on SQLite and on "
                                        "PostgreSQL (the store_kind fixture)")
+    os.environ["REFINEGRAPH_LOCAL_MODEL"] = "smollm2-135m"
 
 
 def pytest_generate_tests(metafunc):

@@ -92,7 +92,7 @@ def test_missing_runtime_says_what_to_install(monkeypatch):
     import sys
 
     from refinegraph.models import ModelUnavailable, local
-    monkeypatch.setattr(local, "_server", None)
+    monkeypatch.setattr(local, "_servers", {})
     monkeypatch.setitem(sys.modules, "xllamacpp", None)
     with pytest.raises(ModelUnavailable, match=r"pip install 'refinegraph\[local\]'"):
         local.ensure_server()
@@ -103,7 +103,7 @@ def test_cli_reports_a_missing_runtime_and_records_it(monkeypatch, rg_home):
 
     from refinegraph.models import local
     from refinegraph.trace.store import TraceStore
-    monkeypatch.setattr(local, "_server", None)
+    monkeypatch.setattr(local, "_servers", {})
     monkeypatch.setitem(sys.modules, "xllamacpp", None)
     result = runner.invoke(app, ["run", "self-refine", "x"])
     assert result.exit_code == 1 and "refinegraph[local]" in result.output

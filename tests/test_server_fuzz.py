@@ -133,9 +133,11 @@ async def test_openapi_describes_the_real_body_behind_the_key(tmp_path):
     chat = doc["paths"][CHAT]["post"]
     assert chat["requestBody"]["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/ChatRequest"
     assert chat["security"] == [{"bearer": []}]
-    assert {"200", "400", "401", "404", "413", "415", "502"} <= set(chat["responses"])
+    assert {"200", "400", "401", "404", "413", "415", "422", "502"} <= set(chat["responses"])
     request = doc["components"]["schemas"]["ChatRequest"]
-    assert request["properties"]["model"]["enum"] == ["math-sc", "plain", "refine", "sql", "sql-open"]
+    pipelines, proxied = request["properties"]["model"]["anyOf"]
+    assert pipelines["enum"] == ["math-sc", "plain", "refine", "sql", "sql-open"]
+    assert proxied["pattern"].startswith("^(") and "|greedy|" in proxied["pattern"]  # GRAPH:UPSTREAM
     assert request["properties"]["messages"]["maxItems"] == 64
     assert doc["components"]["schemas"]["RefinegraphExtra"]["additionalProperties"] is False
     assert doc["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}

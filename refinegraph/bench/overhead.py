@@ -40,6 +40,9 @@ class BareContext:
     """What a plain LangGraph user would hand the nodes: calls go straight to the model,
     with no budget, cache, retries or trace."""
 
+    conversation = None
+    """The input is one task, never a chat (see RunContext.conversation)."""
+
     def __init__(self, model: Model):
         self.model = model
 

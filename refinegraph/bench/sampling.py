@@ -7,11 +7,20 @@ point every node uses). The server's Prometheus counters, read around each
 configuration, say how many prompt tokens it really processed and how many it took
 from its per-slot prompt cache. Configurations are interleaved per repeat (the order
 rotates) and each repeat uses its own seeds.
+
+Per model it also reports prefill and decode speed (tokens/s, from llama.cpp's own
+`timings` of single requests on a fresh prompt) and the process's peak resident memory
+beside the model file's size. `compare` runs each model in its own process, so each
+peak is that model's alone, and puts them side by side.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -25,7 +34,8 @@ import openai
 from refinegraph.bench.report import environment, md_table, median
 from refinegraph.config import Config
 from refinegraph.context import RunContext
-from refinegraph.models.local import LocalModel, ensure_server
+from refinegraph.models.local import LocalModel, ServerSettings, ensure_server, resolve_model
+from refinegraph.models.packaged import model_file, packaged_model
 from refinegraph.prompts import load_prompt
 from refinegraph.trace.store import TraceStore, TraceWriter
 
@@ -74,15 +84,25 @@ Outcome = dict[str, Any]
 class Bench:
     """The server, a direct openai client, and refinegraph's model, side by side."""
 
-    def __init__(self, n: int, max_tokens: int, workdir: Path):
+    def __init__(self, n: int, max_tokens: int, workdir: Path, model: str | None = None):
         self.n, self.max_tokens = n, max_tokens
-        address, _ = ensure_server(n_parallel=max(8, n))
+        self.local = LocalModel("local", model=model, n_parallel=max(8, n), timeout=600.0)
+        self.model_name = self.local.model
+        address, _ = ensure_server(model=self.model_name, settings=ServerSettings(**self.local.settings))
         self.address = address
         self.client = openai.AsyncOpenAI(base_url=f"{address}/v1", api_key="not-needed", max_retries=0,
                                          timeout=600.0)
-        self.http = httpx.AsyncClient(timeout=60.0)
-        self.local = LocalModel("local", n_parallel=max(8, n), timeout=600.0)
+        self.http = httpx.AsyncClient(timeout=600.0)
         self.store = TraceStore(workdir / "traces.sqlite")
+
+    async def speed(self, tag: str) -> dict[str, float]:
+        """Prefill and decode tokens/s of one greedy request on a fresh prompt (llama.cpp's timings)."""
+        response = await self.http.post(f"{self.address}/v1/chat/completions", json={
+            "messages": messages_for(tag), "max_tokens": self.max_tokens, "temperature": 0.0})
+        response.raise_for_status()
+        timings = response.json()["timings"]
+        return {"prompt_tokens": timings["prompt_n"], "prefill_tok_s": timings["prompt_per_second"],
+                "completion_tokens": timings["predicted_n"], "decode_tok_s": timings["predicted_per_second"]}
 
     async def metrics(self) -> dict[str, float]:
         response = await self.http.get(f"{self.address}/metrics")
@@ -92,12 +112,12 @@ class Bench:
     async def prompt_tokens(self, messages: list[dict[str, Any]]) -> int:
         """The prompt's size in tokens, chat template included (one token generated)."""
         response = await self.client.chat.completions.create(
-            model="smollm2-135m-instruct", messages=messages, max_tokens=1, temperature=0.0)
+            model=self.model_name, messages=messages, max_tokens=1, temperature=0.0)
         return response.usage.prompt_tokens if response.usage else 0
 
     async def _create(self, messages: list[dict[str, Any]], n: int, seed: int) -> Any:
         return await self.client.chat.completions.create(
-            model="smollm2-135m-instruct", messages=messages, n=n, temperature=TEMPERATURE,
+            model=self.model_name, messages=messages, n=n, temperature=TEMPERATURE,
             max_tokens=self.max_tokens, seed=seed)
 
     async def one_request(self, messages: list[dict[str, Any]], seed: int) -> Outcome:
@@ -149,7 +169,7 @@ def _outcome(texts: list[str], responses: list[Any], requests: int) -> Outcome:
 
 
 def summarize(n: int, max_tokens: int, repeats: int, fresh_prompt: bool, prompt_tokens: int,
-              runs: dict[str, list[Outcome]]) -> dict[str, Any]:
+              runs: dict[str, list[Outcome]], model: dict[str, Any] | None = None) -> dict[str, Any]:
     """Medians over repeats of each configuration, the ratios, and every repeat's figures."""
     configs = []
     for key, outcomes in runs.items():
@@ -170,7 +190,9 @@ def summarize(n: int, max_tokens: int, repeats: int, fresh_prompt: bool, prompt_
     by_key = {c["key"]: c for c in configs}
     one = by_key["one_request"]
     return {
-        "benchmark": "sampling", "server": "embedded llama.cpp (xllamacpp), SmolLM2-135M-Instruct Q4_1",
+        "benchmark": "sampling",
+        "server": f"embedded llama.cpp (xllamacpp), {(model or {}).get('title', 'SmolLM2-135M-Instruct (Q4_1)')}",
+        "model": model or {},
         "n": n, "max_tokens": max_tokens, "repeats": repeats, "temperature": TEMPERATURE,
         "fresh_prompt": fresh_prompt, "prompt_tokens": prompt_tokens, "task": TASK,
         "notes": {
@@ -222,7 +244,7 @@ def markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
     return "\n\n".join([
         "# refinegraph bench sampling",
-        (f"Embedded llama.cpp server, SmolLM2-135M-Instruct; n={n}, max_tokens={report['max_tokens']}, "
+        (f"{report['server']}; n={n}, max_tokens={report['max_tokens']}, "
          f"temperature {report['temperature']}, prompt {report['prompt_tokens']} tokens; median of "
          f"{report['repeats']} interleaved repeats. Prompt tokens processed/cached and completion tokens "
          "are the deltas of the server's own counters around each configuration. "
@@ -236,12 +258,27 @@ def markdown(report: dict[str, Any]) -> str:
     ])
 
 
-async def sampling(n: int = 8, max_tokens: int = 64, repeats: int = 3, fresh_prompt: bool = True) -> dict[str, Any]:
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1 << 20) if sys.platform == "darwin" else peak / 1024, 1)
+
+
+def model_facts(model: str | None) -> dict[str, Any]:
+    """The model's name, title and file size (the footprint's baseline)."""
+    key, title = resolve_model(model)
+    size = model_file(packaged_model(key)).stat().st_size
+    return {"name": key, "title": title, "file_mb": round(size / (1 << 20), 1)}
+
+
+async def sampling(n: int = 8, max_tokens: int = 64, repeats: int = 3, fresh_prompt: bool = True,
+                   model: str | None = None) -> dict[str, Any]:
     """Run the benchmark (starting the embedded server if needed) and return its report."""
     with tempfile.TemporaryDirectory(prefix="refinegraph-bench-") as tmp:
-        bench = Bench(n, max_tokens, Path(tmp))
+        bench = Bench(n, max_tokens, Path(tmp), model=model)
         try:
             await bench._create(messages_for("warm-up"), bench.n, 0)  # first decode, every slot used once
+            speeds = [await bench.speed(f"speed-{i}-{uuid.uuid4().hex[:8]}") for i in range(2)]
             prompt_tokens = await bench.prompt_tokens(messages_for(f"0-size-{uuid.uuid4().hex[:8]}"
                                                                    if fresh_prompt else None))
             keys = list(LABELS)
@@ -250,6 +287,81 @@ async def sampling(n: int = 8, max_tokens: int = 64, repeats: int = 3, fresh_pro
                 for key in keys[r % len(keys):] + keys[:r % len(keys)]:
                     tag = f"{r}-{key}-{uuid.uuid4().hex[:8]}" if fresh_prompt else None
                     runs[key].append(await bench.measure(key, messages_for(tag), seed=1000 * (r + 1)))
-            return summarize(n, max_tokens, repeats, fresh_prompt, prompt_tokens, runs)
+            facts = model_facts(bench.model_name)
+            report = summarize(n, max_tokens, repeats, fresh_prompt, prompt_tokens, runs, facts)
+            peak = peak_rss_mb()
+            report["speed"] = {"prefill_tok_s": round(median([s["prefill_tok_s"] for s in speeds]), 1),
+                               "decode_tok_s": round(median([s["decode_tok_s"] for s in speeds]), 1),
+                               "prompt_tokens": speeds[0]["prompt_tokens"], "requests": speeds,
+                               "how": "llama.cpp's timings of one greedy n=1 request on a fresh prompt, median of 2"}
+            report["memory"] = {"peak_rss_mb": peak, "file_mb": facts["file_mb"],
+                                "beyond_file_mb": round(peak - facts["file_mb"], 1),
+                                "server": bench.local.settings}
+            return report
         finally:
             await bench.aclose()
+
+
+def compare(models: list[str], n: int, max_tokens: int, repeats: int, fresh_prompt: bool = True,
+            timeout_s: float = 3600.0) -> dict[str, Any]:
+    """Each model's benchmark in its own process (so each peak is its own), side by side."""
+    reports = []
+    for model in models:
+        cmd = [sys.executable, "-m", "refinegraph.bench.sampling", "--model", model, "--n", str(n),
+               "--max-tokens", str(max_tokens), "--repeats", str(repeats)] + ([] if fresh_prompt else ["--same"])
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"bench sampling on {model} failed ({done.returncode}): {done.stderr[-2000:]}")
+        reports.append(json.loads(done.stdout))
+    return {"benchmark": "sampling-compare", "n": n, "max_tokens": max_tokens, "repeats": repeats,
+            "models": [side_by_side_row(r) for r in reports], "reports": reports}
+
+
+def side_by_side_row(report: dict[str, Any]) -> dict[str, Any]:
+    """One model's line of the comparison."""
+    by_key = {c["key"]: c for c in report["configurations"]}
+    return {"model": report["model"]["name"], "title": report["model"]["title"],
+            "file_mb": report["memory"]["file_mb"], "peak_rss_mb": report["memory"]["peak_rss_mb"],
+            "beyond_file_mb": report["memory"]["beyond_file_mb"],
+            "prefill_tok_s": report["speed"]["prefill_tok_s"], "decode_tok_s": report["speed"]["decode_tok_s"],
+            "one_request_wall_s": by_key["one_request"]["wall_s"],
+            "refinegraph_wall_s": by_key["refinegraph"]["wall_s"],
+            "n_completion_tok_s": by_key["one_request"]["completion_tokens_per_s"]}
+
+
+COMPARE_HEADER = ["model", "file MB", "peak RSS MB", "beyond file MB", "prefill tok/s", "decode tok/s",
+                  "n in one request: s", "refinegraph: s", "n-sample tok/s"]
+
+
+def compare_rows(report: dict[str, Any]) -> list[list[str]]:
+    return [[m["model"], f"{m['file_mb']:.0f}", f"{m['peak_rss_mb']:.0f}", f"{m['beyond_file_mb']:.0f}",
+             f"{m['prefill_tok_s']:.1f}", f"{m['decode_tok_s']:.1f}", f"{m['one_request_wall_s']:.2f}",
+             f"{m['refinegraph_wall_s']:.2f}", f"{m['n_completion_tok_s']:.1f}"] for m in report["models"]]
+
+
+def compare_markdown(report: dict[str, Any]) -> str:
+    return "\n\n".join([
+        "# refinegraph bench sampling: models side by side",
+        (f"n={report['n']}, max_tokens={report['max_tokens']}, median of {report['repeats']} repeats; each "
+         "model in its own process. Peak RSS is the whole process (Python, server, model, KV cache)."),
+        md_table(COMPARE_HEADER, compare_rows(report)),
+    ])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """One model's report as JSON on stdout (what `compare` runs in a child process)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m refinegraph.bench.sampling")
+    parser.add_argument("--model")
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--same", action="store_true", help="the same prompt every time")
+    args = parser.parse_args(argv)
+    report = asyncio.run(sampling(args.n, args.max_tokens, args.repeats, not args.same, args.model))
+    json.dump(report, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

@@ -22,6 +22,7 @@ from refinegraph.cli import (  # noqa: F401
 from refinegraph.cli.common import err, fail, open_store, out, print_json, resolve_run, run_until_signal
 from refinegraph.config import Config, ConfigError, load_config
 from refinegraph.models import ModelUnavailable
+from refinegraph.prompts.conversation import check_conversation
 from refinegraph.registry import UnknownGraph, get_graph, list_graphs
 from refinegraph.runner import RunFailed, RunNotResumable, RunResult, TraceUnusable, new_run_id, resume, run
 from refinegraph.trace.store import TraceStoreError
@@ -61,7 +62,9 @@ def _failed(exc: RunFailed, as_json: bool) -> None:
 @app.command("run")
 def run_cmd(
     graph: str = typer.Argument(..., help="A registered graph (see `refinegraph graphs`)."),
-    task: str = typer.Argument(..., help="The input: a question or task."),
+    task: str | None = typer.Argument(None, help="The input: a question or task (or give --messages)."),
+    messages: Path | None = typer.Option(None, "--messages",
+                                          help="A JSON file of chat messages: run on that conversation instead."),
     model: str | None = typer.Option(None, "--model", help="Play every role with this configured model."),
     config: Path | None = typer.Option(None, "--config", help="TOML config (default $REFINEGRAPH_HOME/config.toml)."),
     budget_tokens: int | None = typer.Option(None, "--budget-tokens", help="Token budget of the run."),
@@ -70,7 +73,7 @@ def run_cmd(
     param: list[str] = typer.Option([], "--param", "-p", help="Graph parameter KEY=VALUE (JSON value)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Run GRAPH on TASK; print the answer, then `run: <run_id>`.
+    """Run GRAPH on TASK (or a conversation, --messages); print the answer, then `run: <run_id>`.
 
     Exit codes: 0 answered (also when stopped by the budget), 1 the run failed (recorded
     in its trace), 2 the request was wrong (unknown graph or model, bad config or params).
@@ -78,9 +81,20 @@ def run_cmd(
     try:
         cfg, params = _prepare(graph, config, model, param)
         budget = Budget(max_tokens=budget_tokens, max_calls=budget_calls, max_seconds=budget_seconds)
+        conversation = _conversation_file(messages) if messages else None
+        if (task is None) == (conversation is None):
+            raise ValueError("give either TASK or --messages FILE.json")
     except (UnknownGraph, ValueError) as exc:
         fail(str(exc))
-    _report(_run_or_exit(graph, task, cfg, params, budget, as_json), as_json)
+    _report(_run_or_exit(graph, task, cfg, params, budget, as_json, conversation), as_json)
+
+
+def _conversation_file(path: Path) -> list[dict]:
+    """The conversation in `path`, or a ValueError naming the file and what is wrong."""
+    try:
+        return check_conversation(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise ValueError(f"--messages {path}: {exc}") from None
 
 
 def _prepare(graph: str, config: Path | None, model: str | None, param: list[str]) -> tuple[Config, dict]:
@@ -92,14 +106,14 @@ def _prepare(graph: str, config: Path | None, model: str | None, param: list[str
     return cfg, _params(param)
 
 
-def _run_or_exit(graph: str, task: str | dict, cfg: Config, params: dict, budget: Budget,
-                 as_json: bool) -> RunResult:
+def _run_or_exit(graph: str, task: str | dict | None, cfg: Config, params: dict, budget: Budget,
+                 as_json: bool, messages: list[dict] | None = None) -> RunResult:
     """The run's result, or a clear message and the documented exit code (130 on Ctrl-C or
     SIGTERM, after printing the run id and its resume line)."""
     run_id = new_run_id()
     try:
         return run_until_signal(run(graph, task, config=cfg, params=params, budget=budget, store=open_store(cfg),
-                                    run_id=run_id), [run_id], as_json)
+                                    run_id=run_id, messages=messages), [run_id], as_json)
     except RunFailed as exc:
         _failed(exc, as_json)
     except ConfigError as exc:

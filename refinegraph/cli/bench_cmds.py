@@ -72,14 +72,29 @@ def sampling_cmd(
         help="Prefix each request set with a unique tag so no configuration reuses another's "
              "cached prompt (--same-prompt shows the server's prompt cache at work)."),
     out_dir: Path = typer.Option(Path("bench-reports/sampling"), "--out", help="Folder for report.json/.md."),
+    model: list[str] = typer.Option([], "--model", help="Packaged model (repeat it to compare models side by "
+                                                        "side, each in its own process). Default: the default."),
 ) -> None:
-    """The embedded llama.cpp server: n samples in one request vs n requests vs refinegraph."""
-    from refinegraph.bench.sampling import markdown, ratio_lines, sampling
+    """The embedded llama.cpp server: n samples in one request vs n requests vs refinegraph,
+    with prefill/decode tokens/s and the peak resident memory beside the model file's size."""
+    from refinegraph.bench.sampling import compare, compare_markdown, compare_rows, markdown, ratio_lines, sampling
     from refinegraph.models import ModelUnavailable
 
+    if len(model) > 1:
+        err.print(f"n={n}, max_tokens={max_tokens}, {repeats} repeats on {', '.join(model)}, one process each ...")
+        report = compare(model, n, max_tokens, repeats, fresh_prompt)
+        table = Table(title=f"n={n} samples, max_tokens={max_tokens}, median of {repeats} repeats")
+        from refinegraph.bench.sampling import COMPARE_HEADER
+        for name in COMPARE_HEADER:
+            table.add_column(name, justify="left" if name == "model" else "right")
+        for row in compare_rows(report):
+            table.add_row(*row)
+        _finish(table, [], out_dir, report, compare_markdown(report))
+        return
     err.print(f"n={n}, max_tokens={max_tokens}, {repeats} repeats against the embedded llama.cpp server ...")
     try:
-        report = asyncio.run(sampling(n=n, max_tokens=max_tokens, repeats=repeats, fresh_prompt=fresh_prompt))
+        report = asyncio.run(sampling(n=n, max_tokens=max_tokens, repeats=repeats, fresh_prompt=fresh_prompt,
+                                      model=model[0] if model else None))
     except ModelUnavailable as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(1) from exc
@@ -93,7 +108,12 @@ def sampling_cmd(
                       f"{c['completion_tokens_per_s']:.1f}", f"{c['prompt_tokens_processed']:.0f}",
                       f"{c['prompt_tokens_cached']:.0f}", f"{c['http_requests']}",
                       f"{c['distinct_texts']:.0f}/{n}")
-    _finish(table, ratio_lines(report), out_dir, report, markdown(report))
+    speed, memory = report["speed"], report["memory"]
+    lines = [*ratio_lines(report),
+             f"{report['model']['title']}: prefill {speed['prefill_tok_s']:.1f} tok/s, decode "
+             f"{speed['decode_tok_s']:.1f} tok/s; peak RSS {memory['peak_rss_mb']:.0f} MB, "
+             f"{memory['beyond_file_mb']:.0f} MB beyond the {memory['file_mb']:.0f} MB model file"]
+    _finish(table, lines, out_dir, report, markdown(report))
 
 
 @app.command("vllm")
@@ -264,7 +284,22 @@ def spider_cmd(
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from exc
 
-    outcomes = []
+    from refinegraph.bench.journal import Journal, JournalMismatch
+    from refinegraph.bench.spider import Outcome
+
+    solver = cfg.model_for_role("solver")
+    try:
+        journal = Journal(out_dir, {"benchmark": "spider", "data": str(data.resolve()), "questions": len(questions),
+                                    "methods": methods, "budget_tokens": budget_tokens, "params": params,
+                                    "model": solver, "model_spec": cfg.models[solver].model_dump(),
+                                    "pool": str(pool) if pool else None, "metric": chosen_metric}, Outcome)
+    except JournalMismatch as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(2) from exc
+    jobs = journal.pending([(q, m) for q in questions for m in methods])
+    if len(jobs) < len(questions) * len(methods):
+        err.print(f"resuming {out_dir}: {len(questions) * len(methods) - len(jobs)} done, {len(jobs)} to go",
+                  highlight=False)
 
     async def main() -> None:
         gate = asyncio.Semaphore(concurrency)
@@ -272,15 +307,16 @@ def spider_cmd(
         async def one(question, method):
             async with gate:
                 outcome = await answer(question, method, cfg, params, budget_tokens, chosen_metric)
+            journal.record(outcome)
             progress.advance(task)
-            return outcome
 
         with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=err) as progress:
-            task = progress.add_task("spider", total=len(questions) * len(methods))
-            outcomes.extend(await asyncio.gather(*[one(q, m) for q in questions for m in methods]))
+            task = progress.add_task("spider", total=len(jobs))
+            await asyncio.gather(*[one(q, m) for q, m in jobs])
 
     asyncio.run(main())
+    outcomes = journal.outcomes(methods)
     summary = summarize(outcomes, methods)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_outcomes(out_dir, outcomes)

@@ -135,8 +135,29 @@ def gsm8k_cmd(
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from exc
 
-    outcomes = _run_all("gsm8k", [(q, m) for q in questions for m in methods], concurrency,
-                        lambda q, m: answer(q, m, configs[m], params[m], budget_tokens))
+    from refinegraph.bench.gsm8k import Outcome
+    from refinegraph.bench.journal import Journal, JournalMismatch
+
+    try:
+        journal = Journal(out_dir, {"benchmark": "gsm8k", "data": str(data.resolve()) if data else "GSM8K test",
+                                    "questions": len(questions), "methods": methods, "budget_tokens": budget_tokens,
+                                    "params": applied, "model": cfg.model_for_role("solver"),
+                                    "model_spec": cfg.models[cfg.model_for_role("solver")].model_dump()}, Outcome)
+    except JournalMismatch as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(2) from exc
+    jobs = journal.pending([(q, m) for q in questions for m in methods])
+    if len(jobs) < len(questions) * len(methods):
+        err.print(f"resuming {out_dir}: {len(questions) * len(methods) - len(jobs)} done, {len(jobs)} to go",
+                  highlight=False)
+
+    async def scored(q: Any, m: str) -> Any:
+        outcome = await answer(q, m, configs[m], params[m], budget_tokens)
+        journal.record(outcome)
+        return outcome
+
+    _run_all("gsm8k", jobs, concurrency, scored)
+    outcomes = journal.outcomes(methods)
     summary = summarize(outcomes, methods)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_outcomes(out_dir, outcomes)

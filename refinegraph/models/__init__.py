@@ -51,8 +51,10 @@ def build_model(name: str, spec: ModelSpec) -> Model:
     """A backend instance for a configured model (nothing is started until first use)."""
     register_url_secrets(spec.base_url)  # a password in it is redacted wherever it appears
     if spec.backend == "local":
-        return LocalModel(name, n_parallel=spec.n_parallel, ctx_per_slot=spec.ctx_per_slot,
-                          threads=spec.threads, timeout=spec.timeout_s)
+        return LocalModel(name, model=spec.model, model_path=spec.model_path, n_parallel=spec.n_parallel,
+                          ctx_per_slot=spec.ctx_per_slot, threads=spec.threads, timeout=spec.timeout_s,
+                          kv_cache_tokens=spec.kv_cache_tokens or None, kv_cache_type=spec.kv_cache_type,
+                          batch_size=spec.batch_size, ubatch_size=spec.ubatch_size, mmap=spec.mmap)
     if spec.backend == "openai":
         if not spec.base_url or not spec.model:
             raise ConfigError(f"model {name!r}: the openai backend needs base_url and model")

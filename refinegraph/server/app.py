@@ -28,15 +28,17 @@ from pydantic import ValidationError
 from refinegraph.budget import Budget
 from refinegraph.config import Config, ConfigError, load_config
 from refinegraph.models import Model
+from refinegraph.registry import list_graphs
 from refinegraph.runner import RunFailed, RunResult, default_store, run
 from refinegraph.server import openapi as docs
 from refinegraph.server.approval_routes import install_approval_routes, waits_on_a_person, with_pending
 from refinegraph.server.body import parse_json_object, read_limited
 from refinegraph.server.errors import ApiError, error_response, install_handlers, validation_message
 from refinegraph.server.pipelines import ModelPool, Pipeline, PreparedRun, load_pipelines, prepare
-from refinegraph.server.responses import completion_body, failure_extra
+from refinegraph.server.responses import completion_body, content_of, failure_extra, no_answer
 from refinegraph.server.schemas import ChatRequest
 from refinegraph.server.streaming import stream_run
+from refinegraph.server.upstream import proxied_pipeline, proxy_cards, split_name
 from refinegraph.trace.redact import register_secret
 from refinegraph.trace.store import TraceStore
 
@@ -84,6 +86,8 @@ class Server:
             raise ApiError(400, validation_message(exc), code="invalid_request") from None
 
     def pipeline(self, name: str) -> Pipeline:
+        if name not in self.pipelines and split_name(name) is not None:
+            return proxied_pipeline(self.config, name)
         if name not in self.pipelines:
             raise ApiError(404, f"unknown model {name!r}: it names no pipeline of this server; known: "
                                 f"{', '.join(sorted(self.pipelines))}", param="model", code="model_not_found")
@@ -101,7 +105,7 @@ class Server:
 
     def models_for(self, prepared: PreparedRun) -> dict[str, Model]:
         try:
-            return self.pool.get(prepared.model_names)
+            return self.pool.get(prepared.model_names, prepared.pipeline.config)
         except ConfigError as exc:  # e.g. a model whose API key variable is unset: not the request's fault
             log.error("cannot build a model: %s", exc)
             raise ApiError(502, f"a model of pipeline {prepared.pipeline.name!r} is unavailable: {exc}",
@@ -113,7 +117,7 @@ class Server:
             return await run(prepared.pipeline.spec.graph, prepared.graph_input, config=prepared.pipeline.config,
                              params=prepared.params, budget=Budget(**prepared.limits), models=models, store=self.store,
                              checkpoint=self.settings.checkpoint or waits_on_a_person(prepared.params),
-                             run_id=run_id)
+                             run_id=run_id, messages=prepared.messages)
 
 
 def create_app(config: Config | None = None, *, models: dict[str, Model] | None = None,
@@ -135,7 +139,8 @@ def create_app(config: Config | None = None, *, models: dict[str, Model] | None 
     install_handlers(app)
     auth = docs.security(server.api_key is not None)
     docs.install_openapi(app, pipelines=list(server.pipelines), max_messages=server.settings.max_messages,
-                    max_chars=server.settings.max_message_chars, auth=bool(auth))
+                    max_chars=server.settings.max_message_chars, auth=bool(auth),
+                    graphs=[g.name for g in list_graphs()])
 
     @app.get("/healthz", response_model=docs.Health)
     async def healthz() -> dict[str, Any]:
@@ -149,7 +154,8 @@ def create_app(config: Config | None = None, *, models: dict[str, Model] | None 
     @app.get("/v1/models", response_model=None, responses=docs.MODELS_RESPONSES, openapi_extra=auth)
     async def list_models(request: Request) -> dict[str, Any]:
         server.check_auth(request)
-        return {"object": "list", "data": [p.card(server.created) for _, p in sorted(server.pipelines.items())]}
+        cards = [p.card(server.created) for _, p in sorted(server.pipelines.items())]
+        return {"object": "list", "data": cards + proxy_cards(server.config, server.created)}
 
     @app.get("/v1/models/{name}", response_model=None, responses=docs.MODEL_RESPONSES, openapi_extra=auth)
     async def get_model(name: str, request: Request) -> dict[str, Any]:
@@ -167,7 +173,9 @@ def create_app(config: Config | None = None, *, models: dict[str, Model] | None 
         created = int(time.time())
         headers = {RUN_HEADER: run_id}
         if body.stream:
-            stream = stream_run(server.execute(prepared, models, run_id), server.store, run_id, body.model, created)
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            stream = stream_run(server.execute(prepared, models, run_id), server.store, run_id, body.model, created,
+                                progress=body.refinegraph.progress, include_usage=include_usage)
             return StreamingResponse(stream, media_type="text/event-stream",
                                      headers={**headers, "cache-control": "no-cache"})
         try:
@@ -178,7 +186,11 @@ def create_app(config: Config | None = None, *, models: dict[str, Model] | None 
             return error_response(ApiError(502, f"run {run_id} failed: {exc.cause}", code="run_failed",
                                            headers={**headers, "x-should-retry": "false"},
                                            extra=failure_extra(run_id, exc.result)))
-        return JSONResponse(with_pending(completion_body(result, body.model, created), result), headers=headers)
+        if result.stop_reason.startswith("awaiting_"):  # waits on a person: the pending decision, not an answer
+            return JSONResponse(with_pending(completion_body(result, body.model, created), result), headers=headers)
+        if not content_of(result):
+            return error_response(no_answer(result, headers))
+        return JSONResponse(completion_body(result, body.model, created), headers=headers)
 
     install_approval_routes(app, server)
     return app

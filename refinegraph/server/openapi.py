@@ -62,6 +62,8 @@ class Choice(BaseModel):
 
 class RunMetadata(BaseModel):
     run_id: str
+    answer: str | None
+    """The graph's answer (null when none was found: the reply then carries the chosen text)."""
     pipeline: str
     graph: str
     stop_reason: str
@@ -119,6 +121,8 @@ CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: _error("the model names no pipeline of this server"),
     413: _error("body over server.max_body_bytes"),
     415: _error("the body's content type is not JSON"),
+    422: _error("the run finished with no answer and no chosen text (e.g. the budget ran out before any "
+                "call); the body names its run id and stop reason"),
     502: _error("the run itself failed (a model or back end); the body names its run id"),
 }
 MODELS_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"model": ModelList}, **AUTH_ERRORS}
@@ -141,12 +145,16 @@ def _narrow(node: Any) -> None:
             _narrow(value)
 
 
-def request_schemas(pipelines: list[str], max_messages: int, max_chars: int) -> dict[str, Any]:
+def request_schemas(pipelines: list[str], max_messages: int, max_chars: int,
+                    graphs: list[str] = ()) -> dict[str, Any]:
     """ChatRequest and the models it refers to, as components, narrowed to this server."""
     schema = ChatRequest.model_json_schema(ref_template=REF)
     components = schema.pop("$defs", {})
     props = schema["properties"]
-    props["model"]["enum"] = sorted(pipelines)
+    # a pipeline's name, or GRAPH:UPSTREAM (a 404 when the upstream is unknown)
+    props["model"] = {"anyOf": [{"type": "string", "enum": sorted(pipelines)},
+                                {"type": "string", "pattern": f"^({'|'.join(sorted(graphs))}):.+$"}],
+                      "description": "a pipeline, or GRAPH:UPSTREAM (a graph over a configured or proxied model)"}
     # a user message with text (the last user message is the task), within the server's limits
     user = {"type": "object", "required": ["role", "content"],
             "properties": {"role": {"const": "user"}, "content": {"type": "string", "pattern": r"\S"}}}
@@ -167,7 +175,8 @@ def _validation_is_400(doc: dict[str, Any]) -> None:
     for operations in doc.get("paths", {}).values():
         for operation in operations.values():
             responses = operation.get("responses", {})
-            if responses.pop("422", None) is not None:
+            if responses.get("422", {}).get("description") == "Validation Error":  # FastAPI's, not ours
+                del responses["422"]
                 responses.setdefault("400", {"description": "invalid request", "content": error_ref})
     schemas = doc.get("components", {}).get("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):
@@ -175,14 +184,14 @@ def _validation_is_400(doc: dict[str, Any]) -> None:
 
 
 def install_openapi(app: FastAPI, *, pipelines: list[str], max_messages: int, max_chars: int,
-                    auth: bool) -> None:
+                    auth: bool, graphs: list[str] = ()) -> None:
     """Make `app.openapi()` return the document described above (built once, then cached)."""
 
     def build() -> dict[str, Any]:
         if app.openapi_schema is None:
             doc = get_openapi(title=app.title, version=app.version, description=__doc__, routes=app.routes)
             doc.setdefault("components", {}).setdefault("schemas", {}).update(
-                request_schemas(pipelines, max_messages, max_chars))
+                request_schemas(pipelines, max_messages, max_chars, graphs))
             if auth:
                 doc["components"]["securitySchemes"] = {BEARER: {"type": "http", "scheme": "bearer"}}
             _validation_is_400(doc)

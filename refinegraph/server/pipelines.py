@@ -77,14 +77,16 @@ class ModelPool:
         self.supplied = dict(supplied or {})
         self.built: dict[str, Model] = {}
 
-    def get(self, names: set[str]) -> dict[str, Model]:
+    def get(self, names: set[str], config: Config | None = None) -> dict[str, Model]:
+        """The backends of `names`, specified by `config` (a proxied pipeline's) or the server's."""
+        config = config or self.config
         out = {}
         for name in sorted(names):
             if name in self.supplied:
                 out[name] = self.supplied[name]
             else:
                 if name not in self.built:
-                    self.built[name] = build_model(name, self.config.spec(name))
+                    self.built[name] = build_model(name, config.spec(name))
                 out[name] = self.built[name]
         return out
 
@@ -102,10 +104,12 @@ class PreparedRun:
     limits: dict[str, Any]
     """Budget(**limits) is made when the run starts, so time queued for a slot is not charged."""
     model_names: set[str] = field(default_factory=set)
+    messages: list[dict[str, Any]] | None = None
+    """The request's conversation (None for SQL graphs, whose input is the question)."""
 
 
 def task_of(request: ChatRequest, max_messages: int, max_chars: int) -> str:
-    """The last user message's text: the run's input (earlier messages are not used)."""
+    """The last user message's text: the run's task (the whole conversation goes with it)."""
     if not request.messages:
         raise ApiError(400, "messages is empty: send at least one user message", param="messages")
     if len(request.messages) > max_messages:
@@ -192,11 +196,14 @@ def prepare(pipeline: Pipeline, request: ChatRequest, *, max_messages: int, max_
     task = task_of(request, max_messages, max_chars)
     spec = get_graph(pipeline.spec.graph)
     graph_input: dict[str, Any] = {spec.input_key: task}
+    messages = None
     if spec.input_key == "question":
         graph_input.update(_sql_input(pipeline, request, allow_request_db, databases or {}))
     elif request.refinegraph.db is not None or request.refinegraph.evidence is not None:
         raise ApiError(400, f"db and evidence apply to SQL graphs only; pipeline {pipeline.name!r} runs "
                             f"{pipeline.spec.graph!r}", param="refinegraph")
+    else:
+        messages = [m.model_dump(exclude_none=True) for m in request.messages]
     params = {**pipeline.spec.params, **request.refinegraph.params}
     check_approval_request(pipeline.name, pipeline.spec.params, params, stream=bool(request.stream))
     try:
@@ -210,4 +217,5 @@ def prepare(pipeline: Pipeline, request: ChatRequest, *, max_messages: int, max_
     if unknown:
         raise ApiError(400, f"these params name models the server does not define: {', '.join(unknown)}",
                        param="refinegraph.params")
-    return PreparedRun(pipeline, graph_input, params, _budget(pipeline, request.refinegraph.budget), names)
+    return PreparedRun(pipeline, graph_input, params, _budget(pipeline, request.refinegraph.budget), names,
+                       messages)

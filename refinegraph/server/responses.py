@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from refinegraph.runner import RunResult
+from refinegraph.server.errors import ApiError
 
 
 def usage_of(result: RunResult) -> dict[str, Any]:
@@ -14,16 +15,27 @@ def usage_of(result: RunResult) -> dict[str, Any]:
             "prompt_tokens_details": {"cached_tokens": u.get("cached_prompt_tokens", 0)}}
 
 
+def content_of(result: RunResult) -> str:
+    """What the reply says: the run's answer, else the text the graph chose (a vote with no
+    readable answer still keeps its first sample's text; `refinegraph.answer` is then null
+    and `stop_reason` says no_answer), else "" (answered with a 422, see no_answer)."""
+    if result.answer:
+        return result.answer
+    chosen = result.state.get("solution")
+    return chosen.strip() if isinstance(chosen, str) else ""
+
+
 def metadata_of(result: RunResult, pipeline: str) -> dict[str, Any]:
     """The top-level `refinegraph` object (the openai client keeps it in `model_extra`)."""
-    return {"run_id": result.run_id, "pipeline": pipeline, "graph": result.graph, "stop_reason": result.stop_reason,
+    return {"run_id": result.run_id, "answer": result.answer, "pipeline": pipeline, "graph": result.graph,
+            "stop_reason": result.stop_reason,
             "model_calls": result.model_calls, "cache_hits": result.cache_hits, "retries": result.retries,
             "fallbacks": result.fallbacks, "cost_usd": result.cost_usd}
 
 
 def completion_body(result: RunResult, pipeline: str, created: int) -> dict[str, Any]:
     return {"id": f"chatcmpl-{result.run_id}", "object": "chat.completion", "created": created, "model": pipeline,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.answer or ""},
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content_of(result)},
                          "logprobs": None, "finish_reason": "stop"}],
             "usage": usage_of(result), "refinegraph": metadata_of(result, pipeline)}
 
@@ -34,3 +46,11 @@ def failure_extra(run_id: str, result: RunResult | None) -> dict[str, Any]:
     if result is not None:
         extra.update(model_calls=result.model_calls, usage=result.usage)
     return extra
+
+
+def no_answer(result: RunResult, headers: dict[str, str]) -> ApiError:
+    """A 422 for a run that ended with nothing to say: an empty 200 would read as an answer."""
+    return ApiError(422, f"run {result.run_id} found no answer (stop reason: {result.stop_reason})",
+                    code="no_answer", headers={**headers, "x-should-retry": "false"},
+                    extra={"run_id": result.run_id, "stop_reason": result.stop_reason,
+                           "model_calls": result.model_calls, "usage": usage_of(result)})

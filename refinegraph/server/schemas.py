@@ -54,6 +54,8 @@ class RefinegraphExtra(BaseModel):
     db: StrictStr | None = None
     """SQL pipelines: a database name from the config's [server] databases (allow_request_db)."""
     evidence: StrictStr | None = None
+    progress: StrictBool = False
+    """stream=true: also stream the run's trace events as they are written (see streaming.py)."""
 
 
 class StreamOptions(BaseModel):

@@ -1,14 +1,16 @@
-"""`stream=true`: the run's trace events as they are written, then the answer, as SSE.
+"""`stream=true`: the chosen answer as OpenAI streams one, as SSE.
 
-Every line is `data: <chat.completion.chunk>`; the official openai client parses them all:
+Every line is `data: <chat.completion.chunk>`, as OpenAI sends them:
 
 1. `delta = {"role": "assistant", "content": ""}`, `refinegraph = {"run_id": ...}`;
-2. one chunk per trace event (node_started, llm_call, vote, route, verdict, ... in trace
-   order), `delta = {"content": ""}` and the event in `refinegraph.event`;
-3. the answer: `delta = {"content": answer}`;
-4. `delta = {}`, `finish_reason = "stop"`, `usage` (the whole run) and the run's
-   metadata in `refinegraph`;
-5. `data: [DONE]`.
+2. only for a client that asked for progress (`"refinegraph": {"progress": true}`): one
+   chunk per trace event (node_started, llm_call, vote, ... in trace order), `delta =
+   {"content": ""}` and the event in `refinegraph.event`; other clients never see them;
+3. the chosen answer, a piece (a word and the space after it) per chunk;
+4. `delta = {}`, `finish_reason = "stop"` and the run's metadata in `refinegraph`;
+5. with `stream_options.include_usage`: the usage chunk last (`choices = []`, the whole
+   run's `usage`), as OpenAI sends it;
+6. `data: [DONE]`.
 
 A run that fails sends `data: {"error": {...}}` (the openai client raises APIError) and
 ends. Events are read from the trace store every POLL_S: the trace writer commits a
@@ -21,15 +23,17 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from refinegraph.runner import RunFailed, RunResult
 from refinegraph.server.errors import error_body
-from refinegraph.server.responses import failure_extra, metadata_of, usage_of
+from refinegraph.server.responses import content_of, failure_extra, metadata_of, no_answer, usage_of
 from refinegraph.trace.store import TraceStore
 
 POLL_S = 0.1
+PIECE = re.compile(r"\s*\S+\s*|\s+")
 log = logging.getLogger("refinegraph.server")
 
 
@@ -46,9 +50,17 @@ class ChunkMaker:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         return _sse({**self.base, "choices": [choice], **extra})
 
+    def usage(self, usage: dict[str, Any]) -> str:
+        return _sse({**self.base, "choices": [], "usage": usage})
+
+
+def pieces(text: str) -> list[str]:
+    """`text` cut into word-sized pieces that join back to it exactly."""
+    return PIECE.findall(text)
+
 
 async def stream_run(run: Awaitable[RunResult], store: TraceStore, run_id: str, pipeline: str,
-                     created: int) -> AsyncIterator[str]:
+                     created: int, *, progress: bool = False, include_usage: bool = False) -> AsyncIterator[str]:
     """SSE lines for one run; the run is cancelled if the client goes away (its trace
     then stays unsealed and `refinegraph resume` can finish it)."""
     chunk = ChunkMaker(run_id, pipeline, created)
@@ -58,10 +70,11 @@ async def stream_run(run: Awaitable[RunResult], store: TraceStore, run_id: str, 
         yield chunk({"role": "assistant", "content": ""}, refinegraph={"run_id": run_id})
         while True:
             done = task.done()
-            events = store.events(run_id)
-            for event in events[sent:]:
-                yield chunk({"content": ""}, refinegraph={"event": event})
-            sent = len(events)
+            if progress:
+                events = store.events(run_id)
+                for event in events[sent:]:
+                    yield chunk({"content": ""}, refinegraph={"event": event})
+                sent = len(events)
             if done:
                 break
             await asyncio.wait({task}, timeout=POLL_S)
@@ -77,9 +90,15 @@ async def stream_run(run: Awaitable[RunResult], store: TraceStore, run_id: str, 
             yield _sse(error_body(500, f"internal error ({type(exc).__name__}); see the server log",
                                   **failure_extra(run_id, None)))
             return
-        if result.answer:
-            yield chunk({"content": result.answer})
-        yield chunk({}, "stop", usage=usage_of(result), refinegraph=metadata_of(result, pipeline))
+        if not content_of(result):
+            refused = no_answer(result, {})
+            yield _sse(error_body(refused.status, refused.message, code=refused.code, **refused.extra))
+            return
+        for piece in pieces(content_of(result)):
+            yield chunk({"content": piece})
+        yield chunk({}, "stop", refinegraph=metadata_of(result, pipeline))
+        if include_usage:
+            yield chunk.usage(usage_of(result))
         yield "data: [DONE]\n\n"
     finally:
         if not task.done():

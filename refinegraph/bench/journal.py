@@ -1,0 +1,97 @@
+"""Resumable benchmarks: each finished (question, method) is appended to the output folder.
+
+`bench spider` and `bench gsm8k` take an hour or more on a CPU. Each outcome is written
+to `progress.jsonl` as soon as it is scored (one line, flushed and fsynced), beside
+`progress-settings.json`, what the run was asked (data, methods, questions, budget, model,
+params). Started again on the same folder, a run with the same settings skips what is
+there and continues; a run with other settings is refused (a typed error naming the
+difference) rather than mixing two benchmarks in one report. A line cut by a kill is
+ignored (its question is answered again).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+PROGRESS = "progress.jsonl"
+SETTINGS = "progress-settings.json"
+
+T = TypeVar("T")
+
+
+class JournalMismatch(ValueError):
+    """The output folder holds a run of other settings: resuming it would mix two benchmarks."""
+
+
+class Journal:
+    """The outcomes a benchmark has finished in `out_dir`, and the appending of new ones."""
+
+    def __init__(self, out_dir: Path, settings: dict[str, Any], outcome_type: type[T]):
+        self.out_dir = Path(out_dir)
+        self.outcome_type = outcome_type
+        self.settings = json.loads(json.dumps(settings, default=str))
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        settings_path = self.out_dir / SETTINGS
+        if settings_path.is_file():
+            recorded = json.loads(settings_path.read_text(encoding="utf-8"))
+            differ = sorted(k for k in recorded.keys() | self.settings.keys()
+                            if recorded.get(k) != self.settings.get(k))
+            if differ:
+                raise JournalMismatch(
+                    f"{self.out_dir} holds a run with other settings ({', '.join(differ)}: "
+                    f"{ {k: recorded.get(k) for k in differ} } there, { {k: self.settings.get(k) for k in differ} } "
+                    "now); give another --out folder, or remove that one to start again")
+        else:
+            settings_path.write_text(json.dumps(self.settings, indent=2) + "\n", encoding="utf-8")
+        self.done: list[Any] = self._read()
+
+    def _read(self) -> list[Any]:
+        path = self.out_dir / PROGRESS
+        if not path.is_file():
+            return []
+        names = {f.name for f in fields(self.outcome_type)}  # type: ignore[arg-type]
+        done, seen = [], set()
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the last line of a killed run, cut mid-write: that job runs again
+            outcome = self.outcome_type(**{k: v for k, v in item.items() if k in names})
+            key = (outcome.question, outcome.method)
+            if key not in seen:
+                seen.add(key)
+                done.append(outcome)
+        return done
+
+    def finished(self) -> set[tuple[int, str]]:
+        return {(o.question, o.method) for o in self.done}
+
+    def pending(self, jobs: Sequence[tuple[Any, str]]) -> list[tuple[Any, str]]:
+        """The (question, method) jobs not finished yet, in their order."""
+        finished = self.finished()
+        return [(q, m) for q, m in jobs if (q.index, m) not in finished]
+
+    def record(self, outcome: Any) -> None:
+        """Append one finished outcome, durably, before the next is counted."""
+        line = json.dumps(asdict(outcome), ensure_ascii=False) + "\n"
+        path = self.out_dir / PROGRESS
+        if path.is_file() and path.stat().st_size:
+            with open(path, "rb") as tail:
+                tail.seek(-1, os.SEEK_END)
+                if tail.read(1) != b"\n":
+                    line = "\n" + line  # close a cut last line so this one parses
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.done.append(outcome)
+
+    def outcomes(self, methods: Sequence[str]) -> list[Any]:
+        """Every finished outcome, by question then method order (as a run from scratch gives)."""
+        order = {m: i for i, m in enumerate(methods)}
+        return sorted(self.done, key=lambda o: (o.question, order.get(o.method, len(order))))

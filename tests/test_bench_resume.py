@@ -1,0 +1,133 @@
+"""`bench gsm8k` and `bench spider` continue a stopped run from their output folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from refinegraph.bench.gsm8k import Outcome
+from refinegraph.bench.journal import PROGRESS, Journal, JournalMismatch
+from refinegraph.cli.app import app
+from refinegraph.data import sample_db
+from refinegraph.models import ScriptedModel
+
+QUESTIONS = [("Ducks lay 16 eggs; Janet eats 3 and bakes 4; she sells the rest at $2. Dollars?", "18"),
+             ("A robe takes 2 bolts of blue and half that of white. Total bolts?", "3"),
+             ("Stop here: the machine is switched off on this question.", "5"),
+             ("Tom has 2 apples and buys 3 more. How many apples?", "5")]
+
+
+def gsm8k_file(tmp_path: Path) -> Path:
+    path = tmp_path / "gsm8k.jsonl"
+    path.write_text("".join(json.dumps({"question": q, "answer": f"#### {a}"}) + "\n" for q, a in QUESTIONS))
+    return path
+
+
+class Asked:
+    """A scripted model that records the questions it was asked and stops the benchmark once."""
+
+    def __init__(self, stop_on: str | None):
+        self.stop_on, self.questions = stop_on, []
+
+    def __call__(self, messages):
+        text = messages[-1]["content"]
+        self.questions.append(text)
+        if self.stop_on and self.stop_on in text:
+            raise KeyboardInterrupt  # what Ctrl-C or a killed session does to the run
+        return "The answer is 5."
+
+
+def gsm8k(tmp_path, monkeypatch, asked: Asked, out_dir: Path, graphs: str = "greedy,self-consistency"):
+    monkeypatch.setattr("refinegraph.runner.build_model", lambda name, spec: ScriptedModel(asked, name=name))
+    return CliRunner().invoke(app, ["bench", "gsm8k", "--data", str(gsm8k_file(tmp_path)), "--graphs", graphs,
+                                    "-p", "n=2", "--out", str(out_dir)])
+
+
+def test_a_stopped_gsm8k_run_continues_where_it_was(tmp_path, monkeypatch):
+    out_dir = tmp_path / "report"
+    first = Asked(stop_on="Stop here")
+    stopped = gsm8k(tmp_path, monkeypatch, first, out_dir)
+    assert stopped.exit_code != 0 and not (out_dir / "summary.json").exists()
+    done = [json.loads(line) for line in (out_dir / PROGRESS).read_text().splitlines()]
+    assert {(d["question"], d["method"]) for d in done} == {(0, "greedy"), (0, "self-consistency"),
+                                                           (1, "greedy"), (1, "self-consistency")}
+    # A kill mid-write leaves a cut line: it is ignored and that job runs again.
+    with open(out_dir / PROGRESS, "a") as handle:
+        handle.write('{"question": 3, "method": "gre')
+
+    second = Asked(stop_on=None)
+    resumed = gsm8k(tmp_path, monkeypatch, second, out_dir)
+    assert resumed.exit_code == 0, resumed.output
+    assert "4 done, 4 to go" in resumed.output
+    assert not any("Ducks" in q or "robe" in q for q in second.questions), "finished questions are not asked again"
+    rows = [json.loads(line) for line in (out_dir / "questions.jsonl").read_text().splitlines()]
+    assert [(r["question"], r["method"]) for r in rows] == [
+        (i, m) for i in range(4) for m in ("greedy", "self-consistency")]
+    by = {(r["question"], r["method"]): r for r in rows}
+    first_runs = {(d["question"], d["method"]): d["run_id"] for d in done}
+    assert by[(0, "greedy")]["run_id"] == first_runs[(0, "greedy")], "a finished outcome is kept, not redone"
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert [s["questions"] for s in summary["summary"]] == [4, 4]
+
+
+def test_other_settings_are_refused_rather_than_mixed(tmp_path, monkeypatch):
+    out_dir = tmp_path / "report"
+    assert gsm8k(tmp_path, monkeypatch, Asked(None), out_dir, graphs="greedy").exit_code == 0
+    again = gsm8k(tmp_path, monkeypatch, Asked(None), out_dir, graphs="greedy,self-consistency")
+    assert again.exit_code == 2 and "other settings (methods" in again.output
+
+
+def test_journal_keeps_the_first_outcome_of_a_job(tmp_path):
+    journal = Journal(tmp_path, {"benchmark": "x"}, Outcome)
+    first = Outcome(0, "greedy", "5", "5", True, 10, 1, 0.1, "run-a", "done")
+    journal.record(first)
+    journal.record(Outcome(0, "greedy", "6", "5", False, 10, 1, 0.1, "run-b", "done"))
+    assert Journal(tmp_path, {"benchmark": "x"}, Outcome).done == [first]
+    with pytest.raises(JournalMismatch, match="benchmark"):
+        Journal(tmp_path, {"benchmark": "y"}, Outcome)
+
+
+def spider_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "spider"
+    (folder / "database" / "shop").mkdir(parents=True)
+    shutil.copy(sample_db(), folder / "database" / "shop" / "shop.sqlite")
+    items = [{"db_id": "shop", "question": q, "query": sql} for q, sql in [
+        ("How many customers are there?", "SELECT COUNT(*) FROM customer"),
+        ("How many products are there?", "SELECT COUNT(*) FROM product"),
+        ("Stop here: how many orders are there?", "SELECT COUNT(*) FROM orders"),
+        ("How many order lines are there?", "SELECT COUNT(*) FROM order_item")]]
+    (folder / "dev.json").write_text(json.dumps(items))
+    return folder
+
+
+def test_a_stopped_spider_run_continues_where_it_was(tmp_path, monkeypatch):
+    data, out_dir = spider_folder(tmp_path), tmp_path / "report"
+
+    def model(stop: bool):
+        def respond(messages):
+            text = messages[-1]["content"]
+            if stop and "Stop here" in text:
+                raise KeyboardInterrupt
+            table = next(t for t in ("order lines", "customers", "products", "orders") if t in text)
+            name = {"customers": "customer", "products": "product", "orders": "orders",
+                    "order lines": "order_item"}[table]
+            return f"```sql\nSELECT COUNT(*) FROM {name}\n```"
+        return respond
+
+    def bench(stop: bool):
+        monkeypatch.setattr("refinegraph.runner.build_model",
+                            lambda name, spec: ScriptedModel(model(stop), name=name))
+        return CliRunner().invoke(app, ["bench", "spider", "--data", str(data), "--graphs", "sql-greedy",
+                                        "--out", str(out_dir)])
+
+    assert bench(stop=True).exit_code != 0
+    assert len((out_dir / PROGRESS).read_text().splitlines()) == 2
+    resumed = bench(stop=False)
+    assert resumed.exit_code == 0, resumed.output
+    assert "2 done, 2 to go" in resumed.output
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["summary"][0]["questions"] == 4 and summary["summary"][0]["ex"] == 1.0

