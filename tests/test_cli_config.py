@@ -146,3 +146,14 @@ def test_a_config_survives_its_json_round_trip():
     config = Config(trace=TraceSettings(store="postgresql://app@db/audit", schema="audit"))
     again = Config.model_validate_json(config.model_dump_json())
     assert again == config and again.trace.schema_ == "audit"
+
+
+def test_the_cli_needs_no_click_of_its_own():
+    """typer 0.29 carries its own click; a fresh install has no `click` package, so no CLI
+    module may import it (the quick start's `refinegraph sql` failed with ModuleNotFoundError)."""
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['click'] = None; import refinegraph.cli.app"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -16,7 +16,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -32,7 +31,7 @@ class _AskByDefault(TyperGroup):
     """`refinegraph sql QUESTION ...` is `refinegraph sql ask QUESTION ...`: a question is
     not a subcommand's name."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
             args = ["ask", *args]
         return super().parse_args(ctx, args)
