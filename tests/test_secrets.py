@@ -163,8 +163,11 @@ def test_json_fast_path_never_skips_what_the_walk_would_redact(value):
 
 def test_logs_of_refinegraph_and_the_server_are_redacted(caplog, monkeypatch):
     caplog.set_level(logging.DEBUG)
-    for name in ("uvicorn.error", "uvicorn.access"):  # a served test before may have stopped their propagation
-        monkeypatch.setattr(logging.getLogger(name), "propagate", True)
+    for name in ("uvicorn.error", "uvicorn.access"):  # a served test before may have configured them
+        logger = logging.getLogger(name)
+        monkeypatch.setattr(logger, "propagate", True)
+        monkeypatch.setattr(logger, "disabled", False)
+        caplog.set_level(logging.DEBUG, logger=name)
     logging.getLogger("refinegraph.server").warning("upstream %s refused", "postgresql://u:pw123456@h/db")
     logging.getLogger("uvicorn.error").info("Authorization: Bearer %s", "abcdefgh12345678")
     try:
