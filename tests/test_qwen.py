@@ -26,12 +26,13 @@ def qwen():
     return LocalModel("local", model="qwen2.5-coder-1.5b", n_parallel=4)
 
 
-async def test_sql_greedy_answers_the_quick_start_question(store, qwen):
-    task = {"question": "Which customer spent the most on orders that were not cancelled?", "db": str(sample_db())}
-    result = await run("sql-greedy", task, store=store, models={"local": qwen})
+async def test_sql_repair_answers_the_quick_start_question(store, qwen):
+    task = {"question": "Which three products sold the most units in orders that were not cancelled?",
+            "db": str(sample_db())}
+    result = await run("sql-repair", task, store=store, models={"local": qwen})
     rows, sql = result.state.get("rows") or [], result.state.get("sql")
     assert rows, f"no rows: stop {result.stop_reason}, sql {sql!r}, fallbacks {result.fallbacks}"
-    assert rows[0][0] == "Bram de Vries", sql
+    assert {row[0] for row in rows[:3]} == {"Pour-over kettle", "Filter beans 500g", "Earl Grey 250g"}, sql
     assert verify_run(store, result.run_id).ok
 
 
