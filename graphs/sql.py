@@ -98,9 +98,7 @@ class SqlState(TypedDict, total=False):
     rows: list[list[Any]]
     answer: str | None
     stop_reason: str
-    refused_sql: str | None
     approved_sql: str | None
-    error: str | None
 
 
 def _as_result(candidate: dict[str, Any]) -> ExecResult:
