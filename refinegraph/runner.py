@@ -82,16 +82,7 @@ def default_store(config: Config | None = None) -> BaseTraceStore:
     """The store runs are recorded in: REFINEGRAPH_TRACE_STORE, else the config's [trace]
     store, else $REFINEGRAPH_HOME/traces.sqlite."""
     settings = (config or Config()).trace
-    location = settings.location()
-    if location.startswith(("postgresql://", "postgres://")):
-        from refinegraph.trace.postgres import PostgresTraceStore
-
-        return PostgresTraceStore(location, schema=settings.schema_)
-    if "://" not in location and settings.synchronous != "NORMAL":
-        from refinegraph.trace.store import TraceStore
-
-        return TraceStore(location, synchronous=settings.synchronous)
-    return open_store(location)
+    return open_store(settings.location(), schema=settings.schema_, synchronous=settings.synchronous)
 
 
 _shared: dict[tuple[int, str, str, str], BaseTraceStore] = {}

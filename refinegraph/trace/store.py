@@ -465,19 +465,20 @@ def _listing_update(listing: dict[str, Any]) -> tuple[str, tuple]:
             (*(listing[c] for c in columns), listing["run_id"]))
 
 
-def open_store(location: str | Path) -> BaseTraceStore:
-    """The trace store at `location`: `postgresql://...` (or `postgres://`), `sqlite:///path`,
-    or a file path (SQLite)."""
+def open_store(location: str | Path, *, schema: str = "refinegraph", synchronous: str = "NORMAL") -> BaseTraceStore:
+    """The trace store at `location`: `postgresql://...` (or `postgres://`; in `schema` unless
+    the URL sets a search path), `sqlite:///path`, or a file path (SQLite, committing with
+    `synchronous`)."""
     text = str(location)
     if text.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
         from refinegraph.trace.postgres import PostgresTraceStore
 
-        return PostgresTraceStore(text)
+        return PostgresTraceStore(text, schema=schema)
     if text.startswith("sqlite:"):  # as SQLAlchemy writes it: sqlite:///relative.db, sqlite:////abs/path.db
         if not text.startswith("sqlite:///") or len(text) == len("sqlite:///"):
             raise TraceStoreError(f"{text!r}: a SQLite store URL is sqlite:///relative/path or sqlite:////abs/path")
         text = text[len("sqlite:///"):]
-    return TraceStore(text)
+    return TraceStore(text, synchronous=synchronous)
 
 
 def seal_batch(run_id: str, seq: int, sealed_hash: str, status: str, stop_reason: str,
