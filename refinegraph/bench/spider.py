@@ -12,6 +12,7 @@ default the data's own.
 from __future__ import annotations
 
 import json
+import random
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -57,6 +58,26 @@ def load_questions(data_dir: Path, *, split_file: str = "dev.json", limit: int |
         questions.append(Question(index, item["db_id"], item["question"], item.get("query") or item["SQL"],
                                   str(db_path), item.get("evidence", ""), item.get("difficulty", "")))
     return questions
+
+
+def sample_questions(questions: list[Question], size: int, seed: int) -> list[Question]:
+    """`size` questions drawn with `seed`, every database represented: one question of each
+    database first (while size allows), the rest in proportion to each database's share, so a
+    small sample still covers the whole schema spread and the same seed gives the same set."""
+    if size >= len(questions):
+        return list(questions)
+    rng = random.Random(seed)
+    by_db: dict[str, list[Question]] = {}
+    for q in questions:
+        by_db.setdefault(q.db_id, []).append(q)
+    for group in by_db.values():
+        rng.shuffle(group)
+    dbs = sorted(by_db)
+    rng.shuffle(dbs)
+    chosen = [by_db[db].pop() for db in dbs[:size]]
+    rest = [q for db in sorted(by_db) for q in by_db[db]]
+    chosen += rng.sample(rest, size - len(chosen))
+    return sorted(chosen, key=lambda q: q.index)
 
 
 @dataclass

@@ -213,6 +213,9 @@ def spider_cmd(
     data: Path = typer.Option(..., "--data", help="Spider or BIRD folder (dev.json + database/)."),
     graphs: str = typer.Option("sql-greedy,sql-sc,csc-sql", "--graphs", help="Comma-separated SQL graphs."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="The first N questions."),
+    sample: int | None = typer.Option(None, "--sample", min=1,
+                                      help="N questions drawn with --seed, every database represented."),
+    seed: int = typer.Option(0, "--seed", help="The seed of --sample."),
     model: str | None = typer.Option(None, "--model", help="Configured model for every role."),
     config: Path | None = typer.Option(None, "--config", help="TOML config."),
     budget_tokens: int | None = typer.Option(6000, "--budget-tokens", min=1,
@@ -243,7 +246,7 @@ def spider_cmd(
     from refinegraph.bench.common import check_live_roles
     from refinegraph.bench.pool import POOL_MAX_TOKENS
     from refinegraph.bench.report import command_line
-    from refinegraph.bench.spider import answer, load_questions, plot, summarize, write_outcomes
+    from refinegraph.bench.spider import answer, load_questions, plot, sample_questions, summarize, write_outcomes
     from refinegraph.bench.spider_metric import GoldFailed, check_golds, check_metric, layout_metric
     from refinegraph.cli.app import _params
     from refinegraph.config import ConfigError, ModelSpec, load_config
@@ -252,7 +255,11 @@ def spider_cmd(
     selection: dict | None = None
     try:
         chosen_metric = check_metric(metric) if metric else layout_metric(data)
+        if sample is not None and limit is not None:
+            raise ValueError("give --limit or --sample, not both")
         questions = load_questions(data, limit=limit)
+        if sample is not None:
+            questions = sample_questions(questions, sample, seed)
         check_golds(questions, chosen_metric)
         cfg = load_config(config)
         if model:
@@ -289,7 +296,8 @@ def spider_cmd(
 
     solver = cfg.model_for_role("solver")
     try:
-        journal = Journal(out_dir, {"benchmark": "spider", "data": str(data.resolve()), "questions": len(questions),
+        journal = Journal(out_dir, {"benchmark": "spider", "data": data.resolve().name,
+                                    "questions": [q.index for q in questions] if sample else len(questions),
                                     "methods": methods, "budget_tokens": budget_tokens, "params": params,
                                     "model": solver, "model_spec": cfg.models[solver].model_dump(),
                                     "pool": str(pool) if pool else None, "metric": chosen_metric}, Outcome)

@@ -139,7 +139,7 @@ def gsm8k_cmd(
     from refinegraph.bench.journal import Journal, JournalMismatch
 
     try:
-        journal = Journal(out_dir, {"benchmark": "gsm8k", "data": str(data.resolve()) if data else "GSM8K test",
+        journal = Journal(out_dir, {"benchmark": "gsm8k", "data": data.resolve().name if data else "GSM8K test",
                                     "questions": len(questions), "methods": methods, "budget_tokens": budget_tokens,
                                     "params": applied, "model": cfg.model_for_role("solver"),
                                     "model_spec": cfg.models[cfg.model_for_role("solver")].model_dump()}, Outcome)
@@ -175,6 +175,78 @@ def gsm8k_cmd(
         ("acc per 1k tokens", lambda r: "-" if r["accuracy_per_1k_tokens"] is None
          else f"{r['accuracy_per_1k_tokens']:.3f}"),
         ("errors", lambda r: str(r["errors"]))])
+    plot_note = picture or "(no plot: pip install matplotlib)"
+    out.print(f"report: {out_dir}/summary.json {out_dir}/questions.jsonl {plot_note}", highlight=False)
+
+
+@app.command("humaneval")
+def humaneval_cmd(
+    sample: int | None = typer.Option(None, "--sample", min=1, help="N problems drawn with --seed (default: all)."),
+    seed: int = typer.Option(0, "--seed", help="The seed of --sample."),
+    methods_arg: str = typer.Option("greedy,code-filter", "--methods",
+                                    help="greedy (one program, temperature 0) and/or code-filter (n programs, "
+                                         "the first passing the docstring's examples)."),
+    model: str | None = typer.Option(None, "--model", help="Configured model for every role."),
+    config: Path | None = typer.Option(None, "--config", help="TOML config."),
+    budget_tokens: int = typer.Option(3000, "--budget", min=1, help="Token budget per problem, every method."),
+    concurrency: int = typer.Option(1, "--concurrency", min=1, help="Runs at once."),
+    param: list[str] = typer.Option([], "--param", "-p", help="code-filter parameter KEY=VALUE for every method."),
+    data: Path | None = typer.Option(None, "--data", help="A HumanEval-format jsonl(.gz), not the installed one."),
+    out_dir: Path = typer.Option(Path("bench-reports/humaneval"), "--out", help="Report folder."),
+) -> None:
+    """HumanEval pass@1 of one greedy program against code-filter, scored on the hidden tests."""
+    from refinegraph.bench.common import plot, summarize, write_outcomes
+    from refinegraph.bench.humaneval import METHODS, Outcome, answer, load_problems
+    from refinegraph.bench.journal import Journal, JournalMismatch
+    from refinegraph.cli.app import _params
+    from refinegraph.config import ConfigError, load_config
+    from refinegraph.tools.code.bwrap import find_bwrap
+
+    methods = _methods(methods_arg)
+    try:
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
+        if find_bwrap() is None:
+            raise ValueError("HumanEval runs model-written programs, only under bubblewrap: install it "
+                             "(apt-get install bubblewrap)")
+        problems = load_problems(data, sample=sample, seed=seed)
+        cfg = load_config(config)
+        if model:
+            cfg = cfg.with_model(model)
+        params = _params(param)
+        solver = cfg.model_for_role("solver")
+        journal = Journal(out_dir, {"benchmark": "humaneval", "data": data.resolve().name if data else "HumanEval",
+                                    "problems": [p.index for p in problems], "methods": methods,
+                                    "budget_tokens": budget_tokens, "params": params, "model": solver,
+                                    "model_spec": cfg.models[solver].model_dump()}, Outcome)
+    except (FileNotFoundError, ValueError, ConfigError, JournalMismatch) as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(2) from exc
+    jobs = journal.pending([(p, m) for p in problems for m in methods])
+    if len(jobs) < len(problems) * len(methods):
+        err.print(f"resuming {out_dir}: {len(problems) * len(methods) - len(jobs)} done, {len(jobs)} to go",
+                  highlight=False)
+
+    async def scored(problem: Any, method: str) -> Any:
+        outcome = await answer(problem, method, cfg, params, budget_tokens)
+        journal.record(outcome)
+        return outcome
+
+    _run_all("humaneval", jobs, concurrency, scored)
+    outcomes = journal.outcomes(methods)
+    summary = summarize(outcomes, methods, score="pass_at_1")
+    write_outcomes(out_dir, outcomes)
+    title = (f"{data.name if data else 'HumanEval'}: {len(problems)} problems, model {solver}, "
+             f"budget {budget_tokens} tokens/problem")
+    picture = plot(out_dir, summary, title, y="pass_at_1", ylabel="pass@1, hidden tests (%)")
+    report = {"title": title, "problems": len(problems), "methods": methods, "budget_tokens": budget_tokens,
+              "model": solver, "params": params, "summary": summary}
+    (out_dir / "summary.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    _table(title, summary, [
+        ("method", lambda r: r["method"]), ("pass@1", lambda r: f"{100 * r['pass_at_1']:.1f}%"),
+        ("mean tokens", lambda r: f"{r['mean_tokens']:.0f}"), ("mean calls", lambda r: f"{r['mean_calls']:.2f}"),
+        ("s/problem", lambda r: f"{r['mean_seconds']:.1f}"), ("errors", lambda r: str(r["errors"]))])
     plot_note = picture or "(no plot: pip install matplotlib)"
     out.print(f"report: {out_dir}/summary.json {out_dir}/questions.jsonl {plot_note}", highlight=False)
 
