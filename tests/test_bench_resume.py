@@ -131,3 +131,32 @@ def test_a_stopped_spider_run_continues_where_it_was(tmp_path, monkeypatch):
     assert "2 done, 2 to go" in resumed.output
     summary = json.loads((out_dir / "summary.json").read_text())
     assert summary["summary"][0]["questions"] == 4 and summary["summary"][0]["ex"] == 1.0
+
+
+def test_a_spider_run_takes_more_methods_into_the_same_folder(tmp_path, monkeypatch):
+    """A long live benchmark grows one method at a time: adding sql-repair to a finished
+    sql-greedy folder runs only sql-repair's jobs and reports both."""
+    data, out_dir = spider_folder(tmp_path), tmp_path / "report"
+    asked: list[str] = []
+
+    def respond(messages):
+        asked.append(messages[-1]["content"])
+        return "```sql\nSELECT COUNT(*) FROM customer\n```"
+
+    monkeypatch.setattr("refinegraph.runner.build_model", lambda name, spec: ScriptedModel(respond, name=name))
+
+    def bench(graphs: str):
+        return CliRunner().invoke(app, ["bench", "spider", "--data", str(data), "--graphs", graphs,
+                                        "--sample", "3", "--seed", "1", "--out", str(out_dir)])
+
+    assert bench("sql-greedy").exit_code == 0
+    calls = len(asked)
+    grown = bench("sql-greedy,sql-repair")
+    assert grown.exit_code == 0, grown.output
+    assert "3 done, 3 to go" in grown.output and len(asked) > calls
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert [row["method"] for row in summary["summary"]] == ["sql-greedy", "sql-repair"]
+    assert [row["questions"] for row in summary["summary"]] == [3, 3]
+    other_sample = CliRunner().invoke(app, ["bench", "spider", "--data", str(data), "--graphs", "sql-greedy",
+                                            "--sample", "3", "--seed", "2", "--out", str(out_dir)])
+    assert other_sample.exit_code == 2 and "other settings (questions" in other_sample.output

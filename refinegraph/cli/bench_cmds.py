@@ -298,9 +298,9 @@ def spider_cmd(
     try:
         journal = Journal(out_dir, {"benchmark": "spider", "data": data.resolve().name,
                                     "questions": [q.index for q in questions] if sample else len(questions),
-                                    "methods": methods, "budget_tokens": budget_tokens, "params": params,
+                                    "budget_tokens": budget_tokens, "params": params,
                                     "model": solver, "model_spec": cfg.models[solver].model_dump(),
-                                    "pool": str(pool) if pool else None, "metric": chosen_metric}, Outcome)
+                                    "pool": pool.name if pool else None, "metric": chosen_metric}, Outcome)
     except JournalMismatch as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from exc
