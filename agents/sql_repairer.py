@@ -2,6 +2,13 @@
 database's error and the statement, for up to `max_repairs` rounds, before it counts as
 failed (the execution feedback of DIN-SQL and MAC-SQL).
 
+The prompt lists, under the error, the tables the failed query names with their real
+columns (tools.sql.query_tables_hint): the full schema is there too, but a small model
+repeats `T2.MakeId` until the one table's columns are in front of it. A round that writes
+back a statement it already tried is a fixed point at temperature 0: the next round samples
+at `REPEAT_TEMPERATURE` instead (recorded in the `repair` event and counted as the
+`repair_repeated` fallback).
+
 Each distinct failed statement is repaired once and the result shared by every candidate
 that had it (same prompt, same call: no reason to pay twice). Repairs run one after another,
 candidate order, so a replay makes the same calls in the same order. Each round is a
@@ -23,9 +30,16 @@ from refinegraph.events import Repair
 from refinegraph.prompts import load_prompt
 from refinegraph.tools.sql import connect
 from refinegraph.tools.sql.extract import extract_sql
+from refinegraph.tools.sql.schema import query_tables_hint
 
 ERROR_CHARS = 1000
 """How much of the database's error the prompt and the event keep."""
+REPEAT_TEMPERATURE = 0.7
+"""The temperature of a round after one that wrote back a statement already tried."""
+
+
+def _normalized(sql: str) -> str:
+    return " ".join(sql.split()).rstrip(";").lower()
 
 
 async def repair_sql(runtime: Runtime[RunContext], state: dict[str, Any], candidate: dict[str, Any], index: int,
@@ -35,22 +49,33 @@ async def repair_sql(runtime: Runtime[RunContext], state: dict[str, Any], candid
     params = state["params"]
     current = candidate
     rounds = 0
+    tried = {_normalized(current["sql"])}
+    temperature = 0.0
     while current["error_class"] and rounds < params["max_repairs"]:
         rounds += 1
         error = (current["error"] or "")[:ERROR_CHARS]
+        tables = query_tables_hint(db, current["sql"])
+        hint = f"\nThe tables this query names, with their columns:\n{tables}\n" if tables else ""
         messages = load_prompt("sql_repair").render(
             schema=state["schema"], question=state["question"], evidence=evidence_line(state),
-            dialect=state["dialect"], sql=current["sql"], error_class=current["error_class"], error=error)
-        samples = await ctx.sample("solver", messages, temperature=0.0, max_tokens=params["max_tokens"],
-                                   seed=params["seed"])
+            dialect=state["dialect"], sql=current["sql"], error_class=current["error_class"], error=error, hint=hint)
+        samples = await ctx.sample("solver", messages, temperature=temperature, max_tokens=params["max_tokens"],
+                                   seed=params["seed"] + rounds)
         repaired = extract_sql(samples.texts[0])
+        repeated = _normalized(repaired) in tried
+        tried.add(_normalized(repaired))
         result = await db.execute(repaired)
         record(runtime, index, result)
         record_as = summary(index, result)
         ctx.emit(Repair(candidate=index, candidates=shared, round=rounds, failed_sql=current["sql"][:SQL_RECORD_CHARS],
                         failed_error_class=current["error_class"], failed_error=error,
                         repaired_sql=repaired[:SQL_RECORD_CHARS], error_class=result.error_class,
-                        error=(result.error or None) and result.error[:ERROR_CHARS], result_key=record_as["key"]))
+                        error=(result.error or None) and result.error[:ERROR_CHARS], result_key=record_as["key"],
+                        temperature=temperature, repeated=repeated))
+        if repeated and result.error_class:
+            ctx.fallback("repair_repeated", "the repair wrote back a statement already tried",
+                         f"round {rounds}: the next round samples at temperature {REPEAT_TEMPERATURE}")
+            temperature = REPEAT_TEMPERATURE
         current = {**record_as, "repaired_from": candidate["sql"], "repair_rounds": rounds}
     return current, rounds
 

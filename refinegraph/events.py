@@ -260,6 +260,10 @@ class Repair(Event):
     repaired_sql: str
     error_class: str | None = None
     error: str | None = None
+    temperature: float = 0.0
+    """The round's sampling temperature (above 0 after a round that repeated a tried statement)."""
+    repeated: bool = False
+    """The writer wrote back a statement this candidate had already tried."""
     result_key: str | None = None
 
 

@@ -74,7 +74,9 @@ async def test_repairs_stop_at_max_repairs(db, store, max_repairs):
     # each round answers the error of the statement before it
     assert [e["failed_sql"] for e in events] == [BROKEN, BROKEN_TOO, BROKEN][:max_repairs]
     assert result.model_calls == 1 + max_repairs
-    assert result.stop_reason == "no_valid_sql" and result.fallbacks == {"no_valid_sql": 1}
+    # from round 2 on, each writes back a statement this candidate already tried
+    repeats = {"repair_repeated": max_repairs - 1} if max_repairs > 1 else {}
+    assert result.stop_reason == "no_valid_sql" and result.fallbacks == {"no_valid_sql": 1, **repeats}
 
 
 async def test_repair_before_the_vote_changes_the_winner(db, store):
@@ -150,3 +152,25 @@ async def test_csc_with_repair_repairs_before_voting_then_merges(db, store):
     assert len(store.events(result.run_id, types={"repair"})) == 1
     assert result.state["rows"] == [[6]]
     assert (await replay(result.run_id, store=store)).model_calls == 0
+
+
+async def test_the_repair_prompt_lists_the_failed_querys_tables_with_their_columns(db, store):
+    """The live run on Spider (car_1) repeated `T2.MakeId` for two rounds with the whole
+    schema in the prompt: the failed query's own tables, alias by alias, are put under the error."""
+    aliased = "SELECT T1.nope FROM singer AS T1"
+    result = await run_sql("sql-repair", db, store, scripted([aliased], repairs=[COUNT]))
+    repair_call = store.events(result.run_id, types={"llm_call"})[1]
+    prompt = store.get_blob(repair_call["request_blob"])
+    user = prompt["messages"][-1]["content"] if isinstance(prompt, dict) else json.dumps(prompt)
+    assert "The tables this query names, with their columns:\nT1 = singer: singer_id, name, age" in user
+
+
+async def test_a_repair_that_writes_back_a_tried_statement_samples_warmer_next(db, store):
+    result = await run_sql("sql-repair", db, store, scripted([BROKEN], repairs=[BROKEN, COUNT]))
+    assert result.state["sql"] == COUNT
+    first, second = store.events(result.run_id, types={"repair"})
+    assert (first["repeated"], first["temperature"]) == (True, 0.0)
+    assert (second["repeated"], second["temperature"]) == (False, 0.7)
+    assert result.fallbacks.get("repair_repeated") == 1
+    calls = store.events(result.run_id, types={"llm_call"})
+    assert [c.get("temperature") for c in calls[1:]] in ([0.0, 0.7], [None, None])

@@ -23,7 +23,7 @@ from refinegraph.bench import common as _common
 from refinegraph.bench.spider_metric import Metric, correct_both
 from refinegraph.budget import Budget
 from refinegraph.config import Config
-from refinegraph.runner import RunFailed, run
+from refinegraph.runner import RunFailed, run, shared_store
 from refinegraph.tools.sql import connect
 
 
@@ -95,6 +95,11 @@ class Outcome:
     error: str | None = None
     correct_spider: bool = False
     correct_bird: bool = False
+    candidates: int = 0
+    failed_first: int = 0
+    """Candidates whose first execution failed."""
+    repaired: int = 0
+    """Of those, the ones a repair round made executable."""
 
 
 async def answer(question: Question, method: str, config: Config, params: dict[str, Any],
@@ -114,12 +119,36 @@ async def answer(question: Question, method: str, config: Config, params: dict[s
     both = correct_both(db.execute_sync, sql, question.gold)
     return Outcome(question.index, question.db_id, method, both[metric], sql, result.stop_reason,
                    result.usage["total_tokens"], result.model_calls, round(seconds, 3), result.run_id, error,
-                   both["spider"], both["bird"])
+                   both["spider"], both["bird"], **execution_counts(shared_store(config), result.run_id))
 
 
-summarize = partial(_common.summarize, score="ex", shares=("correct_spider", "correct_bird"))
-"""Per method: execution accuracy ("ex", the chosen metric), "ex_spider" and "ex_bird", mean
-tokens and calls per question, EX per 1k tokens."""
+def execution_counts(store: Any, run_id: str) -> dict[str, int]:
+    """From a run's trace: its candidates, those whose first execution failed, and of those
+    how many a repair round made executable (the last `repair` event answering each)."""
+    first: dict[int, dict[str, Any]] = {}
+    last_repair: dict[int, dict[str, Any]] = {}
+    for event in store.events(run_id, types={"sql_exec", "repair"}):
+        if event["type"] == "sql_exec":
+            first.setdefault(event["candidate"], event)
+        else:
+            for candidate in event.get("candidates") or [event["candidate"]]:
+                last_repair[candidate] = event
+    failed = [c for c, e in first.items() if e.get("error_class")]
+    return {"candidates": len(first), "failed_first": len(failed),
+            "repaired": sum(1 for c in failed if c in last_repair and not last_repair[c].get("error_class"))}
+
+
+def summarize(outcomes: list[Outcome], methods: list[str]) -> list[dict[str, Any]]:
+    """Per method: execution accuracy ("ex", the chosen metric), "ex_spider" and "ex_bird", mean
+    tokens and calls per question, EX per 1k tokens, and the candidates' execution counts."""
+    rows = _common.summarize(outcomes, methods, score="ex", shares=("correct_spider", "correct_bird"))
+    for row in rows:
+        mine = [o for o in outcomes if o.method == row["method"]]
+        for name in ("candidates", "failed_first", "repaired"):
+            row[name] = sum(getattr(o, name) for o in mine)
+    return rows
+
+
 plot = partial(_common.plot, y="ex", ylabel="execution accuracy (%)")
 """accuracy.png: execution accuracy against mean tokens per question, one point a method."""
 write_outcomes = _common.write_outcomes

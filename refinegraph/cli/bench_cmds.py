@@ -349,6 +349,10 @@ def spider_cmd(
                       f"{row['ex_per_1k_tokens']:.3f}" if row["ex_per_1k_tokens"] is not None else "-",
                       str(row["errors"]))
     out.print(table)
+    for row in summary:
+        if row.get("failed_first"):
+            out.print(f"{row['method']}: {row['failed_first']} of {row['candidates']} candidates failed to execute "
+                      f"at first; repairs made {row['repaired']} of them executable", highlight=False)
     if selection is not None and selection.get("offline"):
         offline = selection["offline"]
         out.print(f"recorded systems on these questions ({chosen_metric} metric): best single "

@@ -97,6 +97,38 @@ def _samples(db: Database, table: str, column: str, k: int) -> list[str]:
     return [repr(r[0]) if isinstance(r[0], str) else str(r[0]) for r in rows]
 
 
+def list_tables(db: Database) -> list[Table]:
+    """Every table of the database with its columns and keys, as the prompts describe them."""
+    return _sqlite_tables(db) if db.engine == "sqlite" else _catalog_tables(db)
+
+
+def query_tables_hint(db: Database, sql: str) -> str:
+    """One line per table the query names: its alias, its name and its real columns, e.g.
+    `T2 = cars_data: Id, MPG, Weight`. A failed query's tables in focus help a small model
+    see that `T2.MakeId` is not there; "" when the query does not parse or names no known table."""
+    import sqlglot
+    from sqlglot import exp
+    from sqlglot.errors import SqlglotError
+
+    try:
+        tree = sqlglot.parse_one(sql, read=db.dialect)
+    except SqlglotError:
+        return ""
+    if tree is None:
+        return ""
+    known = {t.name.lower(): t for t in list_tables(db)}
+    lines, seen = [], set()
+    for node in tree.find_all(exp.Table):
+        table = known.get(node.name.lower())
+        key = (node.alias_or_name.lower(), node.name.lower())
+        if table is None or key in seen:
+            continue
+        seen.add(key)
+        label = f"{node.alias} = {table.name}" if node.alias else table.name
+        lines.append(f"{label}: {', '.join(c.name for c in table.columns)}")
+    return "\n".join(lines)
+
+
 def serialize_schema(db: Database, *, tables: list[str] | None = None,
                      columns: dict[str, list[str]] | None = None, samples: int = 3) -> str:
     """CREATE TABLE statements (keys included) with `samples` example values per column.
@@ -104,7 +136,7 @@ def serialize_schema(db: Database, *, tables: list[str] | None = None,
     `tables` keeps only those tables; `columns` keeps only those columns of a table
     (key columns are always kept, so joins stay visible).
     """
-    found = _sqlite_tables(db) if db.engine == "sqlite" else _catalog_tables(db)
+    found = list_tables(db)
     wanted = {t.lower() for t in tables} if tables else None
     keep = {t.lower(): {c.lower() for c in cols} for t, cols in (columns or {}).items()}
     blocks = []
