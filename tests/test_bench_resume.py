@@ -160,3 +160,22 @@ def test_a_spider_run_takes_more_methods_into_the_same_folder(tmp_path, monkeypa
     other_sample = CliRunner().invoke(app, ["bench", "spider", "--data", str(data), "--graphs", "sql-greedy",
                                             "--sample", "3", "--seed", "2", "--out", str(out_dir)])
     assert other_sample.exit_code == 2 and "other settings (questions" in other_sample.output
+
+
+def test_a_folder_begun_on_one_default_local_model_refuses_another(tmp_path, monkeypatch):
+    """The local backend's default depends on what is installed: the journal records the
+    model it resolved to, so a machine without Qwen's parts cannot finish a Qwen folder on SmolLM2."""
+    data, out_dir = spider_folder(tmp_path), tmp_path / "report"
+    monkeypatch.setattr("refinegraph.runner.build_model", lambda name, spec: ScriptedModel(
+        lambda messages: "```sql\nSELECT COUNT(*) FROM customer\n```", name=name))
+
+    def bench(local_model: str):
+        monkeypatch.setenv("REFINEGRAPH_LOCAL_MODEL", local_model)
+        return CliRunner().invoke(app, ["bench", "spider", "--data", str(data), "--graphs", "sql-greedy",
+                                        "--limit", "1", "--out", str(out_dir)])
+
+    assert bench("qwen2.5-coder-1.5b").exit_code == 0
+    settings = json.loads((out_dir / "progress-settings.json").read_text())
+    assert settings["model_spec"]["model"] == "qwen2.5-coder-1.5b"
+    other = bench("smollm2-135m")
+    assert other.exit_code == 2 and "other settings (model_spec" in other.output

@@ -95,3 +95,16 @@ class Journal:
         """Every finished outcome, by question then method order (as a run from scratch gives)."""
         order = {m: i for i, m in enumerate(methods)}
         return sorted(self.done, key=lambda o: (o.question, order.get(o.method, len(order))))
+
+
+def model_identity(spec: Any) -> dict[str, Any]:
+    """A model's settings as a journal compares them, with the local backend's default
+    resolved to the packaged model it means today: a folder begun on Qwen must not be
+    finished on SmolLM2 because the machine that resumes it lacks Qwen's parts."""
+    identity = spec.model_dump()
+    if spec.backend == "local" and not spec.model and not spec.model_path:
+        from refinegraph.models.packaged import default_model_name
+
+        identity["model"] = default_model_name()
+    return identity
+

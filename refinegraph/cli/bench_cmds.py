@@ -291,7 +291,7 @@ def spider_cmd(
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from exc
 
-    from refinegraph.bench.journal import Journal, JournalMismatch
+    from refinegraph.bench.journal import Journal, JournalMismatch, model_identity
     from refinegraph.bench.spider import Outcome
 
     solver = cfg.model_for_role("solver")
@@ -299,7 +299,7 @@ def spider_cmd(
         journal = Journal(out_dir, {"benchmark": "spider", "data": data.resolve().name,
                                     "questions": [q.index for q in questions] if sample else len(questions),
                                     "budget_tokens": budget_tokens, "params": params,
-                                    "model": solver, "model_spec": cfg.models[solver].model_dump(),
+                                    "model": solver, "model_spec": model_identity(cfg.models[solver]),
                                     "pool": pool.name if pool else None, "metric": chosen_metric}, Outcome)
     except JournalMismatch as exc:
         err.print(f"error: {exc}", markup=False)
@@ -351,8 +351,10 @@ def spider_cmd(
     out.print(table)
     for row in summary:
         if row.get("failed_first"):
+            repairs = (f"; repairs made {row['repaired']} of them executable"
+                       if row["method"] == "sql-repair" or params.get("repair") else "")
             out.print(f"{row['method']}: {row['failed_first']} of {row['candidates']} candidates failed to execute "
-                      f"at first; repairs made {row['repaired']} of them executable", highlight=False)
+                      f"at first{repairs}", highlight=False)
     if selection is not None and selection.get("offline"):
         offline = selection["offline"]
         out.print(f"recorded systems on these questions ({chosen_metric} metric): best single "

@@ -136,13 +136,13 @@ def gsm8k_cmd(
         raise typer.Exit(2) from exc
 
     from refinegraph.bench.gsm8k import Outcome
-    from refinegraph.bench.journal import Journal, JournalMismatch
+    from refinegraph.bench.journal import Journal, JournalMismatch, model_identity
 
     try:
         journal = Journal(out_dir, {"benchmark": "gsm8k", "data": data.resolve().name if data else "GSM8K test",
                                     "questions": len(questions), "methods": methods, "budget_tokens": budget_tokens,
                                     "params": applied, "model": cfg.model_for_role("solver"),
-                                    "model_spec": cfg.models[cfg.model_for_role("solver")].model_dump()}, Outcome)
+                                    "model_spec": model_identity(cfg.models[cfg.model_for_role("solver")])}, Outcome)
     except JournalMismatch as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from exc
@@ -197,7 +197,7 @@ def humaneval_cmd(
     """HumanEval pass@1 of one greedy program against code-filter, scored on the hidden tests."""
     from refinegraph.bench.common import plot, summarize, write_outcomes
     from refinegraph.bench.humaneval import METHODS, Outcome, answer, load_problems
-    from refinegraph.bench.journal import Journal, JournalMismatch
+    from refinegraph.bench.journal import Journal, JournalMismatch, model_identity
     from refinegraph.cli.app import _params
     from refinegraph.config import ConfigError, load_config
     from refinegraph.tools.code.bwrap import find_bwrap
@@ -219,7 +219,7 @@ def humaneval_cmd(
         journal = Journal(out_dir, {"benchmark": "humaneval", "data": data.resolve().name if data else "HumanEval",
                                     "problems": [p.index for p in problems], "methods": methods,
                                     "budget_tokens": budget_tokens, "params": params, "model": solver,
-                                    "model_spec": cfg.models[solver].model_dump()}, Outcome)
+                                    "model_spec": model_identity(cfg.models[solver])}, Outcome)
     except (FileNotFoundError, ValueError, ConfigError, JournalMismatch) as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from exc
