@@ -24,6 +24,16 @@ SETTINGS = "progress-settings.json"
 T = TypeVar("T")
 
 
+METHODS_KEY = "methods"
+"""The settings file's section of per-method settings, which a folder may gain."""
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
 class JournalMismatch(ValueError):
     """The output folder holds a run of other settings: resuming it would mix two benchmarks."""
 
@@ -31,23 +41,34 @@ class JournalMismatch(ValueError):
 class Journal:
     """The outcomes a benchmark has finished in `out_dir`, and the appending of new ones."""
 
-    def __init__(self, out_dir: Path, settings: dict[str, Any], outcome_type: type[T]):
+    def __init__(self, out_dir: Path, settings: dict[str, Any], outcome_type: type[T],
+                 methods: dict[str, Any] | None = None):
+        """`settings` must match the folder's; `methods` (each method's own settings, e.g. its
+        params) may grow: a method new to the folder is added, a known one must match."""
         self.out_dir = Path(out_dir)
         self.outcome_type = outcome_type
         self.settings = json.loads(json.dumps(settings, default=str))
+        methods = json.loads(json.dumps(methods or {}, default=str))
         self.out_dir.mkdir(parents=True, exist_ok=True)
         settings_path = self.out_dir / SETTINGS
         if settings_path.is_file():
             recorded = json.loads(settings_path.read_text(encoding="utf-8"))
+            known = recorded.pop(METHODS_KEY, {})
             differ = sorted(k for k in recorded.keys() | self.settings.keys()
                             if recorded.get(k) != self.settings.get(k))
+            differ += sorted(f"{METHODS_KEY}.{m}" for m in methods if m in known and known[m] != methods[m])
             if differ:
+                now = {**self.settings, **{f"{METHODS_KEY}.{m}": v for m, v in methods.items()}}
+                before = {**recorded, **{f"{METHODS_KEY}.{m}": v for m, v in known.items()}}
                 raise JournalMismatch(
                     f"{self.out_dir} holds a run with other settings ({', '.join(differ)}: "
-                    f"{ {k: recorded.get(k) for k in differ} } there, { {k: self.settings.get(k) for k in differ} } "
+                    f"{ {k: before.get(k) for k in differ} } there, { {k: now.get(k) for k in differ} } "
                     "now); give another --out folder, or remove that one to start again")
-        else:
-            settings_path.write_text(json.dumps(self.settings, indent=2) + "\n", encoding="utf-8")
+            methods = {**known, **methods}
+        if methods:
+            self.settings[METHODS_KEY] = methods
+        _write_atomically(settings_path, json.dumps(self.settings, indent=2) + "\n")
+        self.settings.pop(METHODS_KEY, None)
         self.done: list[Any] = self._read()
 
     def _read(self) -> list[Any]:

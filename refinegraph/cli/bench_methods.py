@@ -140,9 +140,10 @@ def gsm8k_cmd(
 
     try:
         journal = Journal(out_dir, {"benchmark": "gsm8k", "data": data.resolve().name if data else "GSM8K test",
-                                    "questions": len(questions), "methods": methods, "budget_tokens": budget_tokens,
-                                    "params": applied, "model": cfg.model_for_role("solver"),
-                                    "model_spec": model_identity(cfg.models[cfg.model_for_role("solver")])}, Outcome)
+                                    "questions": len(questions), "budget_tokens": budget_tokens,
+                                    "model": cfg.model_for_role("solver"),
+                                    "model_spec": model_identity(cfg.models[cfg.model_for_role("solver")])}, Outcome,
+                          methods=applied)
     except JournalMismatch as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from exc
@@ -217,9 +218,10 @@ def humaneval_cmd(
         params = _params(param)
         solver = cfg.model_for_role("solver")
         journal = Journal(out_dir, {"benchmark": "humaneval", "data": data.resolve().name if data else "HumanEval",
-                                    "problems": [p.index for p in problems], "methods": methods,
+                                    "problems": [p.index for p in problems],
                                     "budget_tokens": budget_tokens, "params": params, "model": solver,
-                                    "model_spec": model_identity(cfg.models[solver])}, Outcome)
+                                    "model_spec": model_identity(cfg.models[solver])}, Outcome,
+                          methods={m: METHODS[m] for m in methods})
     except (FileNotFoundError, ValueError, ConfigError, JournalMismatch) as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from exc
