@@ -8,8 +8,9 @@ import secrets
 import sqlite3
 from collections.abc import Callable
 from functools import cache
+from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import pytest
 
@@ -18,8 +19,11 @@ from refinegraph.bench.stub_server import role_of
 from refinegraph.models import ScriptedModel
 from refinegraph.trace.store import SQLITE_SCHEMA, BaseTraceStore, _statements
 
+from data_paths import unpack_pool
+from needs import DEFAULT_PG_DSN, needs, pytest_terminal_summary  # noqa: F401 - the skip summary is a hook
+
 STORE_KINDS = ("sqlite", "postgres")
-DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+PG_CONNECT_TIMEOUT_S = 2
 
 
 def pytest_configure(config):
@@ -37,17 +41,60 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("store_kind", STORE_KINDS, indirect=True)
 
 
-@cache
-def pg_dsn() -> str | None:
-    """REFINEGRAPH_PG_DSN, else the local test server when it answers; None when none does."""
-    dsn = os.environ.get("REFINEGRAPH_PG_DSN") or DEFAULT_PG_DSN
+def without_password(dsn: str) -> str:
+    """The DSN as a skip reason may show it: any password replaced by ***."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+
+
+def probe_postgres(configured: str | None, default: str = DEFAULT_PG_DSN) -> tuple[str, str | None]:
+    """The DSN the PostgreSQL tests use (`configured`, i.e. REFINEGRAPH_PG_DSN, else `default`)
+    and why no server answers there, as a skip reason; None when one does."""
+    dsn = configured or default
+    shown = without_password(dsn)
+    where = f"REFINEGRAPH_PG_DSN={shown}" if configured else f"{shown} (REFINEGRAPH_PG_DSN is unset; its default)"
     try:
         import psycopg
+    except ImportError:
+        return dsn, needs("PostgreSQL", "psycopg is not installed (the dev extra installs it)")
+    try:
+        psycopg.connect(dsn, connect_timeout=PG_CONNECT_TIMEOUT_S).close()
+    except psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return dsn, needs("PostgreSQL", f"no server answers at {where}: {first}; set REFINEGRAPH_PG_DSN")
+    return dsn, None
 
-        psycopg.connect(dsn, connect_timeout=3).close()
-    except Exception:  # noqa: BLE001 - any failure means no server for these tests: they skip, saying so
-        return None
+
+@cache
+def _postgres() -> tuple[str, str | None]:
+    """probe_postgres of this session's REFINEGRAPH_PG_DSN, asked once."""
+    return probe_postgres(os.environ.get("REFINEGRAPH_PG_DSN"))
+
+
+def pg_dsn() -> str | None:
+    """REFINEGRAPH_PG_DSN, else the local test server, when a server answers there; else None."""
+    dsn, problem = _postgres()
+    return None if problem else dsn
+
+
+def require_pg() -> str:
+    """pg_dsn(), or skip the test with the reason (what was tried, and REFINEGRAPH_PG_DSN)."""
+    dsn, problem = _postgres()
+    if problem:
+        pytest.skip(problem)
     return dsn
+
+
+@pytest.fixture(scope="session")
+def pools(tmp_path_factory) -> Path:
+    """A folder with the stored pools (tests/data/pools) unpacked: date_faithfulcot.jsonl
+    and gsm8k_faithfulcot.jsonl."""
+    folder = tmp_path_factory.mktemp("pools")
+    for name in ("date_faithfulcot", "gsm8k_faithfulcot"):
+        unpack_pool(name, folder)
+    return folder
 
 
 @pytest.fixture(autouse=True)
@@ -137,9 +184,8 @@ class Stores:
 def store_kind(request) -> str:
     """sqlite, or postgres in modules marked both_stores (skipped without a server)."""
     kind = getattr(request, "param", "sqlite")
-    if kind == "postgres" and pg_dsn() is None:
-        pytest.skip(f"no PostgreSQL answers at REFINEGRAPH_PG_DSN or {DEFAULT_PG_DSN}: set REFINEGRAPH_PG_DSN "
-                    "to a database where the tests may create schemas to run the PostgreSQL store's tests")
+    if kind == "postgres":
+        require_pg()
     return kind
 
 

@@ -22,8 +22,6 @@ from refinegraph.graphs.allocation import (
 )
 from refinegraph.models import PoolModel, ScriptedModel
 
-DATE_POOL = Path(__file__).resolve().parents[2] / "shared" / "data" / "pools" / "date_faithfulcot.jsonl"
-
 keys_strategy = st.lists(st.sampled_from(["a", "b", "c", None]), min_size=0, max_size=24)
 recorded_strategy = st.lists(keys_strategy, min_size=1, max_size=8)
 
@@ -193,9 +191,9 @@ async def test_pool_model_sampler_and_traced_runs_match_the_offline_replay(tmp_p
     assert offline.answers == ["01/02/2020", "03/04/2021", "05/07/2022"]
 
 
-@pytest.mark.skipif(not DATE_POOL.is_file(), reason=f"shared Date pool absent: {DATE_POOL}")
-def test_bench_allocation_on_the_date_pool(tmp_path):
-    result = CliRunner().invoke(app, ["bench", "allocation", "--pool", str(DATE_POOL), "--source",
+def test_bench_allocation_on_the_date_pool(tmp_path, pools):
+    pool = pools / "date_faithfulcot.jsonl"
+    result = CliRunner().invoke(app, ["bench", "allocation", "--pool", str(pool), "--source",
                                       "code-davinci-002/ltm-x40", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "report.json").read_text())

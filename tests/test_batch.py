@@ -18,6 +18,7 @@ from refinegraph.trace.store import TraceStore
 from refinegraph.trace.verify import verify_run
 
 from conftest import role_of, verdict
+from needs import needs
 
 CALLS_PER_RUN = 4  # self-refine below: solve, critique (revise), refine, critique (done)
 
@@ -326,7 +327,8 @@ def test_bench_batch_is_a_command():
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray = pytest.importorskip("ray", reason="the ray executor needs `pip install 'refinegraph[ray]'`")
+    ray = pytest.importorskip("ray", reason=needs("an optional package", "the ray executor needs ray (the ray and "
+                                                                          "dev extras install it)"))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

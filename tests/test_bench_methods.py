@@ -1,6 +1,7 @@
 """`bench gsm8k`, `bench pool`, and a cross-check of our answer extraction on recorded outputs.
 
-Cross-check figures (tools.answers on the shared pools) against the published ones:
+Cross-check figures (tools.answers on the whole recorded pools of tests/data/pools) against
+the published ones:
 
 - Date, gpt-4/cot greedy: 97.8% (351/359), as expected.
 - Date, code-davinci-002/ltm-x40 majority of 40: 80.8% (290/359), not the expected 77.2%
@@ -40,9 +41,8 @@ from refinegraph.models import ScriptedModel
 from refinegraph.tools.answers import extract_date, extract_number, normalize_number
 from refinegraph.tools.voting import majority_vote
 
-POOLS = Path(__file__).resolve().parents[2] / "shared" / "data" / "pools"
-DATE, GSM8K = POOLS / "date_faithfulcot.jsonl", POOLS / "gsm8k_faithfulcot.jsonl"
-needs_pools = pytest.mark.skipif(not (DATE.is_file() and GSM8K.is_file()), reason=f"shared pools absent: {POOLS}")
+DATE, GSM8K = "date_faithfulcot.jsonl", "gsm8k_faithfulcot.jsonl"
+"""The stored pools' file names in the `pools` fixture's folder (tests/data/pools, unpacked)."""
 
 
 def entries(path: Path) -> list[dict]:
@@ -53,9 +53,8 @@ def percent(hits: int, total: int) -> float:
     return round(100 * hits / total, 1)
 
 
-@needs_pools
-def test_cross_check_date_pool():
-    date = entries(DATE)
+def test_cross_check_date_pool(pools):
+    date = entries(pools / DATE)
     assert len(date) == 359
     gpt4 = sum(extract_date(e["samples"]["gpt-4/cot"][0]) == e["gold"] for e in date)
     assert (gpt4, percent(gpt4, 359)) == (351, 97.8)
@@ -83,9 +82,8 @@ def test_cross_check_date_pool():
     assert "answer is 6/18/2019" in example and extract_date(example) == "06/18/2019" == date[176]["gold"]
 
 
-@needs_pools
-def test_cross_check_gsm8k_pool():
-    gsm = entries(GSM8K)
+def test_cross_check_gsm8k_pool(pools):
+    gsm = entries(pools / GSM8K)
     assert len(gsm) == 1319
     right = {source: [e["id"] for e in gsm if extract_number(e["samples"][source][0]) == normalize_number(e["gold"])]
              for source in ("gpt-4/cot", "gpt-3.5-turbo/cot")}
@@ -202,9 +200,9 @@ def expected_slice(path: Path, greedy_source_votes, extract) -> tuple[float, flo
     return greedy / 20, vote / 20
 
 
-@needs_pools
-@pytest.mark.parametrize("pool, figures", [(DATE, (0.55, 0.5, 40, 40)), (GSM8K, (0.85, 0.7, 1, 6))])
-def test_bench_pool_on_20_questions(tmp_path, pool, figures):
+@pytest.mark.parametrize("name, figures", [(DATE, (0.55, 0.5, 40, 40)), (GSM8K, (0.85, 0.7, 1, 6))])
+def test_bench_pool_on_20_questions(tmp_path, pools, name, figures):
+    pool = pools / name
     out_dir = tmp_path / "report"
     result = CliRunner().invoke(app, ["bench", "pool", "--pool", str(pool), "--limit", "20", "--graphs",
                                       "greedy,self-consistency,no-such-graph", "--out", str(out_dir)])
@@ -219,7 +217,7 @@ def test_bench_pool_on_20_questions(tmp_path, pool, figures):
     assert 0 < rows["greedy"]["mean_cost_usd"] < rows["self-consistency"]["mean_cost_usd"]
     assert rows["self-consistency"]["mean_tokens"] > rows["greedy"]["mean_tokens"] > 0
     # the same figures computed straight from the file
-    if pool == DATE:
+    if name == DATE:
         direct = expected_slice(pool, lambda e: e["samples"]["code-davinci-002/ltm-x40"], extract_date)
         assert summary["answer"] == "date"
     else:
@@ -237,7 +235,6 @@ def test_bench_pool_on_20_questions(tmp_path, pool, figures):
     assert rerun["accuracy"] == greedy and rerun["mean_cost_usd"] == rows["greedy"]["mean_cost_usd"]
 
 
-@needs_pools
 def test_example_configs_are_the_defaults():
     from refinegraph.bench.pool import default_config
     from refinegraph.config import load_config
@@ -245,20 +242,14 @@ def test_example_configs_are_the_defaults():
     root = Path(__file__).resolve().parents[1]
     for name, pool in (("date", DATE), ("gsm8k", GSM8K)):
         example = load_config(root / "examples" / "pools" / f"{name}.toml")
-        default, _ = default_config(Path("../shared/data/pools") / pool.name, name)
+        default, _ = default_config(Path("../shared/data/pools") / pool, name)
         assert example.models == default.models and example.roles == default.roles
     assert load_config(root / "examples" / "pools" / "gsm8k.toml").models["ensemble"].pool_sources[0] == "gpt-4/cot"
 
 
-@needs_pools
-def test_bench_pool_acar_routes_on_the_date_pool(tmp_path):
-    from refinegraph.registry import UnknownGraph, get_graph
-    try:
-        get_graph("acar")
-    except UnknownGraph:
-        pytest.skip("acar is not registered yet")
+def test_bench_pool_acar_routes_on_the_date_pool(tmp_path, pools):
     out_dir = tmp_path / "report"
-    result = CliRunner().invoke(app, ["bench", "pool", "--pool", str(DATE), "--limit", "20", "--graphs", "acar",
+    result = CliRunner().invoke(app, ["bench", "pool", "--pool", str(pools / DATE), "--limit", "20", "--graphs", "acar",
                                       "--out", str(out_dir)])
     assert result.exit_code == 0, result.output
     summary = json.loads((out_dir / "summary.json").read_text())

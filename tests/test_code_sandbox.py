@@ -37,8 +37,10 @@ from refinegraph.tools.code.bwrap import find_bwrap, probe
 from refinegraph.tools.code.identity import sandbox_identity
 from refinegraph.trace.verify import verify_run
 
+from needs import needs
+
 IDENTITY = sandbox_identity()
-pytestmark = pytest.mark.skipif(isinstance(IDENTITY, str), reason=f"no sandbox user: {IDENTITY}")
+pytestmark = pytest.mark.skipif(isinstance(IDENTITY, str), reason=needs("a sandbox user", str(IDENTITY)))
 
 
 def _bwrap_problem() -> str | None:
@@ -46,17 +48,17 @@ def _bwrap_problem() -> str | None:
         return IDENTITY
     bwrap = find_bwrap()
     if bwrap is None:
-        return "bubblewrap (bwrap) is not on the PATH; to run these tests install it (apt-get install bubblewrap)"
+        return "bwrap is not on the PATH"
     problem = probe(bwrap, IDENTITY)
     if problem is not None:
-        return (f"bwrap cannot start a sandbox here ({problem}); to run these tests allow unprivileged user "
-                "namespaces (sysctl kernel.unprivileged_userns_clone=1, or "
-                "kernel.apparmor_restrict_unprivileged_userns=0) or run them as root")
+        return (f"bwrap cannot start a sandbox here ({problem}): allow unprivileged user namespaces "
+                "(sysctl kernel.unprivileged_userns_clone=1, or kernel.apparmor_restrict_unprivileged_userns=0) "
+                "or run the tests as root")
     return None
 
 
 BWRAP_PROBLEM = _bwrap_problem()
-needs_bwrap = pytest.mark.skipif(BWRAP_PROBLEM is not None, reason=f"needs bubblewrap: {BWRAP_PROBLEM}")
+needs_bwrap = pytest.mark.skipif(BWRAP_PROBLEM is not None, reason=needs("bubblewrap", str(BWRAP_PROBLEM)))
 AVAILABLE = "auto" if BWRAP_PROBLEM is None else "rlimits"
 """For tests of what programs do, not of isolation: bubblewrap where it works, else rlimits by name."""
 BOTH = [pytest.param("strict", marks=needs_bwrap, id="bwrap"), pytest.param("rlimits", id="rlimits")]
@@ -250,7 +252,8 @@ def test_without_another_user_the_launcher_is_pid_1_of_its_own_namespace(shared_
     from refinegraph.tools.code import sandbox
     from refinegraph.tools.code.identity import Identity
     if sandbox._pid_namespace() is None:
-        pytest.skip("this kernel or user may not make a user and pid namespace (util-linux unshare)")
+        pytest.skip(needs("user namespaces", "this kernel or user may not make a user and pid namespace "
+                                              "(util-linux unshare)"))
     monkeypatch.setattr(sandbox, "sandbox_identity", lambda: Identity(os.getuid(), os.getgid(), IDENTITY.python,
                                                                       switch=False))
     target = Path(shared_folder) / "outlived.txt"

@@ -10,7 +10,10 @@ import json
 
 import pytest
 
-pytest.importorskip("opentelemetry.sdk", reason="the otel extra is not installed")
+from needs import needs
+
+pytest.importorskip("opentelemetry.sdk", reason=needs("an optional package", "opentelemetry-sdk is not installed "
+                                                                            "(the otel and dev extras install it)"))
 
 from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402

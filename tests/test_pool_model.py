@@ -13,8 +13,6 @@ from refinegraph.models import ModelError, PoolError, PoolModel, build_model
 from refinegraph.models.pool import estimate_tokens
 from refinegraph.trace.store import TraceWriter
 
-SHARED_GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "pools" / "gsm8k_faithfulcot.jsonl"
-
 
 @pytest.fixture
 def pool_file(tmp_path) -> Path:
@@ -65,10 +63,10 @@ def test_config_builds_a_pool_and_says_what_is_missing(pool_file, tmp_path):
         build_model("p", ModelSpec(backend="pool", pool_file=str(tmp_path / "none.jsonl")))
 
 
-@pytest.mark.skipif(not SHARED_GSM8K.is_file(), reason=f"shared GSM8K pool not at {SHARED_GSM8K}")
-async def test_real_gsm8k_pool():
-    model = PoolModel("gpt4", SHARED_GSM8K, ["gpt-4/cot"])
-    first = json.loads(SHARED_GSM8K.open().readline())
+async def test_real_gsm8k_pool(pools):
+    gsm8k = pools / "gsm8k_faithfulcot.jsonl"
+    model = PoolModel("gpt4", gsm8k, ["gpt-4/cot"])
+    first = json.loads(gsm8k.open().readline())
     samples = await model.sample(messages(first["question"]))
     assert "The answer is" in samples.texts[0]
 

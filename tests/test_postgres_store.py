@@ -33,11 +33,9 @@ def pg(make_store):
 
 @pytest.fixture
 def store_kind(request) -> str:
-    from conftest import DEFAULT_PG_DSN, pg_dsn
+    from conftest import require_pg
 
-    if pg_dsn() is None:
-        pytest.skip(f"no PostgreSQL answers at REFINEGRAPH_PG_DSN or {DEFAULT_PG_DSN}: set REFINEGRAPH_PG_DSN to run "
-                    "the PostgreSQL store's tests")
+    require_pg()
     return "postgres"
 
 

@@ -371,11 +371,9 @@ def needles_of(values: dict[str, str]) -> dict[str, str]:
 def test_cli_db_url_and_api_key_env_never_stored(secret_env, rg_home, tmp_path, caplog):
     """`refinegraph sql --db postgresql://user:PASSWORD@...` with a model whose key comes from
     api_key_env and whose server echoes it in an error: nothing of either is kept."""
-    from conftest import pg_dsn
+    from conftest import require_pg
 
-    PG_DSN = pg_dsn()  # noqa: N806 - the module's name for it, kept
-    if not PG_DSN:
-        pytest.skip("no PostgreSQL answers at REFINEGRAPH_PG_DSN or the local default: set REFINEGRAPH_PG_DSN")
+    PG_DSN = require_pg()  # noqa: N806 - the module's name for it, kept
     import psycopg
 
     caplog.set_level(logging.DEBUG)

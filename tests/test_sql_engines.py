@@ -3,11 +3,11 @@ prompts, result comparison and rendering, and the same gold queries answered ali
 and PostgreSQL.
 
 PostgreSQL tests read the DSN from REFINEGRAPH_PG_DSN (default: the local test server, a
-superuser of trust auth) and skip only when no server answers. Spider data is read
-from ../shared (next to the repository) and copied before anything opens it.
+superuser of trust auth) and skip only when no server answers. The Spider databases are
+tests/data/spider_mini's, copied before anything opens them.
 
-The helpers at the top find and copy a Spider database and the PostgreSQL DSN (skipping
-without them), for test_sql_hostile.py and test_sql_graphs.py as well; the engine copies
+The helpers at the top copy a Spider database and find the PostgreSQL DSN (skipping
+without one), for test_sql_hostile.py and test_sql_graphs.py as well; the engine copies
 themselves (DuckDB file, PostgreSQL schema) are refinegraph.tools.sql.copies.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -44,24 +43,13 @@ from refinegraph.tools.sql.copies import (
     unique_schema,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-SPIDER = SHARED / "data" / "spider_dev"
-DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
-PG_DSN = os.environ.get("REFINEGRAPH_PG_DSN")
-
+from conftest import require_pg
+from data_paths import SPIDER, spider_sqlite
 
 # -- helpers shared with test_sql_hostile.py and test_sql_graphs.py -----------------------------
 
-def spider_sqlite(db_id: str) -> Path:
-    """The shared (read-only) Spider database file; skips when the shared data is absent."""
-    path = SPIDER / "database" / db_id / f"{db_id}.sqlite"
-    if not path.is_file():
-        pytest.skip(f"Spider data not found at {path} (expected ../shared next to the repository)")
-    return path
-
-
 def copy_spider(db_id: str, folder: Path) -> Path:
-    """A private copy of a Spider database: tests never open the shared file itself."""
+    """A private copy of a Spider database: tests never open the stored file itself."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{db_id}.sqlite"
     shutil.copyfile(spider_sqlite(db_id), target)
@@ -69,30 +57,11 @@ def copy_spider(db_id: str, folder: Path) -> Path:
     return target
 
 
-def _pg_answers(dsn: str) -> str | None:
-    """None when a PostgreSQL server answers at `dsn`, else why not."""
-    try:
-        import psycopg
-    except ImportError:
-        return "psycopg is not installed"
-    try:
-        with psycopg.connect(dsn, connect_timeout=2) as conn:
-            conn.execute("SELECT 1")
-    except psycopg.Error as exc:
-        return f"no PostgreSQL answers at {dsn}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}"
-    return None
-
-
 def pg_dsn() -> str:
-    """REFINEGRAPH_PG_DSN, else the local test server; skips only when no server answers."""
-    dsn = PG_DSN or DEFAULT_PG_DSN
-    why_not = _PG_STATUS.setdefault(dsn, _pg_answers(dsn))
-    if why_not:
-        pytest.skip(why_not)
-    return dsn
+    """REFINEGRAPH_PG_DSN, else the local test server; skips, saying why, only when no server answers."""
+    return require_pg()
 
 
-_PG_STATUS: dict[str, str | None] = {}
 _READERS: dict[str, str] = {}
 """schema -> the URL of a read-only role made for it by `refinegraph sql grant`'s code."""
 
@@ -409,8 +378,6 @@ def test_render_result_char_truncation():
 
 def _gold(db_id: str) -> list[str]:
     path = SPIDER / "dev.json"
-    if not path.is_file():
-        pytest.skip(f"Spider questions not found at {path}")
     return [item["query"] for item in json.loads(path.read_text()) if item["db_id"] == db_id]
 
 

@@ -14,8 +14,9 @@ from refinegraph.cli.app import app
 from refinegraph.models import ScriptedModel
 from refinegraph.trace.verify import verify_run
 
-SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "spider_dev" / "database" / "concert_singer"
-pytestmark = pytest.mark.skipif(not SOURCE.is_dir(), reason=f"shared Spider databases not at {SOURCE}")
+from data_paths import spider_sqlite
+
+CONCERT_SINGER = spider_sqlite("concert_singer")
 
 COUNT = "SELECT COUNT(*) FROM singer"
 COUNT_OTHER_SPELLING = "select count(Singer_ID) from singer"
@@ -27,7 +28,7 @@ WRITE = "DELETE FROM singer"
 @pytest.fixture
 def db(tmp_path) -> str:
     target = tmp_path / "concert_singer.sqlite"
-    shutil.copy(SOURCE / "concert_singer.sqlite", target)
+    shutil.copy(CONCERT_SINGER, target)
     return str(target)
 
 
@@ -194,7 +195,7 @@ async def test_hostile_candidates_are_recorded_and_write_nothing(db, store):
 def test_bird_layout_is_read(tmp_path):
     from refinegraph.bench.spider import load_questions
     (tmp_path / "dev_databases" / "concert_singer").mkdir(parents=True)
-    shutil.copy(SOURCE / "concert_singer.sqlite", tmp_path / "dev_databases" / "concert_singer")
+    shutil.copy(CONCERT_SINGER, tmp_path / "dev_databases" / "concert_singer")
     (tmp_path / "dev.json").write_text(json.dumps([{"db_id": "concert_singer", "question": "How many singers?",
                                                     "SQL": COUNT, "evidence": "singer is a table",
                                                     "difficulty": "simple"}]))

@@ -25,6 +25,7 @@ from refinegraph.trace.html import render_run, write_html
 from refinegraph.trace.store import TraceStore
 
 from conftest import scripted_by_role, verdict
+from needs import needs
 
 HOSTILE = "<script>alert(1)</script>"
 
@@ -299,7 +300,7 @@ def png_pixels_vary(path: Path) -> tuple[int, int, bool]:
     return width, height, len(set(zlib.decompress(idat))) > 16
 
 
-@pytest.mark.skipif(chromium() is None, reason="headless Chromium is not installed (Debian package: chromium)")
+@pytest.mark.skipif(chromium() is None, reason=needs("Chromium", "no chromium or chromium-browser on the PATH"))
 async def test_page_renders_in_headless_chromium(store, small_db, tmp_path):
     run_id = await sql_sc_run(store, small_db)
     page = write_html(store, run_id, tmp_path / "run.html")

@@ -69,10 +69,9 @@ def test_an_edit_around_the_triggers_is_named_by_trace_verify(store, tamper):
 @pytest.mark.parametrize("target_kind", ["sqlite", "postgres"])
 def test_trace_copy_moves_runs_between_stores_and_verifies_them(make_store, store, target_kind, tmp_path):
     if target_kind == "postgres" and make_store.kind == "sqlite":
-        from conftest import Stores, pg_dsn
+        from conftest import Stores, require_pg
 
-        if pg_dsn() is None:
-            pytest.skip("no PostgreSQL server (set REFINEGRAPH_PG_DSN)")
+        require_pg()
         other = Stores("postgres", tmp_path)
     elif target_kind == "sqlite" and make_store.kind == "postgres":
         from conftest import Stores
