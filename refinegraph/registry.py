@@ -1,7 +1,9 @@
 """Graphs register themselves here by name; the runtime knows no graph otherwise.
 
-Built-in graphs live in `refinegraph.graphs`; other packages add theirs through the
-`refinegraph.graphs` entry-point group (each entry point is a callable that registers).
+Built-in graphs live in `refinegraph.graphs` (its `MODULES` register them when imported);
+other packages add theirs through the `refinegraph.graphs` entry-point group (each entry
+point is a callable that registers). `graph_catalog()` names them all without importing a
+built-in graph module, for listings that must be fast (`refinegraph graphs`).
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Any
 
 Builder = Callable[..., Any]
@@ -47,10 +48,30 @@ def _load() -> None:
     if _loaded:
         return
     _loaded = True
-    importlib.import_module("refinegraph.graphs")
+    builtin = importlib.import_module("refinegraph.graphs")
+    for module in builtin.MODULES:
+        importlib.import_module(f"refinegraph.graphs.{module}")
+    _load_entry_points()
+
+
+def _load_entry_points() -> None:
+    from importlib.metadata import entry_points  # ~30 ms: only when graphs are listed or built
+
     for entry in entry_points(group="refinegraph.graphs"):
         if entry.name not in _graphs:
             entry.load()()
+
+
+def graph_catalog() -> list[tuple[str, str]]:
+    """(name, description) of every graph, sorted by name: the built-ins from their catalog
+    (no graph module imported), then whatever the entry points and register_graph added."""
+    if not _loaded:
+        builtin = importlib.import_module("refinegraph.graphs")
+        _load_entry_points()
+        described = {**builtin.CATALOG, **{name: spec.description for name, spec in _graphs.items()}}
+    else:
+        described = {name: spec.description for name, spec in _graphs.items()}
+    return sorted(described.items())
 
 
 def get_graph(name: str) -> GraphSpec:
