@@ -1,9 +1,10 @@
 """Graphs register themselves here by name; the runtime knows no graph otherwise.
 
-Built-in graphs live in `refinegraph.graphs` (its `MODULES` register them when imported);
-other packages add theirs through the `refinegraph.graphs` entry-point group (each entry
-point is a callable that registers). `graph_catalog()` names them all without importing a
-built-in graph module, for listings that must be fast (`refinegraph graphs`).
+Built-in graphs live in `refinegraph.graphs`, each module registering its graphs when
+imported; its CATALOG says which module holds which graph, so `get_graph(name)` imports only
+that one. Other packages add theirs through the `refinegraph.graphs` entry-point group (each
+entry point is a callable that registers). `graph_catalog()` names them all without
+importing a built-in graph module, for listings that must be fast (`refinegraph graphs`).
 """
 
 from __future__ import annotations
@@ -68,14 +69,20 @@ def graph_catalog() -> list[tuple[str, str]]:
     if not _loaded:
         builtin = importlib.import_module("refinegraph.graphs")
         _load_entry_points()
-        described = {**builtin.CATALOG, **{name: spec.description for name, spec in _graphs.items()}}
+        described = {name: description for name, (_, description) in builtin.CATALOG.items()}
+        described.update({name: spec.description for name, spec in _graphs.items()})
     else:
         described = {name: spec.description for name, spec in _graphs.items()}
     return sorted(described.items())
 
 
 def get_graph(name: str) -> GraphSpec:
-    _load()
+    if name not in _graphs and not _loaded:
+        builtin = importlib.import_module("refinegraph.graphs")
+        if name in builtin.CATALOG:  # its module only (the others cost memory and start-up)
+            importlib.import_module(f"refinegraph.graphs.{builtin.CATALOG[name][0]}")
+    if name not in _graphs:
+        _load()
     if name not in _graphs:
         raise UnknownGraph(f"unknown graph {name!r}; known graphs: {', '.join(sorted(_graphs))}")
     return _graphs[name]

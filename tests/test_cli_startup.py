@@ -62,3 +62,18 @@ def test_import_refinegraph_is_cheap_and_names_still_resolve():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+def test_catalog_names_each_graphs_module():
+    from refinegraph.graphs import CATALOG
+    from refinegraph.registry import list_graphs
+
+    builtin = {s.name: s.build.__module__ for s in list_graphs() if s.name in CATALOG}
+    assert builtin == {name: f"refinegraph.graphs.{module}" for name, (module, _) in CATALOG.items()}
+
+
+def test_a_run_imports_only_its_graphs_module():
+    code = ("import sys; from refinegraph.registry import get_graph; get_graph('greedy'); "
+            "print(sorted(m for m in sys.modules if m.startswith('refinegraph.graphs.')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert proc.stdout.strip() == "['refinegraph.graphs.consistency']"

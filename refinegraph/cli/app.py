@@ -17,6 +17,7 @@ from rich.markup import escape
 from refinegraph.cli import approve_cmd, batch_cmd, serve_cmd
 from refinegraph.cli.common import err, fail, open_store, out, print_json, resolve_run, run_until_signal
 from refinegraph.cli.lazy import LazyGroup, lazy_root
+from refinegraph.cli.status import status_line
 
 if TYPE_CHECKING:
     from refinegraph.budget import Budget
@@ -125,7 +126,9 @@ def _conversation_file(path: Path) -> list[dict]:
 
     try:
         return check_conversation(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+    except json.JSONDecodeError as exc:  # FILE:LINE:COLUMN, as editors and compilers say it
+        raise ValueError(f"--messages {path}:{exc.lineno}:{exc.colno}: not JSON: {exc.msg}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ValueError(f"--messages {path}: {exc}") from None
 
 
@@ -151,9 +154,11 @@ def _run_or_exit(graph: str, task: str | dict | None, cfg: Config, params: dict,
     from refinegraph.trace.store import TraceStoreError
 
     run_id = new_run_id()
+    store = open_store(cfg)
     try:
-        return run_until_signal(run(graph, task, config=cfg, params=params, budget=budget, store=open_store(cfg),
-                                    run_id=run_id, messages=messages), [run_id], as_json)
+        with status_line(as_json) as progress:
+            return run_until_signal(run(graph, task, config=cfg, params=params, budget=budget, store=store,
+                                        run_id=run_id, messages=messages, on_event=progress), [run_id], as_json)
     except RunFailed as exc:
         _failed(exc, as_json)
     except ConfigError as exc:
@@ -197,7 +202,9 @@ def resume_cmd(
     store = open_store(cfg)
     full = resolve_run(store, run_id)
     try:
-        result = run_until_signal(resume(full, config=cfg, store=store, force=force), [full], as_json)
+        with status_line(as_json) as progress:
+            result = run_until_signal(resume(full, config=cfg, store=store, force=force, on_event=progress),
+                                      [full], as_json)
     except RunFailed as exc:
         _failed(exc, as_json)
     except (RunNotResumable, ConfigError) as exc:
