@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,8 @@ from refinegraph.config import Config, RetryPolicy
 from refinegraph.events import BudgetEvent, ErrorEvent, Event, Fallback, LLMCall, Retry
 from refinegraph.models.base import Model, ModelError, ModelUnavailable, Samples, Usage, valid_unicode
 from refinegraph.retry import RetryScope, call_with_retries, describe, retry_scope
+
+_log = logging.getLogger(__name__)
 
 current_node: contextvars.ContextVar[str | None] = contextvars.ContextVar("refinegraph_node", default=None)
 role_overrides: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("refinegraph_roles",
@@ -60,6 +63,10 @@ class RunContext:
     retries: int = 0
     conversation: list[dict[str, Any]] | None = None
     """The client's whole chat when the run's input is one (see prompts/conversation.py)."""
+    on_event: Callable[[Event], None] | None = None
+    """Called with each event once it is written (node started, model call, retry, ...):
+    how a caller shows what the run is doing (the CLI's status line, refinegraph.progress).
+    One that raises is dropped for the rest of the run and recorded as a fallback."""
 
     # -- events ---------------------------------------------------------------------------
 
@@ -69,7 +76,21 @@ class RunContext:
             event.node = current_node.get()
         if event.type == "fallback":  # type: ignore[attr-defined]
             self.fallbacks[event.kind] += 1  # type: ignore[attr-defined]
-        return self.writer.append(event)
+        written = self.writer.append(event)
+        if self.on_event is not None:
+            self._notify(written)
+        return written
+
+    def _notify(self, event: Event) -> None:
+        hook, self.on_event = self.on_event, None  # an event the hook's failure emits is not sent to it
+        try:
+            hook(event)  # type: ignore[misc]
+        except Exception as exc:  # noqa: BLE001 - a display must not break the run: logged and recorded
+            _log.warning("the run's on_event callback %r failed on event %s: dropped", hook, event.seq, exc_info=True)
+            self.fallback("event_hook", "the on_event callback raised; it is not called again in this run",
+                          f"{type(exc).__name__}: {exc}")
+        else:
+            self.on_event = hook
 
     def fallback(self, kind: str, reason: str, detail: str = "") -> None:
         self.emit(Fallback(kind=kind, reason=reason, detail=detail[:2000]))

@@ -1,7 +1,10 @@
 """Graphs register themselves here by name; the runtime knows no graph otherwise.
 
-Built-in graphs live in `refinegraph.graphs`; other packages add theirs through the
-`refinegraph.graphs` entry-point group (each entry point is a callable that registers).
+Built-in graphs live in `refinegraph.graphs`, each module registering its graphs when
+imported; its CATALOG says which module holds which graph, so `get_graph(name)` imports only
+that one. Other packages add theirs through the `refinegraph.graphs` entry-point group (each
+entry point is a callable that registers). `graph_catalog()` names them all without
+importing a built-in graph module, for listings that must be fast (`refinegraph graphs`).
 """
 
 from __future__ import annotations
@@ -9,7 +12,6 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Any
 
 Builder = Callable[..., Any]
@@ -47,14 +49,40 @@ def _load() -> None:
     if _loaded:
         return
     _loaded = True
-    importlib.import_module("refinegraph.graphs")
+    builtin = importlib.import_module("refinegraph.graphs")
+    for module in builtin.MODULES:
+        importlib.import_module(f"refinegraph.graphs.{module}")
+    _load_entry_points()
+
+
+def _load_entry_points() -> None:
+    from importlib.metadata import entry_points  # ~30 ms: only when graphs are listed or built
+
     for entry in entry_points(group="refinegraph.graphs"):
         if entry.name not in _graphs:
             entry.load()()
 
 
+def graph_catalog() -> list[tuple[str, str]]:
+    """(name, description) of every graph, sorted by name: the built-ins from their catalog
+    (no graph module imported), then whatever the entry points and register_graph added."""
+    if not _loaded:
+        builtin = importlib.import_module("refinegraph.graphs")
+        _load_entry_points()
+        described = {name: description for name, (_, description) in builtin.CATALOG.items()}
+        described.update({name: spec.description for name, spec in _graphs.items()})
+    else:
+        described = {name: spec.description for name, spec in _graphs.items()}
+    return sorted(described.items())
+
+
 def get_graph(name: str) -> GraphSpec:
-    _load()
+    if name not in _graphs and not _loaded:
+        builtin = importlib.import_module("refinegraph.graphs")
+        if name in builtin.CATALOG:  # its module only (the others cost memory and start-up)
+            importlib.import_module(f"refinegraph.graphs.{builtin.CATALOG[name][0]}")
+    if name not in _graphs:
+        _load()
     if name not in _graphs:
         raise UnknownGraph(f"unknown graph {name!r}; known graphs: {', '.join(sorted(_graphs))}")
     return _graphs[name]

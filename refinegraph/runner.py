@@ -17,7 +17,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from refinegraph.budget import Budget, BudgetExceeded
 from refinegraph.cache import ReplayCache
 from refinegraph.config import Config, ConfigError, ModelSpec, home, load_config
 from refinegraph.context import ReplayMiss, RunContext
-from refinegraph.events import DECISION_TYPES, ErrorEvent, RunFinished, RunInterrupted, RunResumed, RunStarted
+from refinegraph.events import DECISION_TYPES, ErrorEvent, Event, RunFinished, RunInterrupted, RunResumed, RunStarted
 from refinegraph.models import Model, ModelError, ModelUnavailable, build_model
 from refinegraph.models.base import Usage
 from refinegraph.prompts.conversation import check_conversation, last_user_text
@@ -302,8 +302,12 @@ async def run(graph: str, task: str | dict[str, Any] | None = None, *, config: C
               params: dict[str, Any] | None = None, budget: Budget | None = None,
               models: dict[str, Model] | None = None, store: BaseTraceStore | None = None,
               trace: bool = True, checkpoint: bool = False, checkpoint_path: Path | None = None,
-              run_id: str | None = None, messages: list[dict[str, Any]] | None = None) -> RunResult:
+              run_id: str | None = None, messages: list[dict[str, Any]] | None = None,
+              on_event: Callable[[Event], None] | None = None) -> RunResult:
     """Run `graph` on `task` and return its answer; the trace is written as it goes.
+
+    `on_event` is called with each event as it is written (refinegraph.progress folds them
+    into what a status line shows: the node, calls made, tokens spent, retries).
 
     `messages` is a conversation to run on instead (its last user turn is the task): the
     solver sees it as sent, judging roles quote it, the trace keeps it as a blob.
@@ -340,7 +344,7 @@ async def run(graph: str, task: str | dict[str, Any] | None = None, *, config: C
         else:
             store, writer, checkpoint = None, NullWriter(run_id), False
         ctx = RunContext(run_id=run_id, models=built, roles=roles, writer=writer, budget=budget, config=config,
-                         conversation=messages)
+                         conversation=messages, on_event=on_event)
         ctx.emit(RunStarted(graph=graph, input=graph_input, params=params, roles=roles,
                             models=_model_summary(config, built), budget=budget.limits(), version=__version__,
                             conversation_blob=writer.put_blob(messages) if messages else None))
@@ -425,8 +429,9 @@ def _restore(ctx: RunContext, store: BaseTraceStore, run_id: str) -> tuple[int, 
 
 
 async def resume(run_id: str, *, config: Config | None = None, models: dict[str, Model] | None = None,
-                 store: BaseTraceStore | None = None, force: bool = False) -> RunResult:
-    """Finish an interrupted run from its trace.
+                 store: BaseTraceStore | None = None, force: bool = False,
+                 on_event: Callable[[Event], None] | None = None) -> RunResult:
+    """Finish an interrupted run from its trace (`on_event`: as for run).
 
     The graph runs again from the run's recorded input under the same id; every model
     call that had finished is served from the run's own trace (not paid again), every
@@ -453,7 +458,7 @@ async def resume(run_id: str, *, config: Config | None = None, models: dict[str,
         ctx = RunContext(run_id=run_id, models=built, roles=roles, writer=TraceWriter(store, run_id, deferred=True),
                          budget=Budget(**{f"max_{k}": v for k, v in started["budget"].items()}),
                          cache=ReplayCache.from_trace(store, run_id), config=config, charge_cache_hits=False,
-                         conversation=_conversation(store, started))
+                         conversation=_conversation(store, started), on_event=on_event)
         recorded, again = _restore(ctx, store, run_id)
         ctx.emit(RunResumed(recorded_calls=recorded, from_checkpoint=False, superseded=again))
         await ctx.writer.commit()

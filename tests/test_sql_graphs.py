@@ -110,7 +110,7 @@ async def test_budget_stop_and_replay(db, store):
 
 
 def test_cli_sql_json(db, monkeypatch):
-    import refinegraph.cli.app as cli
+    import refinegraph.runner as cli  # the CLI imports the runner's run when a run starts
     real_run = cli.run
 
     async def with_double(graph, task, **kw):

@@ -1,38 +1,66 @@
-"""Entry point: `refinegraph run | resume | graphs | trace ... | bench ...`."""
+"""Entry point: `refinegraph run | resume | graphs | trace ... | bench ...`.
+
+Commands import the runtime they need in their bodies: `--help` and `graphs` start in a
+fraction of a second because they never import pydantic, langgraph or a model SDK
+(tests/test_cli_startup.py checks which modules they import).
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
 
-from refinegraph.budget import Budget
-from refinegraph.cli import (  # noqa: F401
-    approve_cmd,
-    batch_cmd,
-    bench_allocation,
-    bench_cmds,
-    bench_methods,
-    serve_cmd,
-    sql_cmds,
-    trace_cmds,
-)
+from refinegraph.cli import approve_cmd, batch_cmd, serve_cmd
 from refinegraph.cli.common import err, fail, open_store, out, print_json, resolve_run, run_until_signal
-from refinegraph.config import Config, ConfigError, load_config
-from refinegraph.models import ModelUnavailable
-from refinegraph.prompts.conversation import check_conversation
-from refinegraph.registry import UnknownGraph, get_graph, list_graphs
-from refinegraph.runner import RunFailed, RunNotResumable, RunResult, TraceUnusable, new_run_id, resume, run
-from refinegraph.trace.store import TraceStoreError
+from refinegraph.cli.lazy import LazyGroup, lazy_root
+from refinegraph.cli.status import status_line
 
-app = typer.Typer(help="Verify-and-refine LLM agents with auditable decision traces.",
+if TYPE_CHECKING:
+    from refinegraph.budget import Budget
+    from refinegraph.config import Config
+    from refinegraph.runner import RunFailed, RunResult
+
+
+def _trace() -> typer.Typer:
+    from refinegraph.cli import trace_cmds
+
+    return trace_cmds.app
+
+
+def _bench() -> typer.Typer:
+    from refinegraph.cli import bench_allocation, bench_cmds, bench_methods  # noqa: F401  (they add commands)
+
+    batch_cmd.register_bench(bench_cmds.app)
+    return bench_cmds.app
+
+
+def _route() -> typer.Typer:
+    from refinegraph.cli import route_cmd
+
+    return route_cmd.app
+
+
+def _sql() -> typer.Typer:
+    from refinegraph.cli import sql_cmds
+
+    return sql_cmds.app
+
+
+GROUPS = {
+    "trace": LazyGroup("List, read, verify, export and replay decision traces.", _trace),
+    "bench": LazyGroup("Benchmarks: print figures side by side and write a report.", _bench),
+    "route": LazyGroup("Routing calibrated from recorded outputs (ACAR's sigma cut-points).", _route),
+    "sql": LazyGroup("Answer questions from a database; check SQL; make a read-only PostgreSQL role. "
+                     "`refinegraph sql QUESTION --db URL` is `sql ask`.", _sql),
+}
+"""The subcommand groups, imported when used (see refinegraph.cli.lazy)."""
+
+app = typer.Typer(cls=lazy_root(GROUPS), help="Verify-and-refine LLM agents with auditable decision traces.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
-app.add_typer(trace_cmds.app, name="trace")
-app.add_typer(bench_cmds.app, name="bench")
-app.add_typer(__import__("refinegraph.cli.route_cmd", fromlist=["app"]).app, name="route")
-app.add_typer(sql_cmds.app, name="sql")
 serve_cmd.register(app)
 batch_cmd.register(app)
 approve_cmd.register(app)
@@ -78,6 +106,9 @@ def run_cmd(
     Exit codes: 0 answered (also when stopped by the budget), 1 the run failed (recorded
     in its trace), 2 the request was wrong (unknown graph or model, bad config or params).
     """
+    from refinegraph.budget import Budget
+    from refinegraph.registry import UnknownGraph
+
     try:
         cfg, params = _prepare(graph, config, model, param)
         budget = Budget(max_tokens=budget_tokens, max_calls=budget_calls, max_seconds=budget_seconds)
@@ -91,14 +122,21 @@ def run_cmd(
 
 def _conversation_file(path: Path) -> list[dict]:
     """The conversation in `path`, or a ValueError naming the file and what is wrong."""
+    from refinegraph.prompts.conversation import check_conversation
+
     try:
         return check_conversation(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+    except json.JSONDecodeError as exc:  # FILE:LINE:COLUMN, as editors and compilers say it
+        raise ValueError(f"--messages {path}:{exc.lineno}:{exc.colno}: not JSON: {exc.msg}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ValueError(f"--messages {path}: {exc}") from None
 
 
 def _prepare(graph: str, config: Path | None, model: str | None, param: list[str]) -> tuple[Config, dict]:
     """The graph checked, the config loaded (with --model applied) and --param parsed."""
+    from refinegraph.config import load_config
+    from refinegraph.registry import get_graph
+
     get_graph(graph)
     cfg = load_config(config)
     if model:
@@ -110,10 +148,17 @@ def _run_or_exit(graph: str, task: str | dict | None, cfg: Config, params: dict,
                  as_json: bool, messages: list[dict] | None = None) -> RunResult:
     """The run's result, or a clear message and the documented exit code (130 on Ctrl-C or
     SIGTERM, after printing the run id and its resume line)."""
+    from refinegraph.config import ConfigError
+    from refinegraph.models import ModelUnavailable
+    from refinegraph.runner import RunFailed, new_run_id, run
+    from refinegraph.trace.store import TraceStoreError
+
     run_id = new_run_id()
+    store = open_store(cfg)
     try:
-        return run_until_signal(run(graph, task, config=cfg, params=params, budget=budget, store=open_store(cfg),
-                                    run_id=run_id, messages=messages), [run_id], as_json)
+        with status_line(as_json) as progress:
+            return run_until_signal(run(graph, task, config=cfg, params=params, budget=budget, store=store,
+                                        run_id=run_id, messages=messages, on_event=progress), [run_id], as_json)
     except RunFailed as exc:
         _failed(exc, as_json)
     except ConfigError as exc:
@@ -123,6 +168,8 @@ def _run_or_exit(graph: str, task: str | dict | None, cfg: Config, params: dict,
 
 
 def _params(pairs: list[str]) -> dict:
+    from refinegraph.config import ConfigError
+
     params = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -143,6 +190,11 @@ def resume_cmd(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Finish an interrupted run; finished model calls are served from its trace, not paid again."""
+    from refinegraph.config import ConfigError, load_config
+    from refinegraph.models import ModelUnavailable
+    from refinegraph.runner import RunFailed, RunNotResumable, TraceUnusable, resume
+    from refinegraph.trace.store import TraceStoreError
+
     try:
         cfg = load_config(config)
     except ConfigError as exc:
@@ -150,7 +202,9 @@ def resume_cmd(
     store = open_store(cfg)
     full = resolve_run(store, run_id)
     try:
-        result = run_until_signal(resume(full, config=cfg, store=store, force=force), [full], as_json)
+        with status_line(as_json) as progress:
+            result = run_until_signal(resume(full, config=cfg, store=store, force=force, on_event=progress),
+                                      [full], as_json)
     except RunFailed as exc:
         _failed(exc, as_json)
     except (RunNotResumable, ConfigError) as exc:
@@ -163,8 +217,10 @@ def resume_cmd(
 @app.command("graphs")
 def graphs_cmd() -> None:
     """The registered graphs."""
-    for spec in list_graphs():
-        out.print(f"[bold]{spec.name}[/]  {spec.description}", highlight=False)
+    from refinegraph.registry import graph_catalog
+
+    for name, description in graph_catalog():
+        out.print(f"[bold]{name}[/]  {description}", highlight=False)
 
 
 def main() -> None:

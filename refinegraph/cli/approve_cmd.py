@@ -10,23 +10,20 @@ refused the edit), 2 a bad request (not waiting, a malformed decision), 3 still 
 
 from __future__ import annotations
 
-import asyncio
-import getpass
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
-from refinegraph import approval
-from refinegraph.budget import Budget
 from refinegraph.cli.common import err, fail, open_store, out, print_json, resolve_run
-from refinegraph.config import Config, ConfigError, load_config
-from refinegraph.models import ModelUnavailable
-from refinegraph.runner import RunFailed, RunResult
-from refinegraph.trace.store import TraceStoreError
+
+if TYPE_CHECKING:  # the runtime (langgraph, pydantic) is imported when a command runs, not for --help
+    from refinegraph import approval
+    from refinegraph.budget import Budget
+    from refinegraph.config import Config
+    from refinegraph.runner import RunResult
 
 WAITING_EXIT = 3
 REFUSED_EXIT = 1
@@ -34,6 +31,8 @@ REFUSED = {"refused_by_human", "edit_refused"}
 
 
 def default_by() -> str:
+    import getpass
+
     try:
         return getpass.getuser()
     except (KeyError, OSError):  # no name for this uid (a container): say so rather than guess
@@ -42,6 +41,8 @@ def default_by() -> str:
 
 def answer_to_decision(line: str, by: str) -> approval.Decision | None:
     """One answer line as a decision; None for a blank line (ask again)."""
+    from refinegraph import approval
+
     text = line.strip()
     if not text:
         return None
@@ -59,6 +60,8 @@ def _show(pending: approval.PendingApproval) -> None:
 
 
 def _waiting(pending: approval.PendingApproval, as_json: bool) -> None:
+    from refinegraph import approval
+
     run_id = pending.run_id
     if as_json:
         print_json({"sql": None, "run_id": run_id, "stop_reason": approval.AWAITING_APPROVAL,
@@ -69,6 +72,14 @@ def _waiting(pending: approval.PendingApproval, as_json: bool) -> None:
 
 
 def _decide(run_id: str, decision: approval.Decision, cfg: Config) -> RunResult:
+    import asyncio
+
+    from refinegraph import approval
+    from refinegraph.config import ConfigError
+    from refinegraph.models import ModelUnavailable
+    from refinegraph.runner import RunFailed
+    from refinegraph.trace.store import TraceStoreError
+
     try:
         return asyncio.run(approval.decide(run_id, decision, config=cfg, store=open_store()))
     except RunFailed as exc:
@@ -97,6 +108,14 @@ def refusal_exit(result: RunResult, as_json: bool) -> None:
 def sql_with_approval(graph: str, task: dict[str, Any], cfg: Config, params: dict[str, Any], budget: Budget,
                       *, by: str | None, as_json: bool) -> RunResult:
     """`refinegraph sql --approve`: run until the graph waits, ask on stdin, continue."""
+    import asyncio
+
+    from refinegraph import approval
+    from refinegraph.config import ConfigError
+    from refinegraph.models import ModelUnavailable
+    from refinegraph.runner import RunFailed
+    from refinegraph.trace.store import TraceStoreError
+
     try:
         result = asyncio.run(approval.start(graph, task, config=cfg, params=params, budget=budget,
                                             store=open_store()))
@@ -134,6 +153,9 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Show the SQL a run waits to have approved, or decide it: --yes, --no or --edit SQL."""
+        from refinegraph import approval
+        from refinegraph.config import load_config
+
         store = open_store()
         full = resolve_run(store, run_id)
         chosen = [flag for flag, given in (("--yes", yes), ("--no", no), ("--edit", edit is not None)) if given]
@@ -154,6 +176,8 @@ def register(app: typer.Typer) -> None:
 
 
 def _print_result(result: RunResult, as_json: bool) -> None:
+    from rich.table import Table
+
     state = result.state
     if as_json:
         print_json({"sql": state.get("sql"), "columns": state.get("columns", []), "rows": state.get("rows", []),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import shlex
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +49,8 @@ def batch(
     Exit codes: 0 every input finished, 1 some input failed (see results.jsonl; run again
     to retry), 2 the request was wrong (graph, params, config, inputs, out dir in use).
     """
+    import shlex
+
     from refinegraph.batch import BatchDirError, BatchInputError, RayUnavailable, run_batch
     from refinegraph.batch.inputs import read_inputs
     from refinegraph.cli.app import _prepare
@@ -104,6 +104,8 @@ def bench_batch(
 ) -> None:
     """`refinegraph batch` (local executor, greedy) vs a raw asyncio openai load of the same
     requests at the same concurrency, on the embedded llama.cpp server: completion tok/s."""
+    import asyncio
+
     from refinegraph.bench.batch import batch_bench, markdown
     from refinegraph.bench.report import write_report
     from refinegraph.models import ModelUnavailable
@@ -121,8 +123,11 @@ def bench_batch(
 
 
 def register(app: typer.Typer) -> None:
-    """`refinegraph batch` on the main app, `refinegraph bench batch` on the bench group."""
-    from refinegraph.cli import bench_cmds
-
+    """`refinegraph batch` on the main app."""
     app.command("batch")(batch)
-    bench_cmds.app.command("batch")(bench_batch)
+
+
+def register_bench(bench_app: typer.Typer) -> None:
+    """`refinegraph bench batch` on the bench group (once, however often the group is loaded)."""
+    if not any(info.callback is bench_batch for info in bench_app.registered_commands):
+        bench_app.command("batch")(bench_batch)

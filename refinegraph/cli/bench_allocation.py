@@ -3,7 +3,6 @@ SC@all, per-question adaptive SC and dataset-level sample allocation."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import typer
@@ -52,6 +51,8 @@ def allocation_cmd(
     out_dir: Path = typer.Option(Path("bench-reports/allocation"), "--out", help="Folder for the pool and report."),
 ) -> None:
     """Samples used vs agreement with SC@all: adaptive SC and dataset-level allocation."""
+    import asyncio
+
     from refinegraph.bench.allocation import (
         HEADER,
         bench,

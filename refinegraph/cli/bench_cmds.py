@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import typer
@@ -10,7 +9,7 @@ from rich.table import Table
 
 from refinegraph.cli.common import err, out
 
-app = typer.Typer(help="Benchmarks: print figures side by side and write a report.", no_args_is_help=True)
+app = typer.Typer(no_args_is_help=True, add_completion=False)  # its help: refinegraph.cli.app.GROUPS
 
 
 @app.command("overhead")
@@ -20,6 +19,8 @@ def overhead_cmd(
     out_dir: Path = typer.Option(Path("bench-reports/overhead"), "--out", help="Folder for report.json/.md."),
 ) -> None:
     """Self-Refine on an instant model: bare LangGraph vs refinegraph, tracing off and on."""
+    import asyncio
+
     from refinegraph.bench.overhead import goal_lines, markdown, overhead
 
     err.print(f"measuring {runs} runs per configuration in {rounds} interleaved rounds ...")
@@ -49,6 +50,8 @@ def throughput_cmd(
 ) -> None:
     """Runs per second at 32 concurrent runs of an instant model: bare LangGraph, no trace,
     the default path on SQLite (and PostgreSQL)."""
+    import asyncio
+
     from refinegraph.bench.throughput import goal_lines, markdown, throughput
 
     err.print(f"measuring {runs} runs per configuration and round, {concurrency} at a time, {rounds} rounds ...")
@@ -77,6 +80,8 @@ def sampling_cmd(
 ) -> None:
     """The embedded llama.cpp server: n samples in one request vs n requests vs refinegraph,
     with prefill/decode tokens/s and the peak resident memory beside the model file's size."""
+    import asyncio
+
     from refinegraph.bench.sampling import compare, compare_markdown, compare_rows, markdown, ratio_lines, sampling
     from refinegraph.models import ModelUnavailable
 
@@ -130,6 +135,7 @@ def vllm_cmd(
     out_dir: Path = typer.Option(Path("bench-reports/vllm"), "--out", help="Folder for report.json/.md."),
 ) -> None:
     """vLLM's engine in-process and vLLM's server (load time, tokens/s, memory), llama.cpp beside."""
+    import asyncio
     import os
 
     from refinegraph.bench.vllm import HEADER, markdown, rows, vllm_bench
@@ -173,6 +179,8 @@ def reliability_cmd(
     out_dir: Path = typer.Option(Path("bench-reports/reliability"), "--out", help="Folder for report.json/.md."),
 ) -> None:
     """Faults, crashes and hostile input: every run answered or a typed error, traces verified, nothing lost."""
+    import asyncio
+
     from refinegraph.bench.reliability import HEADER, markdown, reliability, section_rows
 
     chosen = [p.strip() for p in parts.split(",") if p.strip()] if parts else None
@@ -239,6 +247,7 @@ def spider_cmd(
     out_dir: Path = typer.Option(Path("bench-reports/spider"), "--out", help="Report folder."),
 ) -> None:
     """Execution accuracy of the SQL graphs, per method at equal token budget, with a plot."""
+    import asyncio
     import json
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn

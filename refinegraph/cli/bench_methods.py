@@ -7,7 +7,6 @@ summary.json (figures, params applied per method), accuracy.png.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -65,6 +64,8 @@ def _resolve_all(methods: list[str], pairs: list[str], optional: dict[str, dict[
 def _run_all(label: str, jobs: list[tuple[Any, str]], concurrency: int,
              one: Callable[[Any, str], Awaitable[Any]]) -> list[Any]:
     """Every (question, method) job under a progress bar, at most `concurrency` at once."""
+    import asyncio
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     async def main() -> list[Any]:

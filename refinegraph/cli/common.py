@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import sys
 from collections.abc import Coroutine
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from refinegraph.runner import default_store
 from refinegraph.trace.redact import redact_text
-from refinegraph.trace.store import BaseTraceStore, TraceStoreError
+
+if TYPE_CHECKING:  # the runtime is imported by the commands that run something, not by --help
+    from refinegraph.trace.store import BaseTraceStore
 
 T = TypeVar("T")
 INTERRUPTED_EXIT = 130
@@ -41,6 +41,8 @@ def open_store(config: Any = None) -> BaseTraceStore:
     """The trace store (REFINEGRAPH_TRACE_STORE, the config's [trace] store, or
     $REFINEGRAPH_HOME/traces.sqlite), or a clear error if it is unusable."""
     from refinegraph.config import ConfigError, load_config
+    from refinegraph.runner import default_store
+    from refinegraph.trace.store import TraceStoreError
 
     try:
         return default_store(config or load_config())
@@ -62,6 +64,7 @@ def run_until_signal(main: Coroutine[Any, Any, T], run_ids: list[str], as_json: 
     """`asyncio.run(main)`, where Ctrl-C (SIGINT) and SIGTERM cancel it with the signal's
     name (the runner records the run as interrupted with that reason); then the run ids
     and the exact resume line are printed, and the command exits with 130."""
+    import asyncio
 
     async def guarded() -> T:
         loop = asyncio.get_running_loop()

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from refinegraph.cli.common import err, fail, out
 
-app = typer.Typer(help="Routing calibrated from recorded outputs (ACAR's sigma cut-points).", no_args_is_help=True)
+app = typer.Typer(no_args_is_help=True, add_completion=False)  # its help: refinegraph.cli.app.GROUPS
 
 RUNS_HELP = ("Recorded outputs: a pool file (data/pools/*.jsonl), or `trace` (every run of the trace store) or "
              "`trace:GRAPH,...` (runs of those graphs), with --gold, --probe and --models.")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import ipaddress
 from pathlib import Path
 
 import typer
@@ -15,6 +13,8 @@ INSTALL_HINT = "pip install 'refinegraph[serve]'"
 
 def missing_serve_deps() -> list[str]:
     """The serve extra's packages that are not installed."""
+    import importlib.util
+
     return [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
 
 
@@ -55,6 +55,8 @@ def serve(
 def is_loopback(host: str) -> bool:
     """Whether `host` is reachable from this machine only: localhost or a loopback address
     (0.0.0.0, ::, a LAN address or any other name is not)."""
+    import ipaddress
+
     if host.lower() in ("localhost", "localhost."):
         return True
     try:

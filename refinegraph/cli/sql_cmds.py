@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
-from refinegraph.budget import Budget
 from refinegraph.cli.common import err, fail, out
-from refinegraph.config import Config, ConfigError, load_config
-from refinegraph.registry import UnknownGraph
+
+if TYPE_CHECKING:  # pydantic's config is imported when a command runs, not for --help
+    from refinegraph.config import Config
 
 
 class _AskByDefault(TyperGroup):
@@ -37,8 +37,7 @@ class _AskByDefault(TyperGroup):
         return super().parse_args(ctx, args)
 
 
-app = typer.Typer(cls=_AskByDefault, no_args_is_help=True, help="Answer questions from a database; check SQL; "
-                  "make a read-only PostgreSQL role. `refinegraph sql QUESTION --db URL` is `sql ask`.")
+app = typer.Typer(cls=_AskByDefault, no_args_is_help=True, add_completion=False)  # its help: refinegraph.cli.app.GROUPS
 
 
 def _open(db: str, cfg: Config) -> Any:
@@ -111,8 +110,11 @@ def ask(
     by: str | None = typer.Option(None, "--by", help="With --approve: who decides (default: your user name)."),
 ) -> None:
     """Answer QUESTION from a database: prints the SQL, the result table, then `run: <run_id>`."""
+    from refinegraph.budget import Budget
     from refinegraph.cli.app import _prepare, _run_or_exit
     from refinegraph.cli.approve_cmd import sql_with_approval
+    from refinegraph.config import ConfigError, load_config
+    from refinegraph.registry import UnknownGraph
 
     if (question is None) == (execute is None):
         fail("give either a QUESTION or --execute SQL")
@@ -166,6 +168,7 @@ def grant(
     import os
     from urllib.parse import urlparse
 
+    from refinegraph.config import ConfigError, load_config
     from refinegraph.tools.sql.grant import GrantError, ReadOnlyRole
     from refinegraph.tools.sql.grant import apply as apply_grant
 

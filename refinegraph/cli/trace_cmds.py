@@ -3,22 +3,20 @@ copy runs between stores; print or apply the grants of a PostgreSQL store's appl
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from refinegraph.cli.common import err, fail, open_store, out, print_json, resolve_run
-from refinegraph.context import ReplayMiss
-from refinegraph.runner import RunFailed, TraceUnusable, replay
-from refinegraph.trace.store import BaseTraceStore, TraceStoreError
-from refinegraph.trace.store import open_store as open_location
-from refinegraph.trace.verify import verify_run, verify_store
 
-app = typer.Typer(help="List, read, verify, export and replay decision traces.", no_args_is_help=True)
+if TYPE_CHECKING:  # each command imports the runtime it needs: `--help` stays fast
+    from refinegraph.trace.store import BaseTraceStore
+
+app = typer.Typer(no_args_is_help=True, add_completion=False)  # its help: refinegraph.cli.app.GROUPS
 
 
 @app.command("list")
@@ -72,6 +70,8 @@ def verify(run: str | None = typer.Argument(None, help="Run id (or a unique pref
            as_json: bool = typer.Option(False, "--json")) -> None:
     """Check the store with the database's own integrity check, then recompute hash chains;
     exit 0 when everything holds, 1 naming the first bad event of each broken run."""
+    from refinegraph.trace.verify import verify_run
+
     store = open_store()
     damage = store.integrity_problems()
     if run is None:
@@ -102,6 +102,8 @@ def _print_damage(store: BaseTraceStore, damage: list[str]) -> None:
 
 
 def _verify_all(store: BaseTraceStore, as_json: bool) -> None:
+    from refinegraph.trace.verify import verify_store
+
     report = verify_store(store)
     if as_json:
         print_json({"store": report.location, "ok": report.ok, "damage": report.damage,
@@ -137,7 +139,12 @@ def replay_cmd(run: str = typer.Argument(..., help="Run id (or a unique prefix).
                                                   "permissions for a SQL run's statements (models: recorded)."),
                as_json: bool = typer.Option(False, "--json")) -> None:
     """Re-run from the recorded calls only (no model is called); compare the decisions."""
+    import asyncio
+
     from refinegraph.config import ConfigError, load_config
+    from refinegraph.context import ReplayMiss
+    from refinegraph.runner import RunFailed, TraceUnusable, replay
+    from refinegraph.trace.store import TraceStoreError
 
     try:
         cfg = load_config(config)
@@ -199,6 +206,8 @@ def copy_cmd(source: str = typer.Option(..., "--from", help="The store to read: 
     A PostgreSQL URL picks its schema with ?options=-csearch_path%3Dname (default refinegraph).
     """
     from refinegraph.trace.merge import MergeConflict, copy_store
+    from refinegraph.trace.store import TraceStoreError
+    from refinegraph.trace.store import open_store as open_location
 
     if "://" not in source or source.startswith("sqlite:"):
         path = Path(source.removeprefix("sqlite:///") if source.startswith("sqlite:///") else source)
@@ -232,6 +241,8 @@ def grant_cmd(role: str = typer.Option(..., "--role", help="The application's Po
     """The grants of an application role on a PostgreSQL store: INSERT and SELECT on its
     history, UPDATE of a run's listing columns only (see docs/traces.md)."""
     from refinegraph.trace.postgres import grant_statements
+    from refinegraph.trace.store import TraceStoreError
+    from refinegraph.trace.store import open_store as open_location
 
     try:
         opened = open_location(store) if store else open_store()
