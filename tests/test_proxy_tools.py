@@ -115,7 +115,8 @@ async def test_tools_reach_the_upstream_and_a_tool_call_comes_back_in_openais_sh
     final = await client.chat.completions.create(model="greedy:m", messages=follow_up, tools=[WEATHER])
     assert final.choices[0].finish_reason == "stop"
     assert final.choices[0].message.content == "It is 18 C and sunny in Paris."
-    assert upstream.received[-1]["messages"][1]["tool_calls"][0]["id"] == "call_up_1"
+    [assistant] = [m for m in upstream.received[-1]["messages"] if m["role"] == "assistant"]
+    assert assistant["tool_calls"][0]["id"] == "call_up_1"
 
 
 async def test_self_consistency_votes_over_normalised_tool_calls(proxied, store):
