@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, field_validator
 from refinegraph.context import RunContext
 from refinegraph.events import Critique
 from refinegraph.prompts import load_prompt
-from refinegraph.prompts.conversation import task_text
+from refinegraph.prompts.conversation import answer_text, task_text
 from refinegraph.tools.structured import response_format_for, sample_structured
 
 
@@ -60,7 +60,8 @@ async def critique(state: dict[str, Any], runtime: Runtime[RunContext]) -> dict[
     params = state.get("params", {})
     index = len(state["candidates"]) - 1
     candidate = state["candidates"][index]
-    messages = load_prompt("critic").render(task=task_text(state["task"], ctx.conversation), answer=candidate["text"])
+    messages = load_prompt("critic").render(task=task_text(state["task"], ctx.conversation, ctx.tools),
+                                         answer=answer_text(candidate["text"]))
     asked = await sample_structured(ctx, "critic", messages, CriticVerdict, response_format=RESPONSE_FORMAT,
                                     max_tokens=params.get("critic_max_tokens", 256), seed=params.get("seed", 0),
                                     min_tokens=MIN_VERDICT_TOKENS)

@@ -13,7 +13,7 @@ from langgraph.runtime import Runtime
 from refinegraph.context import RunContext
 from refinegraph.events import Refine
 from refinegraph.prompts import load_prompt
-from refinegraph.prompts.conversation import task_text
+from refinegraph.prompts.conversation import answer_text, task_text
 
 
 def _edits_text(verdict: dict[str, Any]) -> str:
@@ -29,11 +29,12 @@ async def refine(state: dict[str, Any], runtime: Runtime[RunContext]) -> dict[st
     source = len(state["candidates"]) - 1
     verdict = state["verdicts"][-1]
     scores = ", ".join(f"{k} {v}" for k, v in verdict["criteria"].items()) or "not given"
-    messages = load_prompt("refiner").render(task=task_text(state["task"], ctx.conversation),
-                                             answer=state["candidates"][source]["text"],
+    messages = load_prompt("refiner").render(task=task_text(state["task"], ctx.conversation, ctx.tools),
+                                             answer=answer_text(state["candidates"][source]["text"]),
                                              scores=scores, edits=_edits_text(verdict))
     samples = await ctx.sample("refiner", messages, temperature=params.get("temperature", 0.0),
-                               max_tokens=params.get("refiner_max_tokens", 384), seed=params.get("seed", 0))
+                               max_tokens=params.get("refiner_max_tokens", 384), seed=params.get("seed", 0),
+                               tools=ctx.tools)
     iteration = state.get("iteration", 0) + 1
     ctx.emit(Refine(iteration=iteration, from_candidate=source, to_candidate=source + 1))
     return {"candidates": [{"text": samples.texts[0].strip(), "score": None, "origin": f"refiner:{iteration}"}],

@@ -17,5 +17,6 @@ async def solve(state: dict[str, Any], runtime: Runtime[RunContext]) -> dict[str
     messages = solver_messages(load_prompt("solver"), state["task"], runtime.context.conversation)
     samples = await runtime.context.sample(
         "solver", messages, temperature=params.get("temperature", 0.0),
-        max_tokens=params.get("solver_max_tokens", 384), seed=params.get("seed", 0))
+        max_tokens=params.get("solver_max_tokens", 384), seed=params.get("seed", 0),
+        tools=runtime.context.tools)
     return {"candidates": [{"text": samples.texts[0].strip(), "score": None, "origin": "solver"}]}

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field, field_validator
 from refinegraph.context import RunContext
 from refinegraph.events import Verdict
 from refinegraph.prompts import load_prompt
-from refinegraph.prompts.conversation import task_text
+from refinegraph.prompts.conversation import answer_text, task_text
 from refinegraph.tools.structured import response_format_for, sample_structured
 
 _TRUE = {"true", "yes", "correct", "1"}
@@ -52,7 +52,8 @@ MIN_VERDICT_TOKENS = 24
 async def verify_solution(ctx: RunContext, task: str, solution: str, *, subject: str, max_tokens: int,
                           seed: int | None) -> dict[str, Any]:
     """Verdict on `solution` as {"correct": bool|None, "reason", "parsed_with"}; emits `verdict`."""
-    messages = load_prompt("verifier").render(task=task_text(task, ctx.conversation), solution=solution)
+    messages = load_prompt("verifier").render(task=task_text(task, ctx.conversation, ctx.tools),
+                                               solution=answer_text(solution))
     asked = await sample_structured(ctx, "verifier", messages, VerifierVerdict, response_format=RESPONSE_FORMAT,
                                     max_tokens=max_tokens, seed=seed, min_tokens=MIN_VERDICT_TOKENS)
     verdict, parsed_with = asked.value, asked.parsed_with

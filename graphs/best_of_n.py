@@ -25,7 +25,7 @@ from refinegraph.agents.sampler import sample_answers
 from refinegraph.agents.scorer import make_scorer, reward_models, score_candidates
 from refinegraph.context import RunContext
 from refinegraph.events import Stop, Vote
-from refinegraph.graphs.consistency import AnswerParams, vote_payload
+from refinegraph.graphs.consistency import TOOL_PARAMS, AnswerParams, vote_payload
 from refinegraph.nodes import stops_on_budget, traced
 from refinegraph.registry import register_graph
 from refinegraph.tools.answers import display
@@ -122,7 +122,7 @@ def build_best_of_n(params: dict[str, Any] | None = None, *, checkpointer: Any =
 def register() -> None:
     register_graph("best-of-n", build_best_of_n,
                    "Best-of-N: n samples, each scored by a reward model or LLM judge; the highest score wins",
-                   uses_models=reward_models)
+                   uses_models=reward_models, tool_params=TOOL_PARAMS)
 
 
 register()

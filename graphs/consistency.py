@@ -31,6 +31,9 @@ from refinegraph.tools.answers import AnswerKind, display
 from refinegraph.tools.stopping import posterior_check, window_check
 from refinegraph.tools.voting import majority_vote
 
+TOOL_PARAMS = {"answer": "tool_call"}
+"""With offered tools the vote is over tool calls (normalised name and arguments) and texts."""
+
 
 class AnswerParams(BaseModel):
     """What every answer-voting graph takes; greedy takes only these."""
@@ -192,11 +195,14 @@ def build_adaptive_sc(params: dict[str, Any] | None = None, *, checkpointer: Any
 
 
 def register() -> None:
-    register_graph("greedy", build_greedy, "Greedy: one sample at temperature 0, its answer read out")
+    register_graph("greedy", build_greedy, "Greedy: one sample at temperature 0, its answer read out",
+                   tool_params=TOOL_PARAMS)
     register_graph("self-consistency", build_self_consistency,
-                   "Self-consistency: n samples in one request, majority vote over normalized answers")
+                   "Self-consistency: n samples in one request, majority vote over normalized answers",
+                   tool_params=TOOL_PARAMS)
     register_graph("adaptive-sc", build_adaptive_sc,
-                   "Adaptive self-consistency: sample in batches until a Beta/Dirichlet posterior (or ESC) says stop")
+                   "Adaptive self-consistency: sample in batches until a Beta/Dirichlet posterior (or ESC) says stop",
+                   tool_params=TOOL_PARAMS)
 
 
 register()

@@ -112,7 +112,8 @@ def build_self_refine(params: dict[str, Any] | None = None, *, checkpointer: Any
 
 def register() -> None:
     register_graph("self-refine", build_self_refine,
-                   "Self-Refine: solve, critique (structured verdict), refine; best-scored version wins")
+                   "Self-Refine: solve, critique (structured verdict), refine; best-scored version wins",
+                   tool_params={})
 
 
 register()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from refinegraph.prompts import Prompt
+from refinegraph.tool_calls import ToolOffer, describe_tools, readable
 
 Conversation = list[dict[str, Any]]
 
@@ -38,7 +39,7 @@ def _turn(message: dict[str, Any]) -> str:
     text = content_text(message.get("content"))
     if role == "tool":
         role = f"tool result ({message.get('tool_call_id', '?')})"
-    calls = message.get("tool_calls") or []
+    calls = message.get("tool_calls") if isinstance(message.get("tool_calls"), list) else []
     called = "".join(f"\n[calls {c.get('function', {}).get('name')}({c.get('function', {}).get('arguments')})]"
                      for c in calls if isinstance(c, dict))
     return f"[{role}]\n{text}{called}".rstrip()
@@ -50,9 +51,16 @@ def transcript(conversation: Conversation) -> str:
     return f"Conversation so far (reply to its last user turn):\n\n{turns}"
 
 
-def task_text(task: str, conversation: Conversation | None) -> str:
-    """What a judging role's `$task` is: the transcript when there is a conversation."""
-    return transcript(conversation) if conversation else task
+def task_text(task: str, conversation: Conversation | None, tools: ToolOffer | None = None) -> str:
+    """What a judging role's `$task` is: the transcript when there is a conversation, with
+    the tools the client offered (so a tool call can be judged against them)."""
+    text = transcript(conversation) if conversation else task
+    return f"{text}\n\n{describe_tools(tools)}" if tools is not None else text
+
+
+def answer_text(text: str) -> str:
+    """What a judging role's `$answer` is: the reply, its tool calls spelled out."""
+    return readable(text)
 
 
 def solver_messages(prompt: Prompt, task: str, conversation: Conversation | None) -> list[dict[str, Any]]:

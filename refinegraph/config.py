@@ -221,6 +221,8 @@ class ProxySettings(BaseModel):
     supports_json_schema: bool = True
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
     """The most a `GRAPH:UPSTREAM` request may spend (and its default)."""
+    max_clients: int = Field(16, ge=1, le=10_000)
+    """How many of the server's model ids keep an open client (least recently used closed first)."""
 
 
 class TraceSettings(BaseModel):

@@ -21,9 +21,11 @@ from tenacity import RetryCallState
 from refinegraph.budget import MIN_COMPLETION_TOKENS, Budget, BudgetExceeded
 from refinegraph.cache import CachedSample, ReplayCache, call_key, sample_keys
 from refinegraph.config import Config, RetryPolicy
-from refinegraph.events import BudgetEvent, ErrorEvent, Event, Fallback, LLMCall, Retry
+from refinegraph.events import BudgetEvent, ErrorEvent, Event, Fallback, LLMCall, Retry, ToolCallEvent
 from refinegraph.models.base import Model, ModelError, ModelUnavailable, Samples, Usage, valid_unicode
 from refinegraph.retry import RetryScope, call_with_retries, describe, retry_scope
+from refinegraph.tool_calls import ToolOffer, decode
+from refinegraph.tool_calls import call_key as tool_call_key
 
 _log = logging.getLogger(__name__)
 
@@ -35,6 +37,11 @@ role_overrides: contextvars.ContextVar[dict[str, str] | None] = contextvars.Cont
 
 class ReplayMiss(RuntimeError):
     """A replayed run asked for a call its trace did not record."""
+
+
+class ToolsUnsupported(ModelUnavailable):
+    """Tools were offered to a model whose backend cannot pass them on (only backends with
+    `supports_tools`, the openai one, can)."""
 
 
 @dataclass
@@ -67,6 +74,9 @@ class RunContext:
     """Called with each event once it is written (node started, model call, retry, ...):
     how a caller shows what the run is doing (the CLI's status line, refinegraph.progress).
     One that raises is dropped for the rest of the run and recorded as a fallback."""
+    tools: ToolOffer | None = None
+    """The tools the client offered with it; the calls answering the conversation pass
+    them on (`sample(..., tools=ctx.tools)`), see refinegraph.tool_calls."""
 
     # -- events ---------------------------------------------------------------------------
 
@@ -125,17 +135,26 @@ class RunContext:
     async def sample(self, role: str, messages: list[dict[str, Any]], *, n: int = 1,
                      temperature: float = 0.0, max_tokens: int = 512, seed: int | None = None,
                      stop: list[str] | None = None, response_format: dict[str, Any] | None = None,
-                     logprobs: bool = False, min_tokens: int = MIN_COMPLETION_TOKENS) -> Samples:
+                     logprobs: bool = False, min_tokens: int = MIN_COMPLETION_TOKENS,
+                     tools: ToolOffer | None = None) -> Samples:
         """The choke point: every model call of every node comes through here.
 
         `min_tokens` is the least completion per sample worth paying for (a structured
         verdict needs more than a few tokens); below it the budget refuses the call.
+        `tools` (the client's offer) go with the request; a reply's tool calls come back
+        in its text (refinegraph.tool_calls) and each is recorded as a `tool_call` event.
         """
         name = self.model_name(role)
         model = self.models[name]
+        if tools is not None and not getattr(model, "supports_tools", False):
+            message = (f"model {name!r} (backend {model.backend}) cannot take the client's tools; tool calls "
+                       "reach models of the openai backend only")
+            self.emit(ErrorEvent(error_class="ToolsUnsupported", message=message))
+            raise ToolsUnsupported(message)
         requested = {"temperature": temperature, "max_tokens": max_tokens, "seed": seed, "stop": stop,
                      "response_format": response_format, "logprobs": logprobs}
-        call = call_key(name, messages, requested)
+        offered = {"tools": tools.request_fields()} if tools is not None else {}
+        call = call_key(name, messages, {**requested, **offered})  # without tools: the key of old traces
         occurrence = self.occurrences[call]
         keys = sample_keys(call, occurrence, n)
         cached = [self.cache.get(k) for k in keys]
@@ -160,7 +179,8 @@ class RunContext:
             source, attempts = "cache", 0
             self.cache_hits += 1
         else:
-            samples, attempts = await self._call_backend(model, name, messages, n=n, params=params, keys=keys)
+            samples, attempts = await self._call_backend(model, name, messages, n=n,
+                                                         params={**params, **offered}, keys=keys)
             samples = self._storable(name, samples)
             source = "backend"
             if not samples.usage_reported:
@@ -179,7 +199,7 @@ class RunContext:
             model=name, role=role, backend=model.backend, source=source,
             params={**params, "n": n, "max_tokens_requested": max_tokens}, call_key=call,
             occurrence=occurrence, cache_keys=keys,
-            request_blob=self.writer.put_blob({"messages": messages}),
+            request_blob=self.writer.put_blob({"messages": messages, **offered}),
             response_blob=self.writer.put_blob({"texts": samples.texts,
                                                 "finish_reasons": samples.finish_reasons}),
             requests=samples.requests, attempts=attempts,
@@ -190,10 +210,28 @@ class RunContext:
             finish_reasons=samples.finish_reasons, latency_ms=round(latency, 3), cost_usd=cost,
             max_tokens_capped=allowed < max_tokens,
         ))
+        if tools is not None:
+            self._record_tool_calls(name, role, call, occurrence, samples.texts, tools)
         # Committed before the node goes on, so a crash never re-pays this call (many
         # concurrent runs share one transaction: TraceWriter.commit).
         await self.writer.commit()
         return samples
+
+    def _record_tool_calls(self, name: str, role: str, call: str, occurrence: int, texts: list[str],
+                           tools: ToolOffer) -> None:
+        """A `tool_call` event for every call of every reply (served or replayed alike)."""
+        offered = set(tools.names())
+        for sample, text in enumerate(texts):
+            _, calls = decode(text)
+            if not calls:
+                continue
+            key = tool_call_key(calls)
+            for position, tool_call in enumerate(calls):
+                self.emit(ToolCallEvent(model=name, role=role, call_key=call, occurrence=occurrence, sample=sample,
+                                        position=position, id=tool_call.id, name=tool_call.name,
+                                        arguments=tool_call.arguments[:4000],
+                                        arguments_valid=tool_call.parsed_arguments() is not None,
+                                        offered=tool_call.name in offered, key=key[:4000]))
 
     def _admit(self, name: str, n: int, max_tokens: int, messages: list[dict[str, Any]], min_tokens: int,
                *, recorded: bool) -> int:

@@ -34,6 +34,8 @@ class RunStarted(Event):
     replay_of: str | None = None
     conversation_blob: str | None = None
     """The client's whole chat, when the input is one (a blob: it can be long)."""
+    tools_blob: str | None = None
+    """The tools the client offered with it (refinegraph.tool_calls.ToolOffer), as a blob."""
     version: str = ""
 
 
@@ -93,6 +95,30 @@ class LLMCall(Event):
     latency_ms: float = 0.0
     cost_usd: float | None = None
     max_tokens_capped: bool = False
+
+
+class ToolCallEvent(Event):
+    """One tool call a model answered with (a sample of an `llm_call`, served or replayed):
+    the client's agent runs it if the run returns it. `key` is what votes compare."""
+
+    type: Literal["tool_call"] = "tool_call"
+    model: str
+    role: str
+    call_key: str
+    """The llm_call's call key (with occurrence and sample, which reply this call is of)."""
+    occurrence: int = 0
+    sample: int
+    position: int
+    """Its place among the reply's parallel calls."""
+    id: str = ""
+    name: str
+    arguments: str
+    arguments_valid: bool
+    """Whether the arguments parse as JSON."""
+    offered: bool
+    """Whether the client offered a tool of that name."""
+    key: str
+    """The whole reply's vote key (tools.answers "tool_call": its calls normalised)."""
 
 
 class Retry(Event):
@@ -387,7 +413,8 @@ class Approval(Event):
 
 
 AnyEvent = Annotated[
-    RunStarted | RunResumed | RunInterrupted | NodeStarted | NodeFinished | LLMCall | Retry | Critique | Verdict
+    RunStarted | RunResumed | RunInterrupted | NodeStarted | NodeFinished | LLMCall | ToolCallEvent | Retry
+    | Critique | Verdict
     | Refine | Fallback | BudgetEvent | ErrorEvent | Stop | RunFinished | SqlExec | Vote | Merge
     | SamplingCheck | Score | Difficulty | Judge | Route | CodeExec | Approval | Repair | Expand | Prune,
     Field(discriminator="type"),

@@ -33,6 +33,9 @@ class GraphSpec:
     input_key: str = "task"
     uses_models: Callable[[dict[str, Any], Any], list[str]] | None = None
     """uses_models(params, config) -> model names the graph calls besides its roles' (ACAR)."""
+    tool_params: dict[str, Any] | None = None
+    """The params under which the graph answers a conversation with offered tools (its
+    votes read tool calls, e.g. {"answer": "tool_call"}); None: it takes no tools."""
 
 
 _graphs: dict[str, GraphSpec] = {}
@@ -40,8 +43,9 @@ _loaded = False
 
 
 def register_graph(name: str, build: Builder, description: str, input_key: str = "task",
-                   uses_models: Callable[[dict[str, Any], Any], list[str]] | None = None) -> None:
-    _graphs[name] = GraphSpec(name, build, description, input_key, uses_models)
+                   uses_models: Callable[[dict[str, Any], Any], list[str]] | None = None,
+                   tool_params: dict[str, Any] | None = None) -> None:
+    _graphs[name] = GraphSpec(name, build, description, input_key, uses_models, tool_params)
 
 
 def _load() -> None:

@@ -38,6 +38,7 @@ from refinegraph.models.base import Usage
 from refinegraph.prompts.conversation import check_conversation, last_user_text
 from refinegraph.registry import get_graph
 from refinegraph.sqlite_files import BUSY_TIMEOUT_S, prepare_once
+from refinegraph.tool_calls import ToolOffer
 from refinegraph.trace.chain import canonical_json
 from refinegraph.trace.store import BaseTraceStore, NullWriter, TraceWriter, open_store
 from refinegraph.trace.verify import verify_run
@@ -303,14 +304,17 @@ async def run(graph: str, task: str | dict[str, Any] | None = None, *, config: C
               models: dict[str, Model] | None = None, store: BaseTraceStore | None = None,
               trace: bool = True, checkpoint: bool = False, checkpoint_path: Path | None = None,
               run_id: str | None = None, messages: list[dict[str, Any]] | None = None,
-              on_event: Callable[[Event], None] | None = None) -> RunResult:
+              on_event: Callable[[Event], None] | None = None,
+              tools: ToolOffer | dict[str, Any] | None = None) -> RunResult:
     """Run `graph` on `task` and return its answer; the trace is written as it goes.
 
     `on_event` is called with each event as it is written (refinegraph.progress folds them
     into what a status line shows: the node, calls made, tokens spent, retries).
 
     `messages` is a conversation to run on instead (its last user turn is the task): the
-    solver sees it as sent, judging roles quote it, the trace keeps it as a blob.
+    solver sees it as sent, judging roles quote it, the trace keeps it as a blob. `tools`
+    (a ToolOffer, or its fields: tools, tool_choice, parallel_tool_calls) go with the calls
+    that answer the conversation; a reply may then be a tool call (refinegraph.tool_calls).
 
     `models` overrides the config's backends by name (e.g. a test double). Everything
     that can be checked (graph, models, params, input) is checked before the run is
@@ -326,6 +330,13 @@ async def run(graph: str, task: str | dict[str, Any] | None = None, *, config: C
         except ValueError as exc:
             raise ConfigError(f"messages: {exc}") from None
         task = task if task is not None else last_user_text(messages)
+    if isinstance(tools, dict):
+        try:
+            tools = ToolOffer.model_validate(tools)
+        except ValidationError as exc:
+            raise ConfigError(f"tools: {exc}") from None
+    if tools is not None and messages is None:
+        raise ConfigError("tools go with a conversation: pass messages=[...] too")
     graph_input = task if isinstance(task, dict) else {spec.input_key: task or ""}
     if not str(graph_input.get(spec.input_key, "")).strip():
         raise ConfigError(f"the input of graph {graph!r} is empty")
@@ -344,10 +355,11 @@ async def run(graph: str, task: str | dict[str, Any] | None = None, *, config: C
         else:
             store, writer, checkpoint = None, NullWriter(run_id), False
         ctx = RunContext(run_id=run_id, models=built, roles=roles, writer=writer, budget=budget, config=config,
-                         conversation=messages, on_event=on_event)
+                         conversation=messages, on_event=on_event, tools=tools)
         ctx.emit(RunStarted(graph=graph, input=graph_input, params=params, roles=roles,
                             models=_model_summary(config, built), budget=budget.limits(), version=__version__,
-                            conversation_blob=writer.put_blob(messages) if messages else None))
+                            conversation_blob=writer.put_blob(messages) if messages else None,
+                            tools_blob=writer.put_blob(tools.request_fields()) if tools else None))
         await writer.commit()  # listed, with its input, before any work
         return await _execute(ctx, graph, graph_input, params, checkpoint=checkpoint,
                               checkpoint_path=checkpoint_path)
@@ -365,6 +377,12 @@ def _conversation(store: BaseTraceStore, started: dict[str, Any]) -> list[dict[s
     """The recorded run's conversation (its blob), or None when its input was one task."""
     digest = started.get("conversation_blob")
     return store.get_blob(digest) if digest else None
+
+
+def _tools(store: BaseTraceStore, started: dict[str, Any]) -> ToolOffer | None:
+    """The tools the recorded run's client offered (their blob), or None."""
+    digest = started.get("tools_blob")
+    return ToolOffer.model_validate(store.get_blob(digest)) if digest else None
 
 
 def _recorded(store: BaseTraceStore, run_id: str, purpose: str) -> dict[str, Any]:
@@ -458,7 +476,8 @@ async def resume(run_id: str, *, config: Config | None = None, models: dict[str,
         ctx = RunContext(run_id=run_id, models=built, roles=roles, writer=TraceWriter(store, run_id, deferred=True),
                          budget=Budget(**{f"max_{k}": v for k, v in started["budget"].items()}),
                          cache=ReplayCache.from_trace(store, run_id), config=config, charge_cache_hits=False,
-                         conversation=_conversation(store, started), on_event=on_event)
+                         conversation=_conversation(store, started), on_event=on_event,
+                         tools=_tools(store, started))
         recorded, again = _restore(ctx, store, run_id)
         ctx.emit(RunResumed(recorded_calls=recorded, from_checkpoint=False, superseded=again))
         await ctx.writer.commit()
@@ -472,6 +491,7 @@ class ReplayModel:
     """Stands in for a recorded model during replay: it is never asked (cache only)."""
 
     backend = "replay"
+    supports_tools = True  # never asked: a replayed call with tools is served from the trace
 
     def __init__(self, name: str, supports_json_schema: bool = True):
         self.name = name
@@ -533,10 +553,11 @@ async def replay(run_id: str, *, store: BaseTraceStore | None = None, config: Co
     ctx = RunContext(run_id=new_id, models=models, roles=roles, writer=writer,
                      budget=Budget(**limits), cache=ReplayCache.from_trace(store, original), replay_only=True,
                      config=_recorded_prices(started["models"], roles, config),
-                     conversation=_conversation(store, started))
+                     conversation=_conversation(store, started), tools=_tools(store, started))
     ctx.emit(RunStarted(graph=started["graph"], input=started["input"], params=started["params"],
                         roles=roles, models=started["models"], budget=started["budget"],
-                        replay_of=original, version=__version__, conversation_blob=started.get("conversation_blob")))
+                        replay_of=original, version=__version__, conversation_blob=started.get("conversation_blob"),
+                        tools_blob=started.get("tools_blob")))
     result = await _execute(ctx, started["graph"], started["input"], started["params"], checkpoint=False,
                             checkpoint_path=None)
     finished = store.events(original, types={"run_finished"})

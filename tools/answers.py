@@ -15,6 +15,9 @@ Built-in projections:
   "answer is" (else the last line's last word), letters only, lowercased.
 - "sql": the last SQL query of the text (a ```sql block, else from the last SELECT/WITH),
   in sqlglot's canonical spelling.
+- "tool_call": a reply that calls tools, keyed by its calls normalised as (name, arguments
+  as canonical JSON), ids and order left out; a reply in words by its whitespace-collapsed
+  text (refinegraph.tool_calls). The answer type of a run whose client offered tools.
 
 Each task names its answer type (`TASK_ANSWERS`, `answer_type_for_task`): a pool record's
 `task` field picks the projection, so a Last Letters pool is never read as numbers.
@@ -32,6 +35,8 @@ from fractions import Fraction
 from typing import Annotated
 
 from pydantic import AfterValidator
+
+from refinegraph.tool_calls import tool_call_answer
 
 Projection = Callable[[str], str | None]
 
@@ -170,6 +175,7 @@ _projections: dict[str, Projection] = {
     "text": extract_text,
     "letters": extract_letters,
     "sql": extract_sql,
+    "tool_call": tool_call_answer,
 }
 
 TASK_ANSWERS: dict[str, str] = {

@@ -44,6 +44,7 @@ from pydantic import BaseModel, Field, field_validator
 from refinegraph.context import RunContext
 from refinegraph.models.base import ModelError
 from refinegraph.prompts import load_prompt
+from refinegraph.prompts.conversation import answer_text, task_text
 from refinegraph.tools.structured import response_format_for, sample_structured
 
 MAX_STEPS = 12
@@ -158,8 +159,9 @@ class JudgeScorer:
 
     async def score(self, ctx: RunContext, task: str, solution: str) -> Scores:
         label = f"judge:{ctx.model_name(self.role)}"
-        steps = split_steps(solution)
-        messages = load_prompt("reward").render(task=task, steps=numbered_steps(steps), count=len(steps))
+        steps = split_steps(answer_text(solution))  # a tool call spelled out, not its encoding
+        messages = load_prompt("reward").render(task=task_text(task, None, ctx.tools), steps=numbered_steps(steps),
+                                                count=len(steps))
         asked = await sample_structured(ctx, self.role, messages, JudgeReply, response_format=JUDGE_FORMAT,
                                         max_tokens=self.max_tokens, seed=self.seed, min_tokens=MIN_JUDGE_TOKENS)
         parsed, parsed_with = asked.value, asked.parsed_with

@@ -204,6 +204,34 @@ def reliability_cmd(
         raise typer.Exit(1)
 
 
+@app.command("proxy")
+def proxy_cmd(
+    requests: int = typer.Option(400, "--requests", min=8, help="Requests per configuration (over the rounds)."),
+    rounds: int = typer.Option(4, "--rounds", min=1, help="Interleaved rounds."),
+    concurrency: str = typer.Option("1,16", "--concurrency", help="Comma-separated concurrencies."),
+    out_dir: Path = typer.Option(Path("bench-reports/proxy"), "--out", help="Folder for report.json/.md."),
+) -> None:
+    """greedy:UPSTREAM through `refinegraph serve` vs the request sent straight to the upstream
+    (a scripted stub): added latency at p50/p99 and the throughput ratio."""
+    import asyncio
+
+    from refinegraph.bench.proxy import goal_lines, markdown, measure
+
+    levels = [int(c) for c in concurrency.split(",") if c.strip()]
+    if not levels or min(levels) < 1:
+        err.print("--concurrency takes positive integers, e.g. 1,16")
+        raise typer.Exit(2)
+    err.print(f"measuring {requests} requests per configuration at concurrency {levels}, {rounds} rounds ...")
+    report = asyncio.run(measure(requests, rounds, levels))
+    table = Table(title="greedy:UPSTREAM through refinegraph serve vs direct (scripted upstream)")
+    for column in ("concurrency", "direct p50 ms", "proxied p50 ms", "added p50", "added p99", "req/s ratio"):
+        table.add_column(column, justify="right")
+    for r in report["rows"]:
+        table.add_row(str(r["concurrency"]), f"{r['direct']['p50_ms']:.2f}", f"{r['proxied']['p50_ms']:.2f}",
+                      f"{r['added_p50_ms']:.2f}", f"{r['added_p99_ms']:.2f}", f"{r['throughput_ratio']:.2f}x")
+    _finish(table, goal_lines(report), out_dir, report, markdown(report))
+
+
 def _finish(table: Table, lines: list[str], out_dir: Path, report: dict, markdown: str) -> None:
     """Print the table and the figures' lines, then write report.json and report.md."""
     from refinegraph.bench.report import write_report

@@ -57,6 +57,8 @@ def _summary(e: dict) -> str:
     if t == "llm_call":
         return (f"{e['model']} role={e['role']} n={e['params']['n']} source={e['source']} "
                 f"tokens={e['prompt_tokens']}+{e['completion_tokens']} {e['latency_ms']:.0f}ms")
+    if t == "tool_call":
+        return f"{e['model']} sample={e['sample']} {e['name']}({e['arguments'][:100]}) offered={e['offered']}"
     if t == "critique":
         return f"candidate={e['candidate']} score={e['score']} done={e['done']} via={e['parsed_with']}"
     if t == "run_finished":

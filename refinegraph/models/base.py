@@ -46,7 +46,12 @@ class Samples(BaseModel):
 
 @runtime_checkable
 class Model(Protocol):
-    """An async chat model. Backends differ in transport, never in this signature."""
+    """An async chat model. Backends differ in transport, never in this signature.
+
+    A backend that sets `supports_tools = True` also takes `tools=` (the request fields of
+    a client's ToolOffer: tools, tool_choice, parallel_tool_calls) and writes a reply's tool
+    calls into its text (refinegraph.tool_calls.encode); the run never offers tools to others.
+    """
 
     name: str
     backend: str

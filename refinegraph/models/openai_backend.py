@@ -26,6 +26,7 @@ import openai
 
 from refinegraph import retry as retries
 from refinegraph.models.base import MalformedResponse, Samples, Usage
+from refinegraph.tool_calls import MARKER, ToolCall, encode, escape_marker
 
 CHARS_PER_TOKEN = 4
 """The estimate for a choice whose /tokenize count failed for good."""
@@ -49,6 +50,7 @@ class OpenAIModel:
     """A model behind an OpenAI-compatible `/v1/chat/completions` endpoint."""
 
     backend = "openai"
+    supports_tools = True
 
     def __init__(
         self,
@@ -88,11 +90,11 @@ class OpenAIModel:
         return [self.max_n] * full + ([rest] if rest else [])
 
     async def sample(self, messages, *, n=1, temperature=0.0, max_tokens=512, seed=None,
-                     stop=None, response_format=None, logprobs=False) -> Samples:
+                     stop=None, response_format=None, logprobs=False, tools=None) -> Samples:
         parts = self._split(n)
         requests = [self._request(messages, n=k, temperature=temperature, max_tokens=max_tokens,
                                   seed=None if seed is None else seed + i, stop=stop,
-                                  response_format=response_format, logprobs=logprobs)
+                                  response_format=response_format, logprobs=logprobs, tools=tools)
                     for i, k in enumerate(parts)]
         responses = await _all_or_first_error(requests)
         texts: list[str] = []
@@ -108,7 +110,7 @@ class OpenAIModel:
                 raise openai.APIResponseValidationError(
                     response=httpx.Response(200, request=httpx.Request("POST", self.base_url)), body=None,
                     message=f"asked for {asked} choices, the server returned {len(choices)}")
-            part_texts = [c.message.content or "" for c in choices]
+            part_texts = [self._text_of(c.message) for c in choices]
             part_finish = [c.finish_reason for c in choices]
             texts += part_texts
             finish += part_finish
@@ -132,8 +134,23 @@ class OpenAIModel:
             usage_reported=reported_everywhere,
         )
 
+    def _text_of(self, message: Any) -> str:
+        """A choice's text: its content, with its tool calls (if any) written after it
+        (refinegraph.tool_calls); plain content that holds the marker has it escaped."""
+        content = message.content or ""
+        calls = [ToolCall(id=c.id or "", name=c.function.name, arguments=c.function.arguments or "")
+                 for c in (getattr(message, "tool_calls", None) or []) if getattr(c, "function", None)]
+        if calls:
+            return encode(content, calls)
+        if MARKER in content:
+            reason = f"model {self.name!r} answered text holding the tool-call marker: escaped, so it reads as text"
+            if not retries.record_fallback("tool_marker_escaped", reason):
+                _log.warning("%s", reason)
+            return escape_marker(content)
+        return content
+
     async def _request(self, messages, *, n, temperature, max_tokens, seed, stop,
-                       response_format, logprobs):
+                       response_format, logprobs, tools=None):
         kwargs: dict[str, Any] = {
             "model": self.model, "messages": messages, "n": n, "temperature": temperature,
             "max_tokens": max_tokens,
@@ -146,6 +163,8 @@ class OpenAIModel:
             kwargs["response_format"] = response_format
         if logprobs:
             kwargs["logprobs"] = True
+        if tools:
+            kwargs.update(tools)
         if self.extra_body:
             kwargs["extra_body"] = self.extra_body
         try:

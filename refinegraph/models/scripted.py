@@ -18,6 +18,9 @@ class ScriptedModel:
     """Test double: answers from a script, counting every call it receives."""
 
     backend = "scripted"
+    supports_tools = True
+    """It passes no tools anywhere: it records them (`tool_offers`); a script answers a tool
+    call with refinegraph.tool_calls.encode(...)."""
 
     def __init__(
         self,
@@ -31,6 +34,7 @@ class ScriptedModel:
         self._script = script
         self._position = 0
         self.calls: list[list[dict[str, Any]]] = []
+        self.tool_offers: list[dict[str, Any] | None] = []
 
     def _next(self, messages: list[dict[str, Any]]) -> str:
         if callable(self._script):
@@ -42,8 +46,9 @@ class ScriptedModel:
         return text
 
     async def sample(self, messages, *, n=1, temperature=0.0, max_tokens=512, seed=None,
-                     stop=None, response_format=None, logprobs=False) -> Samples:
+                     stop=None, response_format=None, logprobs=False, tools=None) -> Samples:
         self.calls.append(messages)
+        self.tool_offers.append(tools)
         texts = [self._next(messages) for _ in range(n)]
         counts = [max(1, len(t.split())) for t in texts]
         prompt = sum(len(str(m.get("content", "")).split()) for m in messages)

@@ -35,7 +35,7 @@ from refinegraph.server.approval_routes import install_approval_routes, waits_on
 from refinegraph.server.body import parse_json_object, read_limited
 from refinegraph.server.errors import ApiError, error_response, install_handlers, validation_message
 from refinegraph.server.pipelines import ModelPool, Pipeline, PreparedRun, load_pipelines, prepare
-from refinegraph.server.responses import completion_body, content_of, failure_extra, no_answer
+from refinegraph.server.responses import completion_body, failure_extra, has_reply, no_answer
 from refinegraph.server.schemas import ChatRequest
 from refinegraph.server.streaming import stream_run
 from refinegraph.server.upstream import proxied_pipeline, proxy_cards, split_name
@@ -103,21 +103,35 @@ class Server:
             log.warning("request refused by an unexpected validation path", exc_info=exc)
             raise ApiError(400, str(exc), code="invalid_request") from None
 
-    def models_for(self, prepared: PreparedRun) -> dict[str, Model]:
+    async def models_for(self, prepared: PreparedRun) -> dict[str, Model]:
+        """The run's backends, held until execute() ends (see ModelPool); a request with tools
+        whose models cannot take them is a 400 before anything runs."""
         try:
-            return self.pool.get(prepared.model_names, prepared.pipeline.config)
+            models = await self.pool.acquire(prepared.model_names, prepared.pipeline.config)
         except ConfigError as exc:  # e.g. a model whose API key variable is unset: not the request's fault
             log.error("cannot build a model: %s", exc)
             raise ApiError(502, f"a model of pipeline {prepared.pipeline.name!r} is unavailable: {exc}",
                            code="model_unavailable") from None
+        unable = sorted(f"{name!r} (backend {m.backend})" for name, m in models.items()
+                        if not getattr(m, "supports_tools", False))
+        if prepared.tools is not None and unable:
+            await self.pool.release(models)
+            raise ApiError(400, f"pipeline {prepared.pipeline.name!r} cannot pass tools on: its models "
+                                f"{', '.join(unable)} take none; tool calls reach models of the openai backend",
+                           param="tools", code="tools_unsupported")
+        return models
 
     async def execute(self, prepared: PreparedRun, models: dict[str, Model], run_id: str) -> RunResult:
-        """Run under the concurrency bound, on the shared model backends."""
-        async with self.semaphore:
-            return await run(prepared.pipeline.spec.graph, prepared.graph_input, config=prepared.pipeline.config,
-                             params=prepared.params, budget=Budget(**prepared.limits), models=models, store=self.store,
-                             checkpoint=self.settings.checkpoint or waits_on_a_person(prepared.params),
-                             run_id=run_id, messages=prepared.messages)
+        """Run under the concurrency bound, on the shared model backends (released at the end)."""
+        try:
+            async with self.semaphore:
+                return await run(prepared.pipeline.spec.graph, prepared.graph_input,
+                                 config=prepared.pipeline.config, params=prepared.params,
+                                 budget=Budget(**prepared.limits), models=models, store=self.store,
+                                 checkpoint=self.settings.checkpoint or waits_on_a_person(prepared.params),
+                                 run_id=run_id, messages=prepared.messages, tools=prepared.tools)
+        finally:
+            await self.pool.release(models)
 
 
 def create_app(config: Config | None = None, *, models: dict[str, Model] | None = None,
@@ -168,14 +182,15 @@ def create_app(config: Config | None = None, *, models: dict[str, Model] | None 
         server.check_auth(request)
         body = await server.read_body(request)
         prepared = server.prepare(body)
-        models = server.models_for(prepared)
+        models = await server.models_for(prepared)
         run_id = uuid.uuid4().hex
         created = int(time.time())
         headers = {RUN_HEADER: run_id}
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             stream = stream_run(server.execute(prepared, models, run_id), server.store, run_id, body.model, created,
-                                progress=body.refinegraph.progress, include_usage=include_usage)
+                                progress=body.refinegraph.progress, include_usage=include_usage,
+                                tools=prepared.tools is not None)
             return StreamingResponse(stream, media_type="text/event-stream",
                                      headers={**headers, "cache-control": "no-cache"})
         try:
@@ -188,9 +203,10 @@ def create_app(config: Config | None = None, *, models: dict[str, Model] | None 
                                            extra=failure_extra(run_id, exc.result)))
         if result.stop_reason.startswith("awaiting_"):  # waits on a person: the pending decision, not an answer
             return JSONResponse(with_pending(completion_body(result, body.model, created), result), headers=headers)
-        if not content_of(result):
+        tools = prepared.tools is not None
+        if not has_reply(result, tools):
             return error_response(no_answer(result, headers))
-        return JSONResponse(completion_body(result, body.model, created), headers=headers)
+        return JSONResponse(completion_body(result, body.model, created, tools=tools), headers=headers)
 
     install_approval_routes(app, server)
     return app

@@ -48,16 +48,30 @@ class Usage(BaseModel):
     prompt_tokens_details: PromptTokensDetails
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"]
-    content: str
+    content: str | None
+    """null only for a reply that calls tools without words."""
+    tool_calls: list[ToolCall] | None = None
+    """The calls the run chose, for a request that offered tools."""
 
 
 class Choice(BaseModel):
     index: int
     message: AssistantMessage
     logprobs: None
-    finish_reason: Literal["stop"]
+    finish_reason: Literal["stop", "tool_calls"]
 
 
 class RunMetadata(BaseModel):
@@ -116,7 +130,8 @@ CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
           "content": {"text/event-stream": {"schema": {  # one event: a chunk, an error, or [DONE]
               "type": "object", "required": ["data"],
               "properties": {"data": {"type": "string"}, "event": {"type": "string"}}}}}},
-    400: _error("malformed JSON, wrong types, bad params, a budget over the pipeline's, bad messages"),
+    400: _error("malformed JSON, wrong types, bad params, a budget over the pipeline's, bad messages, tools "
+                "for a graph or model that takes none"),
     **AUTH_ERRORS,
     404: _error("the model names no pipeline of this server"),
     413: _error("body over server.max_body_bytes"),

@@ -8,6 +8,7 @@ roles (the embedded model when there is no config).
 from __future__ import annotations
 
 import logging
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ from refinegraph.runner import compiled_graph
 from refinegraph.server.approval_routes import check_approval_request
 from refinegraph.server.errors import ApiError
 from refinegraph.server.schemas import ChatRequest
+from refinegraph.tool_calls import ToolOffer
 
 log = logging.getLogger("refinegraph.server")
 
@@ -68,32 +70,83 @@ def load_pipelines(config: Config) -> dict[str, Pipeline]:
 
 
 class ModelPool:
-    """One backend per model name for the server's life: runs share it (the embedded
-    model's server starts once), and it is closed at shutdown. Supplied ones (test
-    doubles) are used as given and never closed."""
+    """One backend per model name, shared by runs: the embedded model's server starts once.
 
-    def __init__(self, config: Config, supplied: dict[str, Model] | None = None):
+    Backends of configured models live for the server's life. Pass-through backends (a
+    `[proxy]` server's model ids, one per id a request names) are kept for the
+    `max_passthrough` ids used last (least recently used first out): an evicted one is
+    closed as soon as no run holds it (`acquire` ... `release`), so a server that sees many
+    ids keeps a bounded number of HTTP clients. Supplied ones (test doubles) are used as
+    given and never closed.
+    """
+
+    def __init__(self, config: Config, supplied: dict[str, Model] | None = None,
+                 max_passthrough: int | None = None):
         self.config = config
         self.supplied = dict(supplied or {})
+        self.max_passthrough = max_passthrough or config.proxy.max_clients
         self.built: dict[str, Model] = {}
+        self.passthrough: OrderedDict[str, Model] = OrderedDict()
+        self.holders: Counter[int] = Counter()
+        """Runs holding each pass-through backend (by id()), between acquire and release."""
+        self.retired: dict[int, Model] = {}
+        """Evicted backends still held by a run: closed at their last release."""
+        self.evictions = 0
 
     def get(self, names: set[str], config: Config | None = None) -> dict[str, Model]:
-        """The backends of `names`, specified by `config` (a proxied pipeline's) or the server's."""
+        """The backends of `names`, specified by `config` (a proxied pipeline's) or the server's.
+        Pass-through ones are not held: use acquire for a run."""
         config = config or self.config
         out = {}
         for name in sorted(names):
             if name in self.supplied:
                 out[name] = self.supplied[name]
-            else:
+            elif name in self.config.models or name not in config.models:
                 if name not in self.built:
                     self.built[name] = build_model(name, config.spec(name))
                 out[name] = self.built[name]
+            else:
+                model = self.passthrough.pop(name, None) or build_model(name, config.spec(name))
+                self.passthrough[name] = model  # the most recently used last
+                out[name] = model
         return out
 
+    async def acquire(self, names: set[str], config: Config | None = None) -> dict[str, Model]:
+        """get(), the pass-through backends held until release(); the pool trimmed to its bound."""
+        models = self.get(names, config)
+        for name, model in models.items():
+            if self.passthrough.get(name) is model:
+                self.holders[id(model)] += 1
+        while len(self.passthrough) > self.max_passthrough:
+            _, evicted = self.passthrough.popitem(last=False)
+            self.evictions += 1
+            if self.holders[id(evicted)]:
+                self.retired[id(evicted)] = evicted
+            else:
+                self.holders.pop(id(evicted), None)
+                await evicted.aclose()
+        return models
+
+    async def release(self, models: dict[str, Model]) -> None:
+        """A run is done with `models`: an evicted backend it was the last to hold is closed."""
+        for model in models.values():
+            key = id(model)
+            if not self.holders[key]:
+                continue
+            self.holders[key] -= 1
+            if not self.holders[key]:
+                del self.holders[key]
+                retired = self.retired.pop(key, None)
+                if retired is not None:
+                    await retired.aclose()
+
     async def aclose(self) -> None:
-        for model in self.built.values():
+        for model in [*self.built.values(), *self.passthrough.values(), *self.retired.values()]:
             await model.aclose()
         self.built.clear()
+        self.passthrough.clear()
+        self.retired.clear()
+        self.holders.clear()
 
 
 @dataclass
@@ -106,6 +159,8 @@ class PreparedRun:
     model_names: set[str] = field(default_factory=set)
     messages: list[dict[str, Any]] | None = None
     """The request's conversation (None for SQL graphs, whose input is the question)."""
+    tools: ToolOffer | None = None
+    """The request's tools, tool_choice and parallel_tool_calls, when it offered tools."""
 
 
 def task_of(request: ChatRequest, max_messages: int, max_chars: int) -> str:
@@ -187,6 +242,30 @@ def _sql_input(pipeline: Pipeline, request: ChatRequest, allow_request_db: bool,
     return {"db": db, **({"evidence": extra.evidence} if extra.evidence else {})}
 
 
+def tool_offer(pipeline: Pipeline, request: ChatRequest) -> tuple[ToolOffer | None, dict[str, Any]]:
+    """The request's tools and the params its graph takes to answer with tool calls, or
+    the 400 that says why it cannot (a graph that takes no tools, a conflicting answer type)."""
+    if not request.tools:
+        if request.tool_choice is not None or request.parallel_tool_calls is not None:
+            raise ApiError(400, "tool_choice and parallel_tool_calls need tools", param="tools")
+        return None, {}
+    spec = get_graph(pipeline.spec.graph)
+    if spec.tool_params is None:
+        takers = ", ".join(g.name for g in list_graphs() if g.tool_params is not None)
+        raise ApiError(400, f"pipeline {pipeline.name!r} runs graph {pipeline.spec.graph!r}, which takes no tools; "
+                            f"these graphs do: {takers}", param="tools", code="tools_unsupported")
+    for key, value in spec.tool_params.items():
+        asked = request.refinegraph.params.get(key, value)
+        if asked != value:
+            raise ApiError(400, f"with tools, graph {spec.name!r} runs with {key}={value!r}; the request asked "
+                                f"for {asked!r}", param=f"refinegraph.params.{key}", code="bad_params")
+    choice = request.tool_choice
+    offer = ToolOffer(tools=[t.model_dump(exclude_none=True) for t in request.tools],
+                      tool_choice=choice.model_dump() if choice is not None and not isinstance(choice, str) else choice,
+                      parallel_tool_calls=request.parallel_tool_calls)
+    return offer, dict(spec.tool_params)
+
+
 def prepare(pipeline: Pipeline, request: ChatRequest, *, max_messages: int, max_chars: int,
             allow_request_db: bool, databases: dict[str, str] | None = None) -> PreparedRun:
     """Everything checked before a run is recorded: input, params, budget, database."""
@@ -204,7 +283,8 @@ def prepare(pipeline: Pipeline, request: ChatRequest, *, max_messages: int, max_
                             f"{pipeline.spec.graph!r}", param="refinegraph")
     else:
         messages = [m.model_dump(exclude_none=True) for m in request.messages]
-    params = {**pipeline.spec.params, **request.refinegraph.params}
+    tools, tool_params = tool_offer(pipeline, request)
+    params = {**pipeline.spec.params, **request.refinegraph.params, **tool_params}
     check_approval_request(pipeline.name, pipeline.spec.params, params, stream=bool(request.stream))
     try:
         compiled_graph(pipeline.spec.graph, params)
@@ -218,4 +298,4 @@ def prepare(pipeline: Pipeline, request: ChatRequest, *, max_messages: int, max_
         raise ApiError(400, f"these params name models the server does not define: {', '.join(unknown)}",
                        param="refinegraph.params")
     return PreparedRun(pipeline, graph_input, params, _budget(pipeline, request.refinegraph.budget), names,
-                       messages)
+                       messages, tools)

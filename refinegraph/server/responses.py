@@ -6,6 +6,7 @@ from typing import Any
 
 from refinegraph.runner import RunResult
 from refinegraph.server.errors import ApiError
+from refinegraph.tool_calls import decode
 
 
 def usage_of(result: RunResult) -> dict[str, Any]:
@@ -25,6 +26,28 @@ def content_of(result: RunResult) -> str:
     return chosen.strip() if isinstance(chosen, str) else ""
 
 
+def reply_of(result: RunResult, tools: bool) -> tuple[str | None, list[dict[str, Any]] | None]:
+    """(content, tool_calls) of the reply. Without tools: the content (content_of). With
+    tools: the chosen reply's own text (the chosen sample's, or Self-Refine's candidate),
+    its tool calls in OpenAI's shape (the model's ids kept, made up where it sent none),
+    content None when the call came without words, as OpenAI sends it."""
+    if not tools:
+        return content_of(result), None
+    chosen = result.state.get("solution")
+    text = chosen if isinstance(chosen, str) else (result.answer or "")
+    content, calls = decode(text)
+    if calls is None:
+        return content.strip(), None
+    made_up = f"call_{result.run_id[:16]}"
+    return content.strip() or None, [call.openai(f"{made_up}_{i}") for i, call in enumerate(calls)]
+
+
+def has_reply(result: RunResult, tools: bool) -> bool:
+    """Whether the run has anything to say (else it is answered with a 422)."""
+    content, calls = reply_of(result, tools)
+    return bool(content or calls)
+
+
 def metadata_of(result: RunResult, pipeline: str) -> dict[str, Any]:
     """The top-level `refinegraph` object (the openai client keeps it in `model_extra`)."""
     return {"run_id": result.run_id, "answer": result.answer, "pipeline": pipeline, "graph": result.graph,
@@ -33,10 +56,14 @@ def metadata_of(result: RunResult, pipeline: str) -> dict[str, Any]:
             "fallbacks": result.fallbacks, "cost_usd": result.cost_usd}
 
 
-def completion_body(result: RunResult, pipeline: str, created: int) -> dict[str, Any]:
+def completion_body(result: RunResult, pipeline: str, created: int, *, tools: bool = False) -> dict[str, Any]:
+    content, calls = reply_of(result, tools)
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if calls:
+        message["tool_calls"] = calls
     return {"id": f"chatcmpl-{result.run_id}", "object": "chat.completion", "created": created, "model": pipeline,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content_of(result)},
-                         "logprobs": None, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": message, "logprobs": None,
+                         "finish_reason": "tool_calls" if calls else "stop"}],
             "usage": usage_of(result), "refinegraph": metadata_of(result, pipeline)}
 
 

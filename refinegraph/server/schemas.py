@@ -58,6 +58,30 @@ class RefinegraphExtra(BaseModel):
     """stream=true: also stream the run's trace events as they are written (see streaming.py)."""
 
 
+class FunctionSpec(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    name: StrictStr = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    description: StrictStr | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ToolSpec(BaseModel):
+    """One offered tool, as OpenAI's `tools` items (function tools only)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    type: Literal["function"]
+    function: dict[str, StrictStr]
+
+
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
@@ -72,4 +96,8 @@ class ChatRequest(BaseModel):
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     n: int | None = None
+    tools: list[ToolSpec] | None = Field(None, min_length=1, max_length=128)
+    """Passed to the upstream model with the conversation (graphs that take tools only)."""
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: StrictBool | None = None
     refinegraph: RefinegraphExtra = Field(default_factory=RefinegraphExtra)

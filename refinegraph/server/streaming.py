@@ -6,8 +6,11 @@ Every line is `data: <chat.completion.chunk>`, as OpenAI sends them:
 2. only for a client that asked for progress (`"refinegraph": {"progress": true}`): one
    chunk per trace event (node_started, llm_call, vote, ... in trace order), `delta =
    {"content": ""}` and the event in `refinegraph.event`; other clients never see them;
-3. the chosen answer, a piece (a word and the space after it) per chunk;
-4. `delta = {}`, `finish_reason = "stop"` and the run's metadata in `refinegraph`;
+3. the chosen answer, a piece (a word and the space after it) per chunk; a reply that calls
+   tools then has one chunk per call (`delta.tool_calls = [{index, id, type, function:
+   {name, arguments}}]`, the arguments whole);
+4. `delta = {}`, `finish_reason = "stop"` (`"tool_calls"` for a tool call) and the run's
+   metadata in `refinegraph`;
 5. with `stream_options.include_usage`: the usage chunk last (`choices = []`, the whole
    run's `usage`), as OpenAI sends it;
 6. `data: [DONE]`.
@@ -29,7 +32,7 @@ from typing import Any
 
 from refinegraph.runner import RunFailed, RunResult
 from refinegraph.server.errors import error_body
-from refinegraph.server.responses import content_of, failure_extra, metadata_of, no_answer, usage_of
+from refinegraph.server.responses import failure_extra, metadata_of, no_answer, reply_of, usage_of
 from refinegraph.trace.store import TraceStore
 
 POLL_S = 0.1
@@ -60,7 +63,8 @@ def pieces(text: str) -> list[str]:
 
 
 async def stream_run(run: Awaitable[RunResult], store: TraceStore, run_id: str, pipeline: str,
-                     created: int, *, progress: bool = False, include_usage: bool = False) -> AsyncIterator[str]:
+                     created: int, *, progress: bool = False, include_usage: bool = False,
+                     tools: bool = False) -> AsyncIterator[str]:
     """SSE lines for one run; the run is cancelled if the client goes away (its trace
     then stays unsealed and `refinegraph resume` can finish it)."""
     chunk = ChunkMaker(run_id, pipeline, created)
@@ -90,13 +94,16 @@ async def stream_run(run: Awaitable[RunResult], store: TraceStore, run_id: str, 
             yield _sse(error_body(500, f"internal error ({type(exc).__name__}); see the server log",
                                   **failure_extra(run_id, None)))
             return
-        if not content_of(result):
+        content, calls = reply_of(result, tools)
+        if not content and not calls:
             refused = no_answer(result, {})
             yield _sse(error_body(refused.status, refused.message, code=refused.code, **refused.extra))
             return
-        for piece in pieces(content_of(result)):
+        for piece in pieces(content or ""):
             yield chunk({"content": piece})
-        yield chunk({}, "stop", refinegraph=metadata_of(result, pipeline))
+        for index, call in enumerate(calls or []):
+            yield chunk({"tool_calls": [{"index": index, **call}]})
+        yield chunk({}, "tool_calls" if calls else "stop", refinegraph=metadata_of(result, pipeline))
         if include_usage:
             yield chunk.usage(usage_of(result))
         yield "data: [DONE]\n\n"

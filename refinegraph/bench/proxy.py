@@ -1,0 +1,156 @@
+"""`refinegraph bench proxy`: what the drop-in proxy adds to a request.
+
+The same chat request goes straight to an upstream server and through `refinegraph serve`
+as `greedy:UPSTREAM` (a traced run, one model call), at each concurrency, in interleaved
+rounds. The upstream is the scripted stub (stub_server.CountingServer, an instant
+deterministic reply), so what is measured is the proxy, not a model. Figures: the added
+latency at p50 and p99 (proxied minus direct, per percentile) and the throughput ratio
+(proxied requests/s over direct). Goals (issue 13): at most 5 ms added at p50 and at least
+0.95x the direct throughput.
+
+The stub, the server (uvicorn in a thread) and the client share one process, so their
+Python work competes for one interpreter: the figures are an upper bound of the proxy's cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from refinegraph.bench.report import environment, md_table
+from refinegraph.bench.stub_server import CountingServer
+
+GOAL_ADDED_P50_MS = 5.0
+GOAL_THROUGHPUT_RATIO = 0.95
+CHAT = [{"role": "user", "content": "What is 5 + 7?"}]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) by linear interpolation (statistics.quantiles' inclusive method)."""
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[max(0, min(98, round(q) - 1))]
+
+
+class _Served:
+    """The refinegraph app on a loopback port, uvicorn in a background thread."""
+
+    def __init__(self, app: Any):
+        import uvicorn
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the refinegraph server did not start within 30 s")
+            time.sleep(0.02)
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+async def _batch(client: httpx.AsyncClient, url: str, model: str, requests: int, concurrency: int
+                 ) -> tuple[list[float], float]:
+    """Latencies (ms) of `requests` requests, `concurrency` at a time, and the wall time (s)."""
+    latencies: list[float] = []
+    left = iter(range(requests))
+
+    async def worker() -> None:
+        for _ in left:
+            started = time.perf_counter()
+            response = await client.post(url, json={"model": model, "messages": CHAT, "max_tokens": 16})
+            response.raise_for_status()
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, time.perf_counter() - started
+
+
+async def measure(requests: int, rounds: int, concurrencies: list[int]) -> dict[str, Any]:
+    """Direct vs proxied, each concurrency, interleaved rounds (see the module docstring)."""
+    from refinegraph.config import Config
+    from refinegraph.server import create_app
+    from refinegraph.trace.store import open_store
+
+    per_round = max(1, requests // rounds)
+    with tempfile.TemporaryDirectory() as home, CountingServer(lambda body: "The answer is 12.") as upstream:
+        store = open_store(str(Path(home) / "traces.sqlite"))
+        config = Config.model_validate({"proxy": {"base_url": upstream.url}})
+        app = create_app(config, store=store)
+        try:
+            with _Served(app) as proxy_url:
+                async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=64)) as client:
+                    targets = {"direct": (f"{upstream.url}/chat/completions", "stub-model"),
+                               "proxied": (f"{proxy_url}/chat/completions", "greedy:stub-model")}
+                    for url, model in targets.values():  # warm up: connections, the compiled graph
+                        await _batch(client, url, model, 4, 2)
+                    rows = []
+                    for concurrency in concurrencies:
+                        seen: dict[str, dict[str, Any]] = {k: {"latencies": [], "wall_s": 0.0} for k in targets}
+                        for _ in range(rounds):
+                            for kind, (url, model) in targets.items():
+                                latencies, wall = await _batch(client, url, model, per_round, concurrency)
+                                seen[kind]["latencies"] += latencies
+                                seen[kind]["wall_s"] += wall
+                        rows.append(_row(concurrency, seen))
+        finally:
+            store.close()
+    return {"requests_per_configuration": per_round * rounds, "rounds": rounds, "rows": rows,
+            "goals": {"added_p50_ms": GOAL_ADDED_P50_MS, "throughput_ratio": GOAL_THROUGHPUT_RATIO},
+            "environment": environment()}
+
+
+def _row(concurrency: int, seen: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    figures = {}
+    for kind, data in seen.items():
+        lat = data["latencies"]
+        figures[kind] = {"p50_ms": round(percentile(lat, 50), 3), "p99_ms": round(percentile(lat, 99), 3),
+                         "requests_per_s": round(len(lat) / data["wall_s"], 2) if data["wall_s"] else None}
+    direct, proxied = figures["direct"], figures["proxied"]
+    ratio = proxied["requests_per_s"] / direct["requests_per_s"] if direct["requests_per_s"] else None
+    added_p50 = proxied["p50_ms"] - direct["p50_ms"]
+    return {"concurrency": concurrency, **figures,
+            "added_p50_ms": round(added_p50, 3), "added_p99_ms": round(proxied["p99_ms"] - direct["p99_ms"], 3),
+            "throughput_ratio": round(ratio, 3) if ratio is not None else None,
+            "met": added_p50 <= GOAL_ADDED_P50_MS and ratio is not None and ratio >= GOAL_THROUGHPUT_RATIO}
+
+
+def goal_lines(report: dict[str, Any]) -> list[str]:
+    return [(f"concurrency {r['concurrency']}: +{r['added_p50_ms']:.2f} ms at p50 (goal <= {GOAL_ADDED_P50_MS:g}), "
+             f"+{r['added_p99_ms']:.2f} ms at p99, throughput {r['throughput_ratio']:.2f}x direct "
+             f"(goal >= {GOAL_THROUGHPUT_RATIO:g}x) {'met' if r['met'] else 'MISSED'}") for r in report["rows"]]
+
+
+def markdown(report: dict[str, Any]) -> str:
+    rows = [[r["concurrency"], r["direct"]["p50_ms"], r["proxied"]["p50_ms"], r["added_p50_ms"], r["added_p99_ms"],
+             r["direct"]["requests_per_s"], r["proxied"]["requests_per_s"], r["throughput_ratio"]]
+            for r in report["rows"]]
+    env = report["environment"]
+    return "\n\n".join([
+        "# refinegraph bench proxy",
+        (f"`greedy:UPSTREAM` through `refinegraph serve` vs the same request sent to the upstream (the scripted "
+         f"stub); {report['requests_per_configuration']} requests per configuration in {report['rounds']} "
+         "interleaved rounds; stub, server and client in one process."),
+        md_table(["concurrency", "direct p50 ms", "proxied p50 ms", "added p50 ms", "added p99 ms",
+                  "direct req/s", "proxied req/s", "ratio"], rows),
+        "\n".join(f"- {line}" for line in goal_lines(report)),
+        f"Python {env['python']}, {env['platform']}, {env['cpus']} CPUs, {env['at']}.",
+    ])

@@ -1,0 +1,22 @@
+"""bench proxy: both paths measured at each concurrency, every proxied request a traced
+greedy run that reached the upstream once."""
+
+from __future__ import annotations
+
+from refinegraph.bench.proxy import markdown, measure, percentile
+
+
+def test_percentile_interpolates_between_samples():
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 50) == 3.0
+    assert 4.9 < percentile([1.0, 2.0, 3.0, 4.0, 5.0], 99) <= 5.0
+
+
+async def test_bench_proxy_measures_direct_and_proxied_at_each_concurrency():
+    report = await measure(8, 2, [1, 3])
+    assert [r["concurrency"] for r in report["rows"]] == [1, 3]
+    for row in report["rows"]:
+        for kind in ("direct", "proxied"):
+            assert row[kind]["p50_ms"] > 0 and row[kind]["requests_per_s"] > 0
+        assert row["added_p50_ms"] == round(row["proxied"]["p50_ms"] - row["direct"]["p50_ms"], 3)
+    assert report["requests_per_configuration"] == 8
+    assert "| concurrency |" in markdown(report)
