@@ -189,7 +189,7 @@ def _mode_seed(settings: dict[str, Any], position: int) -> int:
 
 def build_acar(params: dict[str, Any] | None = None, *, checkpointer: Any = None, trace_nodes: bool = True) -> Any:
     """The compiled ACAR graph. Input: {"task": str}; output adds answer, solution, stop_reason, sigma, mode."""
-    from refinegraph.runner import compiled_graph
+    from refinegraph.compiled import compiled_graph
 
     settings = ACARParams.model_validate(params or {}).model_dump()
     for position in range(3):  # bad mode params fail now, before any run is recorded

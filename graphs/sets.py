@@ -52,7 +52,7 @@ class SetsParams(AnswerParams):
     @model_validator(mode="after")
     def _fits_the_step_limit(self) -> SetsParams:
         """Each verdict and correction is a graph step; the runner caps steps per run."""
-        from refinegraph.runner import RECURSION_LIMIT
+        from refinegraph.compiled import RECURSION_LIMIT
 
         steps = self.m * (2 * self.r + 1) + 4
         if steps > RECURSION_LIMIT:

@@ -22,7 +22,7 @@ from refinegraph.cache import CachedSample, ReplayCache, call_key, sample_keys
 from refinegraph.config import Config, RetryPolicy
 from refinegraph.events import BudgetEvent, ErrorEvent, Event, Fallback, LLMCall, Retry
 from refinegraph.models.base import Model, ModelError, ModelUnavailable, Samples, Usage, valid_unicode
-from refinegraph.retry import RetryScope, call_with_retries, describe, retry_scope
+from refinegraph.models.retry import RetryScope, call_with_retries, describe, retry_scope
 
 current_node: contextvars.ContextVar[str | None] = contextvars.ContextVar("refinegraph_node", default=None)
 role_overrides: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("refinegraph_roles",
@@ -59,7 +59,7 @@ class RunContext:
     fallbacks: Counter = field(default_factory=Counter)
     retries: int = 0
     conversation: list[dict[str, Any]] | None = None
-    """The client's whole chat when the run's input is one (see prompts/conversation.py)."""
+    """The client's whole chat when the run's input is one (see refinegraph/conversation.py)."""
 
     # -- events ---------------------------------------------------------------------------
 

@@ -25,24 +25,22 @@ import aiosqlite
 import pydantic_core
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
-from refinegraph import __version__
 from refinegraph.budget import Budget, BudgetExceeded
 from refinegraph.cache import ReplayCache
+from refinegraph.compiled import RECURSION_LIMIT, clear_compiled_graphs, compiled_graph
 from refinegraph.config import Config, ConfigError, ModelSpec, home, load_config
 from refinegraph.context import ReplayMiss, RunContext
+from refinegraph.conversation import check_conversation, last_user_text
 from refinegraph.events import DECISION_TYPES, ErrorEvent, RunFinished, RunInterrupted, RunResumed, RunStarted
 from refinegraph.models import Model, ModelError, ModelUnavailable, build_model
 from refinegraph.models.base import Usage
-from refinegraph.prompts.conversation import check_conversation, last_user_text
 from refinegraph.registry import get_graph
 from refinegraph.sqlite_files import BUSY_TIMEOUT_S, prepare_once
-from refinegraph.trace.chain import canonical_json
 from refinegraph.trace.store import BaseTraceStore, NullWriter, TraceWriter, open_store
 from refinegraph.trace.verify import verify_run
-
-RECURSION_LIMIT = 200
+from refinegraph.version import __version__
 
 
 class RunResult(BaseModel):
@@ -154,32 +152,6 @@ async def open_saver(path: Path) -> AsyncIterator[TraceFirstSaver]:
     prepare_once(path, lambda conn: SqliteSaver(conn).setup())
     async with aiosqlite.connect(str(path), timeout=BUSY_TIMEOUT_S) as conn:
         yield TraceFirstSaver(conn)
-
-
-_compiled: dict[tuple[str, str], Any] = {}
-
-
-def compiled_graph(graph_name: str, params: dict[str, Any], checkpointer: Any = None) -> Any:
-    """The compiled graph for (graph, params), built once per process.
-
-    Compiling costs milliseconds, more than refinegraph's whole per-run bookkeeping, so
-    each run takes a shallow copy of the cached graph with its own checkpointer. Bad
-    params fail here, before any run is recorded.
-    """
-    key = (graph_name, canonical_json(params))
-    if key not in _compiled:
-        try:
-            _compiled[key] = get_graph(graph_name).build(params, checkpointer=None)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg']}" for e in exc.errors())
-            raise ConfigError(f"bad parameters for graph {graph_name!r}: {problems}") from None
-    graph = _compiled[key]
-    return graph.copy({"checkpointer": checkpointer}) if checkpointer is not None else graph
-
-
-def clear_compiled_graphs() -> None:
-    """Forget compiled graphs (after changing a graph's nodes at run time, as tests do)."""
-    _compiled.clear()
 
 
 def _model_names(graph: str, roles: dict[str, str], params: dict[str, Any], config: Config) -> list[str]:
@@ -542,4 +514,4 @@ async def replay(run_id: str, *, store: BaseTraceStore | None = None, config: Co
 
 
 __all__ = ["RunResult", "RunFailed", "RunNotResumable", "TraceUnusable", "run", "resume", "replay",
-           "decisions", "ConfigError"]
+           "decisions", "ConfigError", "compiled_graph", "clear_compiled_graphs", "RECURSION_LIMIT"]

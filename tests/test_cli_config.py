@@ -115,7 +115,7 @@ def test_cli_reports_a_missing_runtime_and_records_it(monkeypatch, rg_home):
 
 def test_answers_are_printed_verbatim(monkeypatch):
     """An answer with rich markup-like text ([b], [/]) reaches stdout unchanged."""
-    import refinegraph.cli.app as cli
+    import refinegraph.cli.running as cli
     from refinegraph.runner import RunResult
 
     answer = "Use [bold] tags like [b]this[/b] and a list [1, 2]."

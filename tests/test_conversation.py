@@ -102,7 +102,7 @@ def test_cli_messages_file(tmp_path, monkeypatch):
         seen.update(kwargs)
         return await real(graph, task, **{**kwargs, "models": {"local": remembering_model()}})
 
-    monkeypatch.setattr("refinegraph.cli.app.run", spy)
+    monkeypatch.setattr("refinegraph.cli.running.run", spy)
     path = tmp_path / "chat.json"
     path.write_text(json.dumps(CHAT))
     out = CliRunner().invoke(app, ["run", "self-refine", "--messages", str(path), "--json"])

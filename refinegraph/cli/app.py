@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
 from refinegraph.budget import Budget
 from refinegraph.cli import (  # noqa: F401
@@ -20,11 +19,14 @@ from refinegraph.cli import (  # noqa: F401
     trace_cmds,
 )
 from refinegraph.cli.common import err, fail, open_store, out, print_json, resolve_run, run_until_signal
-from refinegraph.config import Config, ConfigError, load_config
+from refinegraph.cli.running import prepare as _prepare
+from refinegraph.cli.running import report_failure as _failed
+from refinegraph.cli.running import run_or_exit as _run_or_exit
+from refinegraph.config import ConfigError, load_config
+from refinegraph.conversation import check_conversation
 from refinegraph.models import ModelUnavailable
-from refinegraph.prompts.conversation import check_conversation
-from refinegraph.registry import UnknownGraph, get_graph, list_graphs
-from refinegraph.runner import RunFailed, RunNotResumable, RunResult, TraceUnusable, new_run_id, resume, run
+from refinegraph.registry import UnknownGraph, list_graphs
+from refinegraph.runner import RunFailed, RunNotResumable, RunResult, TraceUnusable, resume
 from refinegraph.trace.store import TraceStoreError
 
 app = typer.Typer(help="Verify-and-refine LLM agents with auditable decision traces.",
@@ -47,16 +49,6 @@ def _report(result: RunResult, as_json: bool) -> None:
         err.print(f"stop: {result.stop_reason}  calls: {result.model_calls}  "
                   f"tokens: {result.usage['total_tokens']}{cost}", highlight=False)
         typer.echo(f"run: {result.run_id}")
-
-
-def _failed(exc: RunFailed, as_json: bool) -> None:
-    if as_json:
-        print_json(exc.result.model_dump())
-    err.print(f"[bold red]error:[/] {escape(str(exc.cause))}", highlight=False)
-    err.print(f"the failure is recorded in the trace: refinegraph trace show {exc.result.run_id}")
-    if not as_json:
-        typer.echo(f"run: {exc.result.run_id}")
-    raise typer.Exit(1)
 
 
 @app.command("run")
@@ -95,44 +87,6 @@ def _conversation_file(path: Path) -> list[dict]:
         return check_conversation(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise ValueError(f"--messages {path}: {exc}") from None
-
-
-def _prepare(graph: str, config: Path | None, model: str | None, param: list[str]) -> tuple[Config, dict]:
-    """The graph checked, the config loaded (with --model applied) and --param parsed."""
-    get_graph(graph)
-    cfg = load_config(config)
-    if model:
-        cfg = cfg.with_model(model)
-    return cfg, _params(param)
-
-
-def _run_or_exit(graph: str, task: str | dict | None, cfg: Config, params: dict, budget: Budget,
-                 as_json: bool, messages: list[dict] | None = None) -> RunResult:
-    """The run's result, or a clear message and the documented exit code (130 on Ctrl-C or
-    SIGTERM, after printing the run id and its resume line)."""
-    run_id = new_run_id()
-    try:
-        return run_until_signal(run(graph, task, config=cfg, params=params, budget=budget, store=open_store(cfg),
-                                    run_id=run_id, messages=messages), [run_id], as_json)
-    except RunFailed as exc:
-        _failed(exc, as_json)
-    except ConfigError as exc:
-        fail(str(exc))
-    except (ModelUnavailable, TraceStoreError) as exc:
-        fail(str(exc), 1)
-
-
-def _params(pairs: list[str]) -> dict:
-    params = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ConfigError(f"--param takes KEY=VALUE, got {pair!r}")
-        try:
-            params[key] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key] = value
-    return params
 
 
 @app.command("resume")

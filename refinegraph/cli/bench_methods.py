@@ -51,7 +51,7 @@ def _resolve_all(methods: list[str], pairs: list[str], optional: dict[str, dict[
                  ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     """Per method, the params it runs with, and what summary.json records of them."""
     from refinegraph.bench.common import graph_of, resolve_params, split_params
-    from refinegraph.cli.app import _params
+    from refinegraph.cli.running import parse_params as _params
 
     shared, own = split_params(_params(pairs), methods)
     params, record = {}, {}

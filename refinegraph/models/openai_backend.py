@@ -24,7 +24,7 @@ from typing import Any, Literal
 import httpx
 import openai
 
-from refinegraph import retry as retries
+from refinegraph.models import retry as retries
 from refinegraph.models.base import MalformedResponse, Samples, Usage
 
 CHARS_PER_TOKEN = 4
