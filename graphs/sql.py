@@ -48,14 +48,13 @@ from refinegraph.events import Approval, Stop, Vote
 from refinegraph.human import AWAITING_APPROVAL, ask
 from refinegraph.registry import register_graph
 from refinegraph.tools.sql import (
-    ExecResult,
     RejectedSQL,
     check_read_only,
     connect,
     render_result,
     serialize_schema,
-    vote_on_results,
 )
+from refinegraph.tools.voting import majority_vote
 from refinegraph.wiring import MethodGraph
 
 DIALECT_NAMES = {"sqlite": "SQLite", "postgres": "PostgreSQL", "duckdb": "DuckDB"}
@@ -101,21 +100,15 @@ class SqlState(TypedDict, total=False):
     approved_sql: str | None
 
 
-def _as_result(candidate: dict[str, Any]) -> ExecResult:
-    """A stand-in result carrying the candidate's key, enough for the vote."""
-    if candidate["error_class"]:
-        return ExecResult(sql=candidate["sql"], error_class=candidate["error_class"], error=candidate["error"])
-    return ExecResult(sql=candidate["sql"], rows=[(candidate["key"],)])
-
-
 async def vote(state: SqlState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    outcome = vote_on_results([_as_result(c) for c in state["candidates"]])
-    groups = [{"key": state["candidates"][g.members[0]]["key"], "members": g.members, "votes": g.votes}
-              for g in outcome.groups]
-    runtime.context.emit(Vote(groups=groups, failed=outcome.failed, winner=groups[0]["key"] if groups else None,
+    """The one vote (tools.voting) over the candidates' result keys; a failed candidate abstains."""
+    candidates = state["candidates"]
+    outcome = majority_vote([None if c["error_class"] else c["key"] for c in candidates])
+    groups = [{"key": g.key, "members": g.members, "votes": g.votes} for g in outcome.groups]
+    runtime.context.emit(Vote(groups=groups, failed=outcome.abstained, winner=outcome.winner.key if groups else None,
                               agreement=round(outcome.agreement, 4), tie=outcome.tied))
-    winner = state["candidates"][outcome.winner.members[0]]["sql"] if outcome.winner else None
-    update: dict[str, Any] = {"vote": {"groups": groups, "failed": outcome.failed}}
+    winner = candidates[outcome.winner.members[0]]["sql"] if outcome.winner else None
+    update: dict[str, Any] = {"vote": {"groups": groups, "failed": outcome.abstained}}
     if winner is not None:
         update["sql"] = winner
     return update

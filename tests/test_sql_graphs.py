@@ -109,7 +109,7 @@ async def test_budget_stop_and_replay(db, store):
 
 
 def test_cli_sql_json(db, monkeypatch):
-    import refinegraph.cli.app as cli
+    import refinegraph.cli.running as cli
     real_run = cli.run
 
     async def with_double(graph, task, **kw):

@@ -301,7 +301,7 @@ def test_serve_refuses_a_public_address_without_an_api_key(monkeypatch, host, in
 @pytest.fixture
 def model_writes(monkeypatch):
     """Make `refinegraph sql` answer with a scripted model (a test double) writing `sql`."""
-    import refinegraph.cli.app as cli
+    import refinegraph.cli.running as cli
 
     real_run = cli.run
 
