@@ -42,7 +42,7 @@ class Asked:
 
 
 def gsm8k(tmp_path, monkeypatch, asked: Asked, out_dir: Path, graphs: str = "greedy,self-consistency"):
-    monkeypatch.setattr("refinegraph.runner.build_model", lambda name, spec: ScriptedModel(asked, name=name))
+    monkeypatch.setattr("refinegraph.runs.execute.build_model", lambda name, spec: ScriptedModel(asked, name=name))
     return CliRunner().invoke(app, ["bench", "gsm8k", "--data", str(gsm8k_file(tmp_path)), "--graphs", graphs,
                                     "-p", "n=2", "--out", str(out_dir)])
 
@@ -119,7 +119,7 @@ def test_a_stopped_spider_run_continues_where_it_was(tmp_path, monkeypatch):
         return respond
 
     def bench(stop: bool):
-        monkeypatch.setattr("refinegraph.runner.build_model",
+        monkeypatch.setattr("refinegraph.runs.execute.build_model",
                             lambda name, spec: ScriptedModel(model(stop), name=name))
         return CliRunner().invoke(app, ["bench", "spider", "--data", str(data), "--graphs", "sql-greedy",
                                         "--out", str(out_dir)])

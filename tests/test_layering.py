@@ -178,3 +178,18 @@ def test_the_checks_see_function_level_imports_cycles_and_layers(tmp_path):
         ["refinegraph.core", "refinegraph.tools.helper"],
         ["refinegraph.models", "refinegraph.models.backend", "refinegraph.retry"],
     ]
+
+
+def test_the_runner_keeps_its_public_names_after_the_split():
+    """refinegraph.runner is split by job (refinegraph.runs, refinegraph.compiled) but callers
+    import from it as before."""
+    import refinegraph
+    from refinegraph import runner
+
+    names = {"RunResult", "RunFailed", "RunNotResumable", "TraceUnusable", "run", "resume", "replay", "decisions",
+             "ConfigError", "compiled_graph", "clear_compiled_graphs", "RECURSION_LIMIT", "ReplayModel",
+             "ReplayResult", "TraceFirstSaver", "checkpoint_file", "open_saver", "executions", "superseded",
+             "new_run_id", "close_shared_stores", "default_store", "shared_store"}
+    assert names <= set(runner.__all__) and all(hasattr(runner, name) for name in names)
+    assert (refinegraph.run, refinegraph.resume, refinegraph.replay) == (runner.run, runner.resume, runner.replay)
+    assert len((ROOT / "refinegraph" / "runner.py").read_text(encoding="utf-8").splitlines()) < 40
