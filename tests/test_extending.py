@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from refinegraph import events, registry
+from refinegraph import backends, events, registry
 from refinegraph.tools import answers
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
@@ -33,12 +33,15 @@ SECTIONS = sections(PAGE.read_text(encoding="utf-8"))
 
 @pytest.fixture
 def undo_registrations():
-    """What the examples register (graphs, answer types, event types) is removed after."""
+    """What the examples register (graphs, answer types, event types, backends) is removed after."""
     registry.list_graphs()  # the built-in graphs loaded first, so that they are what is kept
     graphs = dict(registry._graphs)
     projections = dict(answers._projections)
     registered, decisions, adapter = dict(events._registered), set(events.DECISION_TYPES), events.EVENT_ADAPTER
+    known_backends = dict(backends._backends)
     yield
+    backends._backends.clear()
+    backends._backends.update(known_backends)
     registry._graphs.clear()
     registry._graphs.update(graphs)
     answers._projections.clear()
