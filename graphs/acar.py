@@ -41,7 +41,6 @@ import operator
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal, TypedDict
 
-from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -50,10 +49,10 @@ from refinegraph.agents.sampler import sample_answers
 from refinegraph.budget import BudgetExceeded
 from refinegraph.context import RunContext
 from refinegraph.events import Route, Stop, Vote
-from refinegraph.nodes import stops_on_budget, traced
 from refinegraph.registry import register_graph
 from refinegraph.tools.answers import AnswerKind, display, get_projection
 from refinegraph.tools.voting import VoteOutcome, majority_vote
+from refinegraph.wiring import MethodGraph
 
 MODE_ROLES = ("model1", "model2", "model3")
 MODE_SIZES = {"one": 0, "two": 2, "three": 3}
@@ -190,18 +189,17 @@ def _mode_seed(settings: dict[str, Any], position: int) -> int:
 
 def build_acar(params: dict[str, Any] | None = None, *, checkpointer: Any = None, trace_nodes: bool = True) -> Any:
     """The compiled ACAR graph. Input: {"task": str}; output adds answer, solution, stop_reason, sigma, mode."""
-    from refinegraph.runner import compiled_graph
+    from refinegraph.compiled import compiled_graph
 
-    settings = ACARParams(**(params or {})).model_dump()
+    settings = ACARParams.model_validate(params or {}).model_dump()
     for position in range(3):  # bad mode params fail now, before any run is recorded
         compiled_graph(settings["mode_graph"], {**settings["mode_params"], "seed": _mode_seed(settings, position)})
-    wrap = traced if trace_nodes else (lambda name, fn: fn)
     project = get_projection(settings["answer"])
 
     async def start(state: ACARState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         ctx = runtime.context
         probe_model = ",".join(settings["probe_models"] or []) or settings["probe_model"] or ctx.model_name("probe")
-        return {"params": settings, "probe_model": probe_model, "probes": [], "mode": "one", "models": [],
+        return {"probe_model": probe_model, "probes": [], "mode": "one", "models": [],
                 "sigma": 0.0}
 
     async def probe(state: ACARState, runtime: Runtime[RunContext]) -> dict[str, Any]:
@@ -312,27 +310,23 @@ def build_acar(params: dict[str, Any] | None = None, *, checkpointer: Any = None
             return "mode"
         return "judge" if state["mode"] == "three" else "finish"
 
-    graph = StateGraph(ACARState, context_schema=RunContext)
-    graph.add_node("start", start)
-    graph.add_node("probe", wrap("probe", stops_on_budget(probe)))
-    graph.add_node("route", wrap("route", route))
-    graph.add_node("mode", wrap("mode", stops_on_budget(mode_step)))
-    graph.add_node("judge", wrap("judge", stops_on_budget(judge)))
-    graph.add_node("finish", wrap("finish", finish))
-    graph.add_edge(START, "start")
-    graph.add_edge("start", "probe")
-    graph.add_conditional_edges("probe", after_probe, ["route", "finish"])
-    graph.add_conditional_edges("route", after_route, ["mode", "finish"])
-    graph.add_conditional_edges("mode", after_mode, ["mode", "judge", "finish"])
-    graph.add_edge("judge", "finish")
-    graph.add_edge("finish", END)
-    return graph.compile(checkpointer=checkpointer, name="acar")
+    graph = MethodGraph(ACARState, settings, start=start, trace_nodes=trace_nodes)
+    graph.node("probe", probe, budget=True)
+    graph.node("route", route)
+    graph.node("mode", mode_step, budget=True)
+    graph.node("judge", judge, budget=True)
+    graph.node("finish", finish)
+    graph.branch("probe", after_probe, ["route", "finish"])
+    graph.branch("route", after_route, ["mode", "finish"])
+    graph.branch("mode", after_mode, ["mode", "judge", "finish"])
+    graph.edge("judge", "finish")
+    return graph.compile(checkpointer, name="acar")
 
 
 def register() -> None:
     register_graph("acar", build_acar,
                    "ACAR: probe a cheap model, route by sigma (disagreement) to one, two or three models",
-                   uses_models=uses_models)
+                   params=ACARParams, sets=("solution", "winner", "sigma", "mode"), uses_models=uses_models)
 
 
 register()

@@ -23,6 +23,7 @@ from typing import Any
 
 from refinegraph.config import Config, ModelSpec
 from refinegraph.prompts import load_prompt
+from refinegraph.tools.answers import gsm8k_gold
 from refinegraph.trace.store import TraceStore
 
 TASK_ROLES = ("solver", "probe")
@@ -40,14 +41,12 @@ class RecordedPool:
 
 def read_gold(path: Path) -> dict[str, str]:
     """Question text -> gold answer, from a pool file (`gold`) or a GSM8K jsonl (`answer` with ####)."""
-    from refinegraph.bench.gsm8k import gold_of
-
     golds = {}
     with open(path, encoding="utf-8") as lines:
         for line in lines:
             if line.strip():
                 row = json.loads(line)
-                golds[row["question"].strip()] = str(row["gold"]) if "gold" in row else gold_of(row["answer"])
+                golds[row["question"].strip()] = str(row["gold"]) if "gold" in row else gsm8k_gold(row["answer"])
     return golds
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import operator
 from typing import Annotated, Any, TypedDict
 
-from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import Field
 
@@ -26,10 +25,10 @@ from refinegraph.agents.scorer import make_scorer, reward_models, score_candidat
 from refinegraph.context import RunContext
 from refinegraph.events import Stop, Vote
 from refinegraph.graphs.consistency import TOOL_PARAMS, AnswerParams, vote_payload
-from refinegraph.nodes import stops_on_budget, traced
 from refinegraph.registry import register_graph
 from refinegraph.tools.answers import display
 from refinegraph.tools.reward import best_index
+from refinegraph.wiring import MethodGraph
 
 
 class ScorerParams(AnswerParams):
@@ -88,11 +87,7 @@ async def finish(state: BestOfNState, runtime: Runtime[RunContext]) -> dict[str,
 
 def build_best_of_n(params: dict[str, Any] | None = None, *, checkpointer: Any = None,
                     trace_nodes: bool = True) -> Any:
-    settings = RewardParams(**(params or {})).model_dump()
-    wrap = traced if trace_nodes else (lambda node_name, fn: fn)
-
-    async def start(state: BestOfNState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-        return {"params": settings}
+    settings = RewardParams.model_validate(params or {}).model_dump()
 
     async def sample(state: BestOfNState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         samples = await sample_answers(runtime.context, state["task"], n=settings["n"],
@@ -105,24 +100,20 @@ def build_best_of_n(params: dict[str, Any] | None = None, *, checkpointer: Any =
         records, stopped = await score_candidates(ctx, make_scorer(ctx, settings), state["task"], state["samples"])
         return {"scores": records, **({"stop_reason": "budget"} if stopped else {})}
 
-    graph = StateGraph(BestOfNState, context_schema=RunContext)
-    graph.add_node("start", start)
-    graph.add_node("sampler", wrap("sampler", stops_on_budget(sample)))
-    graph.add_node("scorer", wrap("scorer", score))
-    graph.add_node("finish", wrap("finish", finish))
-    graph.add_edge(START, "start")
-    graph.add_edge("start", "sampler")
-    graph.add_conditional_edges("sampler", lambda s: "finish" if s.get("stop_reason") else "scorer",
-                                ["scorer", "finish"])
-    graph.add_edge("scorer", "finish")
-    graph.add_edge("finish", END)
-    return graph.compile(checkpointer=checkpointer, name="best-of-n")
+    graph = MethodGraph(BestOfNState, settings, trace_nodes=trace_nodes)
+    graph.node("sampler", sample, budget=True)
+    graph.node("scorer", score)
+    graph.node("finish", finish)
+    graph.unless_stopped("sampler", "scorer")
+    graph.edge("scorer", "finish")
+    return graph.compile(checkpointer, name="best-of-n")
 
 
 def register() -> None:
     register_graph("best-of-n", build_best_of_n,
                    "Best-of-N: n samples, each scored by a reward model or LLM judge; the highest score wins",
-                   uses_models=reward_models, tool_params=TOOL_PARAMS)
+                   params=RewardParams, sets=("solution", "chosen", "score"), uses_models=reward_models,
+                   tool_params=TOOL_PARAMS)
 
 
 register()

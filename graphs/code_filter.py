@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypedDict
 
-from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,9 +26,9 @@ from refinegraph.agents.code_verifier import run_tests
 from refinegraph.agents.code_writer import write_programs
 from refinegraph.context import RunContext
 from refinegraph.events import Stop
-from refinegraph.nodes import stops_on_budget, traced
 from refinegraph.registry import register_graph
 from refinegraph.tools.code.programs import entry_point_of
+from refinegraph.wiring import MethodGraph
 
 
 class CodeFilterParams(BaseModel):
@@ -103,15 +102,14 @@ async def finish(state: CodeFilterState, runtime: Runtime[RunContext]) -> dict[s
 
 def build_code_filter(params: dict[str, Any] | None = None, *, checkpointer: Any = None,
                       trace_nodes: bool = True) -> Any:
-    settings = CodeFilterParams(**(params or {}))
-    wrap = traced if trace_nodes else (lambda node_name, fn: fn)
+    settings = CodeFilterParams.model_validate(params or {})
 
     async def start(state: CodeFilterState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         entry_point = state.get("entry_point") or entry_point_of(state["task"])
         if not entry_point:
             raise ValueError("code-filter needs an entry_point: name it in the input, or define the function "
                              "(def NAME(...)) in the task")
-        return {"params": settings.model_dump(), "entry_point": entry_point, "tests": state.get("tests", "")}
+        return {"entry_point": entry_point, "tests": state.get("tests", "")}
 
     async def solve(state: CodeFilterState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         return {"candidates": await write_programs(
@@ -126,23 +124,20 @@ def build_code_filter(params: dict[str, Any] | None = None, *, checkpointer: Any
                                   tests=state["tests"], entry_point=state["entry_point"], sandbox=settings.sandbox())
         return {"candidates": [{**c, **r} for c, r in zip(state["candidates"], checked)]}
 
-    graph = StateGraph(CodeFilterState, context_schema=RunContext)
-    graph.add_node("start", start)
-    graph.add_node("solver", wrap("solver", stops_on_budget(solve)))
-    graph.add_node("verifier", wrap("verifier", verify))
-    graph.add_node("finish", wrap("finish", finish))
-    graph.add_edge(START, "start")
-    graph.add_edge("start", "solver")
-    graph.add_conditional_edges("solver", lambda s: "finish" if s.get("stop_reason") else "verifier",
-                                ["verifier", "finish"])
-    graph.add_edge("verifier", "finish")
-    graph.add_edge("finish", END)
-    return graph.compile(checkpointer=checkpointer, name="code-filter")
+    graph = MethodGraph(CodeFilterState, settings.model_dump(), start=start, trace_nodes=trace_nodes)
+    graph.node("solver", solve, budget=True)
+    graph.node("verifier", verify)
+    graph.node("finish", finish)
+    graph.unless_stopped("solver", "verifier")
+    graph.edge("verifier", "finish")
+    return graph.compile(checkpointer, name="code-filter")
 
 
 def register() -> None:
     register_graph("code-filter", build_code_filter,
-                   "Code filter: n programs, each run against the task's tests in a sandbox; the first that passes")
+                   "Code filter: n programs, each run against the task's tests in a sandbox; the first that passes",
+                   params=CodeFilterParams, reads=("entry_point", "tests"),
+                   sets=("solution", "chosen", "passed", "candidates"))
 
 
 register()

@@ -18,18 +18,17 @@ from __future__ import annotations
 import operator
 from typing import Annotated, Any, Literal, TypedDict
 
-from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, ConfigDict, Field
 
 from refinegraph.agents.sampler import sample_answers
 from refinegraph.context import RunContext
 from refinegraph.events import SamplingCheck, Stop, Vote
-from refinegraph.nodes import stops_on_budget, traced
 from refinegraph.registry import register_graph
 from refinegraph.tools.answers import AnswerKind, display
 from refinegraph.tools.stopping import posterior_check, window_check
 from refinegraph.tools.voting import majority_vote
+from refinegraph.wiring import MethodGraph
 
 TOOL_PARAMS = {"answer": "tool_call"}
 """With offered tools the vote is over tool calls (normalised name and arguments) and texts."""
@@ -99,8 +98,7 @@ async def finish(state: VoteState, runtime: Runtime[RunContext]) -> dict[str, An
 
 def _build_fixed(params: dict[str, Any] | None, *, name: str, defaults: dict[str, Any], checkpointer: Any,
                  trace_nodes: bool) -> Any:
-    settings = SamplingParams(**{**defaults, **(params or {})}).model_dump()
-    wrap = traced if trace_nodes else (lambda node_name, fn: fn)
+    settings = SamplingParams.model_validate({**defaults, **(params or {})}).model_dump()
 
     async def sample(state: VoteState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         samples = await sample_answers(runtime.context, state["task"], n=settings["n"],
@@ -108,18 +106,11 @@ def _build_fixed(params: dict[str, Any] | None, *, name: str, defaults: dict[str
                                        seed=settings["seed"], kind=settings["answer"])
         return {"samples": samples}
 
-    async def start(state: VoteState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-        return {"params": settings}
-
-    graph = StateGraph(VoteState, context_schema=RunContext)
-    graph.add_node("start", start)
-    graph.add_node("sampler", wrap("sampler", stops_on_budget(sample)))
-    graph.add_node("finish", wrap("finish", finish))
-    graph.add_edge(START, "start")
-    graph.add_edge("start", "sampler")
-    graph.add_edge("sampler", "finish")
-    graph.add_edge("finish", END)
-    return graph.compile(checkpointer=checkpointer, name=name)
+    graph = MethodGraph(VoteState, settings, trace_nodes=trace_nodes)
+    graph.node("sampler", sample, budget=True)
+    graph.node("finish", finish)
+    graph.edge("sampler", "finish")
+    return graph.compile(checkpointer, name=name)
 
 
 def build_greedy(params: dict[str, Any] | None = None, *, checkpointer: Any = None, trace_nodes: bool = True) -> Any:
@@ -158,11 +149,7 @@ def check(samples: list[dict[str, Any]], settings: dict[str, Any]) -> SamplingCh
 
 def build_adaptive_sc(params: dict[str, Any] | None = None, *, checkpointer: Any = None,
                       trace_nodes: bool = True) -> Any:
-    settings = AdaptiveParams(**(params or {})).model_dump()
-    wrap = traced if trace_nodes else (lambda node_name, fn: fn)
-
-    async def start(state: VoteState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-        return {"params": settings, "batches": 0}
+    settings = AdaptiveParams.model_validate(params or {}).model_dump()
 
     async def sample(state: VoteState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         taken = len(state.get("samples", []))
@@ -179,29 +166,27 @@ def build_adaptive_sc(params: dict[str, Any] | None = None, *, checkpointer: Any
         runtime.context.emit(event)
         return {"stop_reason": event.reason if event.stop else ""}
 
-    graph = StateGraph(VoteState, context_schema=RunContext)
-    graph.add_node("start", start)
-    graph.add_node("sampler", wrap("sampler", stops_on_budget(sample)))
-    graph.add_node("check", wrap("check", decide))
-    graph.add_node("finish", wrap("finish", finish))
-    graph.add_edge(START, "start")
-    graph.add_edge("start", "sampler")
-    graph.add_conditional_edges("sampler", lambda s: "finish" if s.get("stop_reason") else "check",
-                                ["check", "finish"])
-    graph.add_conditional_edges("check", lambda s: "finish" if s.get("stop_reason") else "sampler",
-                                ["sampler", "finish"])
-    graph.add_edge("finish", END)
-    return graph.compile(checkpointer=checkpointer, name="adaptive-sc")
+    graph = MethodGraph(VoteState, settings, start={"batches": 0}, trace_nodes=trace_nodes)
+    graph.node("sampler", sample, budget=True)
+    graph.node("check", decide)
+    graph.node("finish", finish)
+    graph.unless_stopped("sampler", "check")
+    graph.unless_stopped("check", "sampler")
+    return graph.compile(checkpointer, name="adaptive-sc")
 
 
 def register() -> None:
+    outputs = ("solution", "agreement", "vote")
     register_graph("greedy", build_greedy, "Greedy: one sample at temperature 0, its answer read out",
+                   params=AnswerParams, sets=outputs,
                    tool_params=TOOL_PARAMS)
     register_graph("self-consistency", build_self_consistency,
                    "Self-consistency: n samples in one request, majority vote over normalized answers",
+                   params=SamplingParams, sets=outputs,
                    tool_params=TOOL_PARAMS)
     register_graph("adaptive-sc", build_adaptive_sc,
                    "Adaptive self-consistency: sample in batches until a Beta/Dirichlet posterior (or ESC) says stop",
+                   params=AdaptiveParams, sets=outputs,
                    tool_params=TOOL_PARAMS)
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import operator
 from typing import Annotated, Any, TypedDict
 
-from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import Field
 
@@ -42,10 +41,10 @@ from refinegraph.budget import BudgetExceeded
 from refinegraph.context import RunContext
 from refinegraph.events import Difficulty, Refine, Stop, Vote
 from refinegraph.graphs.best_of_n import ScorerParams
-from refinegraph.nodes import stopped_or, stops_on_budget, traced
 from refinegraph.registry import register_graph
 from refinegraph.tools.answers import display, get_projection
 from refinegraph.tools.voting import majority_vote
+from refinegraph.wiring import MethodGraph
 
 
 class MagicoreParams(ScorerParams):
@@ -141,11 +140,7 @@ async def finish(state: MagicoreState, runtime: Runtime[RunContext]) -> dict[str
 
 def build_magicore(params: dict[str, Any] | None = None, *, checkpointer: Any = None,
                    trace_nodes: bool = True) -> Any:
-    settings = MagicoreParams(**(params or {})).model_dump()
-    wrap = traced if trace_nodes else (lambda node_name, fn: fn)
-
-    async def start(state: MagicoreState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-        return {"params": settings, "iteration": 0, "current": [], "attempted": [], "fresh": []}
+    settings = MagicoreParams.model_validate(params or {}).model_dump()
 
     async def sample(state: MagicoreState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         samples = await sample_answers(runtime.context, state["task"], n=settings["k"],
@@ -231,29 +226,26 @@ def build_magicore(params: dict[str, Any] | None = None, *, checkpointer: Any = 
         return {"candidates": made, "fresh": fresh, "attempted": attempted, "iteration": iteration,
                 "reviews": [], **update}
 
-    graph = StateGraph(MagicoreState, context_schema=RunContext)
-    graph.add_node("start", start)
-    graph.add_node("solver", wrap("solver", stops_on_budget(sample)))
-    graph.add_node("scorer", wrap("scorer", score))
-    graph.add_node("decide", wrap("decide", decide))
-    graph.add_node("reviewer", wrap("reviewer", reviewer))
-    graph.add_node("refiner", wrap("refiner", refiner))
-    graph.add_node("finish", wrap("finish", finish))
-    graph.add_edge(START, "start")
-    graph.add_edge("start", "solver")
-    graph.add_conditional_edges("solver", stopped_or("scorer"), ["scorer", "finish"])
-    graph.add_conditional_edges("scorer", stopped_or("decide"), ["decide", "finish"])
-    graph.add_conditional_edges("decide", stopped_or("reviewer"), ["reviewer", "finish"])
-    graph.add_conditional_edges("reviewer", stopped_or("refiner"), ["refiner", "finish"])
-    graph.add_conditional_edges("refiner", stopped_or("scorer"), ["scorer", "finish"])
-    graph.add_edge("finish", END)
-    return graph.compile(checkpointer=checkpointer, name="magicore")
+    graph = MethodGraph(MagicoreState, settings, start={"iteration": 0, "current": [], "attempted": [], "fresh": []},
+                        trace_nodes=trace_nodes)
+    graph.node("solver", sample, budget=True)
+    graph.node("scorer", score)
+    graph.node("decide", decide)
+    graph.node("reviewer", reviewer)
+    graph.node("refiner", refiner)
+    graph.node("finish", finish)
+    graph.unless_stopped("solver", "scorer")
+    graph.unless_stopped("scorer", "decide")
+    graph.unless_stopped("decide", "reviewer")
+    graph.unless_stopped("reviewer", "refiner")
+    graph.unless_stopped("refiner", "scorer")
+    return graph.compile(checkpointer, name="magicore")
 
 
 def register() -> None:
     register_graph("magicore", build_magicore,
                    "MAgICoRe: reward-scored samples; easy -> weighted vote, hard -> reviewer/refiner rounds",
-                   uses_models=reward_models)
+                   params=MagicoreParams, sets=("solution", "chosen", "vote"), uses_models=reward_models)
 
 
 register()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import operator
 from typing import Annotated, Any, TypedDict
 
-from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,8 +22,8 @@ from refinegraph.agents.refiner import refine
 from refinegraph.agents.solver import solve
 from refinegraph.context import RunContext
 from refinegraph.events import Stop
-from refinegraph.nodes import stopped_or, stops_on_budget, traced
 from refinegraph.registry import register_graph
+from refinegraph.wiring import MethodGraph
 
 
 class SelfRefineParams(BaseModel):
@@ -87,33 +86,28 @@ async def finish(state: SelfRefineState, runtime: Runtime[RunContext]) -> dict[s
 def build_self_refine(params: dict[str, Any] | None = None, *, checkpointer: Any = None,
                       trace_nodes: bool = True) -> Any:
     """The compiled Self-Refine graph. Input: {"task": str}; output adds answer, stop_reason."""
-    settings = SelfRefineParams(**(params or {})).model_dump()
-    wrap = traced if trace_nodes else (lambda name, fn: fn)
+    settings = SelfRefineParams.model_validate(params or {}).model_dump()
 
     async def start(state: SelfRefineState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         return {"params": {**settings, **state.get("params", {})}, "iteration": 0}
 
-    graph = StateGraph(SelfRefineState, context_schema=RunContext)
-    graph.add_node("start", start)
-    graph.add_node("solver", wrap("solver", stops_on_budget(solve)))
-    graph.add_node("critic", wrap("critic", stops_on_budget(critique)))
-    graph.add_node("decide", wrap("decide", decide))
-    graph.add_node("refiner", wrap("refiner", stops_on_budget(refine)))
-    graph.add_node("finish", wrap("finish", finish))
-    graph.add_edge(START, "start")
-    graph.add_edge("start", "solver")
-    graph.add_conditional_edges("solver", stopped_or("critic"), ["critic", "finish"])
-    graph.add_conditional_edges("critic", stopped_or("decide"), ["decide", "finish"])
-    graph.add_conditional_edges("decide", stopped_or("refiner"), ["refiner", "finish"])
-    graph.add_conditional_edges("refiner", stopped_or("critic"), ["critic", "finish"])
-    graph.add_edge("finish", END)
-    return graph.compile(checkpointer=checkpointer, name="self-refine")
+    graph = MethodGraph(SelfRefineState, settings, start=start, trace_nodes=trace_nodes)
+    graph.node("solver", solve, budget=True)
+    graph.node("critic", critique, budget=True)
+    graph.node("decide", decide)
+    graph.node("refiner", refine, budget=True)
+    graph.node("finish", finish)
+    graph.unless_stopped("solver", "critic")
+    graph.unless_stopped("critic", "decide")
+    graph.unless_stopped("decide", "refiner")
+    graph.unless_stopped("refiner", "critic")
+    return graph.compile(checkpointer, name="self-refine")
 
 
 def register() -> None:
     register_graph("self-refine", build_self_refine,
                    "Self-Refine: solve, critique (structured verdict), refine; best-scored version wins",
-                   tool_params={})
+                   params=SelfRefineParams, sets=("chosen",), tool_params={})
 
 
 register()

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from typing import Any, TypedDict
 
-from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import Field, model_validator
 
@@ -35,10 +34,10 @@ from refinegraph.agents.verifier import verify_solution
 from refinegraph.context import RunContext
 from refinegraph.events import Refine, Stop, Vote
 from refinegraph.graphs.consistency import AnswerParams
-from refinegraph.nodes import stops_on_budget, traced
 from refinegraph.registry import register_graph
 from refinegraph.tools.answers import display, get_projection
 from refinegraph.tools.voting import majority_vote
+from refinegraph.wiring import MethodGraph
 
 
 class SetsParams(AnswerParams):
@@ -53,7 +52,7 @@ class SetsParams(AnswerParams):
     @model_validator(mode="after")
     def _fits_the_step_limit(self) -> SetsParams:
         """Each verdict and correction is a graph step; the runner caps steps per run."""
-        from refinegraph.runner import RECURSION_LIMIT
+        from refinegraph.compiled import RECURSION_LIMIT
 
         steps = self.m * (2 * self.r + 1) + 4
         if steps > RECURSION_LIMIT:
@@ -101,12 +100,8 @@ async def finish(state: SetsState, runtime: Runtime[RunContext]) -> dict[str, An
 
 def build_sets(params: dict[str, Any] | None = None, *, checkpointer: Any = None, trace_nodes: bool = True) -> Any:
     """The compiled SETS graph. Input: {"task": str}; output adds answer, solution, vote, stop_reason."""
-    settings = SetsParams(**(params or {})).model_dump()
-    wrap = traced if trace_nodes else (lambda name, fn: fn)
+    settings = SetsParams.model_validate(params or {}).model_dump()
     project = get_projection(settings["answer"])
-
-    async def start(state: SetsState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-        return {"params": settings, "solutions": [], "current": 0, "versions": 0, "pending": False}
 
     async def sample(state: SetsState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         samples = await sample_answers(runtime.context, state["task"], n=settings["m"],
@@ -152,27 +147,22 @@ def build_sets(params: dict[str, Any] | None = None, *, checkpointer: Any = None
             return "corrector"
         return "verifier" if state["current"] < len(state["solutions"]) else "finish"
 
-    def after_correct(state: SetsState) -> str:
-        return "finish" if state.get("stop_reason") else "verifier"
-
-    graph = StateGraph(SetsState, context_schema=RunContext)
-    graph.add_node("start", start)
-    graph.add_node("sampler", wrap("sampler", stops_on_budget(sample)))
-    graph.add_node("verifier", wrap("verifier", stops_on_budget(verify)))
-    graph.add_node("corrector", wrap("corrector", stops_on_budget(correct)))
-    graph.add_node("finish", wrap("finish", finish))
-    graph.add_edge(START, "start")
-    graph.add_edge("start", "sampler")
-    graph.add_conditional_edges("sampler", after_sample, ["verifier", "finish"])
-    graph.add_conditional_edges("verifier", after_verify, ["verifier", "corrector", "finish"])
-    graph.add_conditional_edges("corrector", after_correct, ["verifier", "finish"])
-    graph.add_edge("finish", END)
-    return graph.compile(checkpointer=checkpointer, name="sets")
+    graph = MethodGraph(SetsState, settings, start={"solutions": [], "current": 0, "versions": 0, "pending": False},
+                        trace_nodes=trace_nodes)
+    graph.node("sampler", sample, budget=True)
+    graph.node("verifier", verify, budget=True)
+    graph.node("corrector", correct, budget=True)
+    graph.node("finish", finish)
+    graph.branch("sampler", after_sample, ["verifier", "finish"])
+    graph.branch("verifier", after_verify, ["verifier", "corrector", "finish"])
+    graph.unless_stopped("corrector", "verifier")
+    return graph.compile(checkpointer, name="sets")
 
 
 def register() -> None:
     register_graph("sets", build_sets,
-                   "SETS: sample m solutions, verify and correct each up to r rounds, vote over the verified")
+                   "SETS: sample m solutions, verify and correct each up to r rounds, vote over the verified",
+                   params=SetsParams, sets=("solution", "vote"))
 
 
 register()

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypedDict
 
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import END
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -46,17 +46,16 @@ from refinegraph.agents.sql_writer import write_sql
 from refinegraph.context import RunContext
 from refinegraph.events import Approval, Stop, Vote
 from refinegraph.human import AWAITING_APPROVAL, ask
-from refinegraph.nodes import stops_on_budget, traced
 from refinegraph.registry import register_graph
 from refinegraph.tools.sql import (
-    ExecResult,
     RejectedSQL,
     check_read_only,
     connect,
     render_result,
     serialize_schema,
-    vote_on_results,
 )
+from refinegraph.tools.voting import majority_vote
+from refinegraph.wiring import MethodGraph
 
 DIALECT_NAMES = {"sqlite": "SQLite", "postgres": "PostgreSQL", "duckdb": "DuckDB"}
 
@@ -101,21 +100,15 @@ class SqlState(TypedDict, total=False):
     approved_sql: str | None
 
 
-def _as_result(candidate: dict[str, Any]) -> ExecResult:
-    """A stand-in result carrying the candidate's key, enough for the vote."""
-    if candidate["error_class"]:
-        return ExecResult(sql=candidate["sql"], error_class=candidate["error_class"], error=candidate["error"])
-    return ExecResult(sql=candidate["sql"], rows=[(candidate["key"],)])
-
-
 async def vote(state: SqlState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    outcome = vote_on_results([_as_result(c) for c in state["candidates"]])
-    groups = [{"key": state["candidates"][g.members[0]]["key"], "members": g.members, "votes": g.votes}
-              for g in outcome.groups]
-    runtime.context.emit(Vote(groups=groups, failed=outcome.failed, winner=groups[0]["key"] if groups else None,
+    """The one vote (tools.voting) over the candidates' result keys; a failed candidate abstains."""
+    candidates = state["candidates"]
+    outcome = majority_vote([None if c["error_class"] else c["key"] for c in candidates])
+    groups = [{"key": g.key, "members": g.members, "votes": g.votes} for g in outcome.groups]
+    runtime.context.emit(Vote(groups=groups, failed=outcome.abstained, winner=outcome.winner.key if groups else None,
                               agreement=round(outcome.agreement, 4), tie=outcome.tied))
-    winner = state["candidates"][outcome.winner.members[0]]["sql"] if outcome.winner else None
-    update: dict[str, Any] = {"vote": {"groups": groups, "failed": outcome.failed}}
+    winner = candidates[outcome.winner.members[0]]["sql"] if outcome.winner else None
+    update: dict[str, Any] = {"vote": {"groups": groups, "failed": outcome.abstained}}
     if winner is not None:
         update["sql"] = winner
     return update
@@ -225,60 +218,51 @@ async def _pick_unexecuted(state: SqlState, runtime: Runtime[RunContext]) -> dic
 
 def _build(params: dict[str, Any] | None, *, checkpointer: Any, name: str, vote_on: bool, merge: bool,
            defaults: dict[str, Any], trace_nodes: bool = True) -> Any:
-    settings = SqlParams(**{**defaults, **(params or {})}).model_dump()
-    wrap = traced if trace_nodes else (lambda node_name, fn: fn)
+    settings = SqlParams.model_validate({**defaults, **(params or {})}).model_dump()
     approve = settings["approve"]
     chosen = "request_approval" if approve else "finish"
 
     async def start(state: SqlState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         db = open_database(state, runtime, settings)
-        return {"params": settings, "schema": serialize_schema(db, samples=settings["schema_samples"]),
-                "dialect": DIALECT_NAMES[db.engine]}
+        return {"schema": serialize_schema(db, samples=settings["schema_samples"]), "dialect": DIALECT_NAMES[db.engine]}
 
-    graph = StateGraph(SqlState, context_schema=RunContext)
-    graph.add_node("start", start)
-    graph.add_node("writer", wrap("writer", stops_on_budget(write_sql)))
-    graph.add_node("finish", wrap("finish", finish))
-    graph.add_edge(START, "start")
-    graph.add_edge("start", "writer")
+    graph = MethodGraph(SqlState, settings, start=start, trace_nodes=trace_nodes)
+    graph.node("writer", write_sql, budget=True)
+    graph.node("finish", finish)
     greedy_approval = approve and not vote_on  # its one query waits unexecuted
-    after_writer = "propose" if greedy_approval else "executor"
-    graph.add_conditional_edges("writer", lambda s: "finish" if s.get("stop_reason") else after_writer,
-                                [after_writer, "finish"])
+    graph.unless_stopped("writer", "propose" if greedy_approval else "executor")
     executed = "executor"  # the node after which every candidate has run (repaired, if asked)
     if settings["repair"] and not greedy_approval:
-        graph.add_node("repair", wrap("repair", repair_candidates))
-        graph.add_edge("executor", "repair")
+        graph.node("repair", repair_candidates)
+        graph.edge("executor", "repair")
         executed = "repair"
     if vote_on:
-        graph.add_node("executor", wrap("executor", execute_candidates))
-        graph.add_node("vote", wrap("vote", vote))
-        graph.add_edge(executed, "vote")
-        targets = [chosen] + (["merge"] if merge else [])
-        graph.add_conditional_edges("vote", _route_after_vote(merge, chosen), targets)
+        graph.node("executor", execute_candidates)
+        graph.node("vote", vote)
+        graph.edge(executed, "vote")
+        graph.branch("vote", _route_after_vote(merge, chosen), [chosen] + (["merge"] if merge else []))
         if merge:
-            graph.add_node("merge", wrap("merge", stops_on_budget(merge_revise)))
-            graph.add_edge("merge", chosen)
+            graph.node("merge", merge_revise, budget=True)
+            graph.edge("merge", chosen)
     elif greedy_approval:
-        graph.add_node("propose", wrap("propose", _pick_unexecuted))
-        graph.add_edge("propose", chosen)
+        graph.node("propose", _pick_unexecuted)
+        graph.edge("propose", chosen)
     else:
-        graph.add_node("executor", wrap("executor", execute_candidates))
-        graph.add_node("pick", wrap("pick", _pick_first))
-        graph.add_edge(executed, "pick")
-        graph.add_edge("pick", "finish")
+        graph.node("executor", execute_candidates)
+        graph.node("pick", _pick_first)
+        graph.edge(executed, "pick")
+        graph.edge("pick", "finish")
     if approve:
-        graph.add_node("request_approval", wrap("request_approval", request_approval))
-        graph.add_node("approval", approval)
-        graph.add_edge("request_approval", "approval")
-        graph.add_conditional_edges("approval", _route_after_approval, ["run_approved", "finish", END])
+        graph.node("request_approval", request_approval)
+        graph.node("approval", approval, traced_node=False)
+        graph.edge("request_approval", "approval")
+        graph.branch("approval", _route_after_approval, ["run_approved", "finish", END])
         # the approved statement, executed as the one candidate, then picked (or failed)
-        graph.add_node("run_approved", wrap("run_approved", execute_candidates))
-        graph.add_node("pick_approved", wrap("pick_approved", _pick_first))
-        graph.add_edge("run_approved", "pick_approved")
-        graph.add_edge("pick_approved", "finish")
-    graph.add_edge("finish", END)
-    return graph.compile(checkpointer=checkpointer, name=name)
+        graph.node("run_approved", execute_candidates)
+        graph.node("pick_approved", _pick_first)
+        graph.edge("run_approved", "pick_approved")
+        graph.edge("pick_approved", "finish")
+    return graph.compile(checkpointer, name=name)
 
 
 async def _pick_first(state: SqlState, runtime: Runtime[RunContext]) -> dict[str, Any]:
@@ -304,16 +288,19 @@ def build_csc_sql(params: dict[str, Any] | None = None, *, checkpointer: Any = N
     return _build(params, checkpointer=checkpointer, name="csc-sql", vote_on=True, merge=True, defaults={}, **kw)
 
 
+SQL_READS = ("db", "evidence")
+SQL_OUTPUTS = ("sql", "columns", "rows")
+
+
 def register() -> None:
-    register_graph("sql-greedy", build_sql_greedy, "Text-to-SQL: one query at temperature 0, executed",
-                   input_key="question")
+    contract = {"params": SqlParams, "input_key": "question", "reads": SQL_READS, "sets": SQL_OUTPUTS}
+    register_graph("sql-greedy", build_sql_greedy, "Text-to-SQL: one query at temperature 0, executed", **contract)
     register_graph("sql-repair", build_sql_repair,
                    "Text-to-SQL: one query at temperature 0; on an execution error, repaired from the error",
-                   input_key="question")
-    register_graph("sql-sc", build_sql_sc, "Text-to-SQL: n candidates, vote by execution result",
-                   input_key="question")
+                   **contract)
+    register_graph("sql-sc", build_sql_sc, "Text-to-SQL: n candidates, vote by execution result", **contract)
     register_graph("csc-sql", build_csc_sql,
-                   "Text-to-SQL: CSC-SQL, execution vote then merge-revise of the top two", input_key="question")
+                   "Text-to-SQL: CSC-SQL, execution vote then merge-revise of the top two", **contract)
 
 
 register()

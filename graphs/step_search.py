@@ -38,7 +38,6 @@ import math
 import random
 from typing import Any, Literal, TypedDict
 
-from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import Field, model_validator
 
@@ -48,11 +47,11 @@ from refinegraph.budget import BudgetExceeded
 from refinegraph.context import RunContext
 from refinegraph.events import Expand, Prune, Stop, Vote
 from refinegraph.graphs.best_of_n import ScorerParams
-from refinegraph.nodes import traced
 from refinegraph.registry import register_graph
 from refinegraph.tools.answers import display, get_projection
 from refinegraph.tools.reward import MAX_STEPS, Scores, join_steps, step_reward
 from refinegraph.tools.voting import majority_vote
+from refinegraph.wiring import MethodGraph
 
 Algorithm = Literal["beam-search", "dvts", "particle-filter"]
 
@@ -253,14 +252,10 @@ def final_candidates(algorithm: Algorithm, state: SearchState) -> list[int]:
 def build(algorithm: Algorithm):
     def build_search(params: dict[str, Any] | None = None, *, checkpointer: Any = None,
                      trace_nodes: bool = True) -> Any:
-        settings = StepSearchParams(**(params or {})).model_dump()
-        wrap = traced if trace_nodes else (lambda node_name, fn: fn)
+        settings = StepSearchParams.model_validate(params or {}).model_dump()
         project = get_projection(settings["answer"])
-
-        async def start(state: SearchState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-            root = {"id": 0, "parent": None, "steps": [], "complete": False, "reward": None, "subtree": 0}
-            return {"params": settings, "nodes": {"0": root}, "active": [], "finished": [], "iteration": 0,
-                    "next_id": 1}
+        root = {"id": 0, "parent": None, "steps": [], "complete": False, "reward": None, "subtree": 0}
+        initial = {"nodes": {"0": root}, "active": [], "finished": [], "iteration": 0, "next_id": 1}
 
         async def step(state: SearchState, runtime: Runtime[RunContext]) -> dict[str, Any]:
             search = Search(runtime.context, settings, state)
@@ -300,15 +295,11 @@ def build(algorithm: Algorithm):
                 return "finish"
             return "step"
 
-        graph = StateGraph(SearchState, context_schema=RunContext)
-        graph.add_node("start", start)
-        graph.add_node("step", wrap("step", step))
-        graph.add_node("finish", wrap("finish", finish))
-        graph.add_edge(START, "start")
-        graph.add_edge("start", "step")
-        graph.add_conditional_edges("step", after_step, ["step", "finish"])
-        graph.add_edge("finish", END)
-        return graph.compile(checkpointer=checkpointer, name=algorithm)
+        graph = MethodGraph(SearchState, settings, start=initial, trace_nodes=trace_nodes)
+        graph.node("step", step)
+        graph.node("finish", finish)
+        graph.branch("step", after_step, ["step", "finish"])
+        return graph.compile(checkpointer, name=algorithm)
 
     return build_search
 
@@ -318,16 +309,19 @@ build_dvts = build("dvts")
 build_particle_filter = build("particle-filter")
 
 
+SEARCH_OUTPUTS = ("solution", "chosen", "score")
+
+
 def register() -> None:
     register_graph("beam-search", build_beam_search,
                    "Step-level beam search: n beams, each step scored by a process reward; the best n/M survive",
-                   uses_models=reward_models)
+                   params=StepSearchParams, sets=SEARCH_OUTPUTS, uses_models=reward_models)
     register_graph("dvts", build_dvts,
                    "Diverse verifier tree search: n/M independent subtrees, each greedy on step rewards",
-                   uses_models=reward_models)
+                   params=StepSearchParams, sets=SEARCH_OUTPUTS, uses_models=reward_models)
     register_graph("particle-filter", build_particle_filter,
                    "Particle filtering: n particles resampled each step in proportion to softmax(step reward)",
-                   uses_models=reward_models)
+                   params=StepSearchParams, sets=SEARCH_OUTPUTS, uses_models=reward_models)
 
 
 register()

@@ -11,27 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from refinegraph.conversation import Conversation, check_conversation, content_text, last_user_text
 from refinegraph.prompts import Prompt
 from refinegraph.tool_calls import ToolOffer, describe_tools, readable
 
-Conversation = list[dict[str, Any]]
-
-
-def content_text(content: Any) -> str:
-    """A message's text: a string as is, text parts joined, None as empty."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(str(part.get("text") or "") for part in content if isinstance(part, dict))
-    return str(content)
-
-
-def last_user_text(conversation: Conversation) -> str:
-    """The last user turn's text: the run's `task` string (what listings and SQL graphs show)."""
-    users = [content_text(m.get("content")) for m in conversation if m.get("role") == "user"]
-    return users[-1] if users else ""
+__all__ = ["Conversation", "check_conversation", "content_text", "last_user_text", "solver_messages", "task_text",
+           "transcript"]
 
 
 def _turn(message: dict[str, Any]) -> str:
@@ -71,25 +56,4 @@ def solver_messages(prompt: Prompt, task: str, conversation: Conversation | None
     messages = [dict(m) for m in conversation]
     if prompt.system and not any(m.get("role") in ("system", "developer") for m in messages):
         messages.insert(0, {"role": "system", "content": prompt.system})
-    return messages
-
-
-
-ROLES = ("system", "developer", "user", "assistant", "tool", "function")
-
-
-def check_conversation(messages: Any) -> Conversation:
-    """`messages` as a conversation, or ValueError naming the first thing wrong with it."""
-    if not isinstance(messages, list) or not messages:
-        raise ValueError("a conversation is a non-empty JSON list of messages")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise ValueError(f"message {i} is not an object with a role and content")
-        if message.get("role") not in ROLES:
-            raise ValueError(f"message {i} has role {message.get('role')!r}; expected one of {', '.join(ROLES)}")
-        content = message.get("content")
-        if content is not None and not isinstance(content, str | list):
-            raise ValueError(f"message {i}: content must be a string, a list of text parts or null")
-    if not last_user_text(messages).strip():
-        raise ValueError("the conversation has no user message with text (its last user turn is the task)")
     return messages

@@ -25,17 +25,10 @@ from refinegraph.config import Config, ConfigError, load_config
 from refinegraph.context import RunContext
 from refinegraph.human import AWAITING_APPROVAL, Decision
 from refinegraph.models import Model
-from refinegraph.runner import (
-    RunResult,
-    _build_models,
-    _close,
-    _execute,
-    _owner,
-    _recorded,
-    _restore,
-    run,
-    shared_store,
-)
+from refinegraph.runs.execute import RunResult, _build_models, _close, _execute, _owner, _recorded
+from refinegraph.runs.resume import _restore
+from refinegraph.runs.start import run
+from refinegraph.runs.stores import shared_store
 from refinegraph.trace.store import BaseTraceStore, Batch, TraceWriter
 
 __all__ = ["AWAITING_APPROVAL", "Decision", "DecisionRefused", "NotAwaitingApproval", "PendingApproval", "decide",

@@ -56,6 +56,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from refinegraph.backends import BackendSettings, UnknownBackend, get_backend
+
 
 def home() -> Path:
     """Where traces, checkpoints and the default config live."""
@@ -64,9 +66,6 @@ def home() -> Path:
 
 class ConfigError(ValueError):
     """A config that cannot be used, or a name it does not define."""
-
-
-LOCAL_TIMEOUT_S = 600.0
 
 
 class RetryPolicy(BaseModel):
@@ -78,66 +77,50 @@ class RetryPolicy(BaseModel):
 
 
 class ModelSpec(BaseModel):
-    """One named model: its backend, endpoint, id, limits and price."""
+    """One named model: its backend, endpoint, id, limits and price, and its backend's own
+    settings (refinegraph.backends: each backend declares the keys it takes).
 
-    model_config = ConfigDict(extra="forbid")
+    The keys every backend shares are fields here; the rest of the entry is checked by the
+    backend's settings class, so an entry reads as it always did (`n_parallel = 4` under a
+    local model, `pool_file = ...` under a pool) and `spec.n_parallel` reads it back."""
 
-    backend: Literal["local", "openai", "vllm", "pool", "reward", "langchain"] = "local"
-    """reward: a reward model behind vLLM's /pooling endpoint (base_url, model), for scorers."""
+    model_config = ConfigDict(extra="allow")
+
+    backend: str = "local"
+    """A registered backend (refinegraph.backends): local, openai, vllm, pool, reward,
+    langchain, or one a package adds."""
     base_url: str | None = None
     model: str | None = None
     api_key_env: str | None = None
     max_n: int | None = Field(None, ge=1)
     timeout_s: float = Field(120.0, gt=0)
     supports_json_schema: bool = True
-    count_tokens: Literal["auto", "usage", "tokenize"] = "auto"
-    """auto: count each choice with /tokenize when the server is llama.cpp (its usage counts
-    one choice when n > 1), else trust the server's usage."""
-    n_parallel: int = Field(8, ge=1, le=256)
-    ctx_per_slot: int = Field(4096, ge=256)
-    """backend "local": each slot's own cache when kv_cache_tokens is 0."""
-    threads: int | None = None
-    model_path: str | None = None
-    """backend "local": a GGUF file to run (else `model` names a packaged model: smollm2-135m,
-    qwen2.5-coder-1.5b, qwen2.5-coder-0.5b; neither: the default, see refinegraph.models.local)."""
-    kv_cache_tokens: int = Field(8192, ge=0)
-    """backend "local": tokens of the KV cache all slots share (0: ctx_per_slot per slot, reserved up front)."""
-    kv_cache_type: Literal["f16", "q8_0", "q4_0"] = "q8_0"
-    batch_size: int | None = Field(None, ge=1)
-    ubatch_size: int | None = Field(None, ge=1)
-    mmap: bool = False
-    """backend "local": map the GGUF file instead of reading it (see refinegraph.models.local)."""
     price_input_per_mtok: float | None = None
     price_output_per_mtok: float | None = None
-    extra_body: dict[str, Any] = Field(default_factory=dict)
-    """backend "openai": fields added to every request body (vLLM's server: top_k,
-    repetition_penalty, structured_outputs, ...)."""
-    engine_args: dict[str, Any] = Field(default_factory=dict)
-    """backend "vllm": keyword arguments of vLLM's AsyncEngineArgs (dtype, max_model_len,
-    gpu_memory_utilization, tensor_parallel_size, seed, ...); `model` is the model's path or id."""
-    pool_file: str | None = None
-    """backend "pool": a file of recorded outputs (see refinegraph.models.pool)."""
-    pool_sources: list[str] | None = None
-    """backend "pool": which recorded models to serve, in order (default: all, sorted)."""
-    pool_order: Literal["recorded", "shuffle"] = "recorded"
-    """backend "pool": serve completions as recorded, or in a permutation seeded by pool_seed."""
-    pool_seed: int = 0
-    langchain_class: str | None = None
-    """backend "langchain": the chat model class, "package.module:ClassName" (or dotted), e.g.
-    "langchain_openai:ChatOpenAI" (see refinegraph.models.langchain_backend)."""
-    langchain_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """backend "langchain": keyword arguments for the class (model, base_url, api_key, ...)."""
-    langchain_native_n: bool = False
-    """backend "langchain": send n in one request (models with an `n` field, e.g. ChatOpenAI)."""
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
 
     @model_validator(mode="after")
-    def _local_timeout(self) -> ModelSpec:
-        """A CPU model on a busy machine can take minutes on one long prompt; a retry after a
-        timeout only queues the same work again on the same server. Local default: 600 s."""
-        if self.backend == "local" and "timeout_s" not in self.model_fields_set:
-            self.timeout_s = LOCAL_TIMEOUT_S
+    def _backend_settings(self) -> ModelSpec:
+        """The entry's other keys checked by its backend's settings (defaults filled in), and
+        the backend's own default timeout (local: 600 s) when the entry sets none."""
+        try:
+            backend = get_backend(self.backend)
+        except UnknownBackend as exc:
+            raise ValueError(str(exc)) from None
+        try:
+            settings = backend.settings.model_validate(self.__pydantic_extra__ or {})
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ValueError(f"backend {self.backend!r}: {problems}") from None
+        self.__pydantic_extra__ = settings.model_dump()
+        if backend.settings.default_timeout_s is not None and "timeout_s" not in self.model_fields_set:
+            self.timeout_s = backend.settings.default_timeout_s
         return self
+
+    @property
+    def settings(self) -> BackendSettings:
+        """The backend's own settings, checked (refinegraph.backends)."""
+        return get_backend(self.backend).settings.model_validate(self.__pydantic_extra__ or {})
 
 
 class BudgetSpec(BaseModel):

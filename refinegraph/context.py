@@ -23,7 +23,7 @@ from refinegraph.cache import CachedSample, ReplayCache, call_key, sample_keys
 from refinegraph.config import Config, RetryPolicy
 from refinegraph.events import BudgetEvent, ErrorEvent, Event, Fallback, LLMCall, Retry, ToolCallEvent
 from refinegraph.models.base import Model, ModelError, ModelUnavailable, Samples, Usage, valid_unicode
-from refinegraph.retry import RetryScope, call_with_retries, describe, retry_scope
+from refinegraph.models.retry import RetryScope, call_with_retries, describe, retry_scope
 from refinegraph.tool_calls import ToolOffer, decode
 from refinegraph.tool_calls import call_key as tool_call_key
 
@@ -69,7 +69,7 @@ class RunContext:
     fallbacks: Counter = field(default_factory=Counter)
     retries: int = 0
     conversation: list[dict[str, Any]] | None = None
-    """The client's whole chat when the run's input is one (see prompts/conversation.py)."""
+    """The client's whole chat when the run's input is one (see refinegraph/conversation.py)."""
     on_event: Callable[[Event], None] | None = None
     """Called with each event once it is written (node started, model call, retry, ...):
     how a caller shows what the run is doing (the CLI's status line, refinegraph.progress).

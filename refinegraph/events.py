@@ -419,11 +419,44 @@ AnyEvent = Annotated[
     | SamplingCheck | Score | Difficulty | Judge | Route | CodeExec | Approval | Repair | Expand | Prune,
     Field(discriminator="type"),
 ]
+"""The built-in events. A trace is read with `parse_event`, which also knows the ones added
+by `register_event`."""
 EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(AnyEvent)
 
-DECISION_TYPES = frozenset({"critique", "verdict", "refine", "fallback", "budget", "stop", "sql_exec", "vote",
+DECISION_TYPES: set[str] = {"critique", "verdict", "refine", "fallback", "budget", "stop", "sql_exec", "vote",
                             "merge", "repair", "expand", "prune", "sampling_check", "score", "difficulty", "judge",
-                            "route", "code_exec", "approval"})
+                            "route", "code_exec", "approval"}
+"""Event types that record a decision: what `refinegraph.runner.decisions` compares between a
+run and its replay (a set that register_event adds to)."""
+
+_registered: dict[str, type[Event]] = {}
+
+
+def register_event(cls: type[Event], *, decision: bool = True) -> type[Event]:
+    """Add an event type (a subclass of Event with a `type: Literal["..."]` field) that a
+    graph emits; `decision=True` counts it among the decisions a replay must reproduce.
+    Usable as a class decorator. A name already used by another event is refused."""
+    global EVENT_ADAPTER
+    field = cls.model_fields.get("type")
+    name = field.default if field is not None else None
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{cls.__name__} needs a field type: Literal[\"name\"] = \"name\"")
+    builtin = {member.model_fields["type"].default for member in AnyEvent.__origin__.__args__}
+    if name in builtin or (name in _registered and _registered[name] is not cls):
+        raise ValueError(f"event type {name!r} is taken")
+    _registered[name] = cls
+    union = AnyEvent.__origin__ | _union(list(_registered.values()))
+    EVENT_ADAPTER = TypeAdapter(Annotated[union, Field(discriminator="type")])
+    if decision:
+        DECISION_TYPES.add(name)
+    return cls
+
+
+def _union(classes: list[type[Event]]) -> Any:
+    combined: Any = classes[0]
+    for cls in classes[1:]:
+        combined = combined | cls
+    return combined
 
 
 def parse_event(data: dict[str, Any]) -> Event:

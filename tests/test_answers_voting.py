@@ -177,3 +177,22 @@ def test_esc_window_rule():
     assert not window_check(["4", "4", "5"]).stop
     assert not window_check([None, None]).stop
     assert not window_check([]).stop
+
+
+ROWS = st.lists(st.tuples(st.integers(-3, 3), st.sampled_from(["a", "b"])), max_size=3)
+
+
+@given(st.lists(st.one_of(st.none(), ROWS), max_size=8))
+def test_sql_votes_through_the_one_vote(outcomes):
+    """The SQL vote is majority_vote over the results' keys (a failed execution abstains):
+    the same groups, order, abstentions, agreement and tie as any answer vote."""
+    from refinegraph.tools.sql import ExecResult, result_key, vote_on_results
+    from refinegraph.tools.voting import VoteOutcome
+
+    results = [ExecResult(sql=f"q{i}", error_class="execution", error="no such table") if rows is None
+               else ExecResult(sql=f"q{i}", rows=rows) for i, rows in enumerate(outcomes)]
+    sql_vote = vote_on_results(results)
+    plain = majority_vote([None if rows is None else result_key(rows) for rows in outcomes])
+    assert isinstance(sql_vote, VoteOutcome)
+    assert sql_vote.as_event() == plain.as_event()
+    assert sql_vote.abstained == [i for i, rows in enumerate(outcomes) if rows is None]

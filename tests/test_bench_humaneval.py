@@ -61,7 +61,7 @@ def test_code_filter_beats_greedy_only_through_the_examples_and_resumes(tmp_path
         respond.calls += 1
         return wrong if respond.calls % 2 else right
     respond.calls = 0
-    monkeypatch.setattr("refinegraph.runner.build_model", lambda name, spec: ScriptedModel(respond, name=name))
+    monkeypatch.setattr("refinegraph.runs.execute.build_model", lambda name, spec: ScriptedModel(respond, name=name))
     out_dir = tmp_path / "report"
     args = ["bench", "humaneval", "--data", str(_problems(tmp_path)), "-p", "n=2", "--out", str(out_dir)]
     result = CliRunner().invoke(app, args)

@@ -156,7 +156,7 @@ def test_bench_gsm8k_end_to_end_on_a_scripted_model(tmp_path, monkeypatch):
             raise RuntimeError("the scripted model breaks on this question")
         return "16 - 3 - 4 = 9 eggs, 9 * 2 = 18. The answer is 18."
 
-    monkeypatch.setattr("refinegraph.runner.build_model", lambda name, spec: ScriptedModel(respond, name=name))
+    monkeypatch.setattr("refinegraph.runs.execute.build_model", lambda name, spec: ScriptedModel(respond, name=name))
     out_dir = tmp_path / "report"
     result = CliRunner().invoke(app, ["bench", "gsm8k", "--data", str(gsm8k_file(tmp_path)), "--graphs",
                                       "greedy,self-consistency", "-p", "n=3", "-p", "greedy.max_tokens=32",

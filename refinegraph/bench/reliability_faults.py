@@ -79,7 +79,7 @@ Outcome = tuple[str, RunResult, BaseException | None]
 
 def _unconnected(event: dict[str, Any]) -> bool:
     """Whether a failed attempt never reached the server: its error, or the transport error
-    beneath the SDK's (see refinegraph.retry.describe), is a connect error."""
+    beneath the SDK's (see refinegraph.models.retry.describe), is a connect error."""
     return event["error_class"] in UNCONNECTED or any(f"(cause: {c})" in event["message"] for c in UNCONNECTED)
 
 

@@ -12,17 +12,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.markup import escape
 
 from refinegraph.cli import approve_cmd, batch_cmd, serve_cmd
 from refinegraph.cli.common import err, fail, open_store, out, print_json, resolve_run, run_until_signal
 from refinegraph.cli.lazy import LazyGroup, lazy_root
+from refinegraph.cli.running import prepare as _prepare
+from refinegraph.cli.running import report_failure as _failed
+from refinegraph.cli.running import run_or_exit as _run_or_exit
 from refinegraph.cli.status import status_line
 
 if TYPE_CHECKING:
-    from refinegraph.budget import Budget
-    from refinegraph.config import Config
-    from refinegraph.runner import RunFailed, RunResult
+    from refinegraph.runner import RunResult
 
 
 def _trace() -> typer.Typer:
@@ -77,16 +77,6 @@ def _report(result: RunResult, as_json: bool) -> None:
         typer.echo(f"run: {result.run_id}")
 
 
-def _failed(exc: RunFailed, as_json: bool) -> None:
-    if as_json:
-        print_json(exc.result.model_dump())
-    err.print(f"[bold red]error:[/] {escape(str(exc.cause))}", highlight=False)
-    err.print(f"the failure is recorded in the trace: refinegraph trace show {exc.result.run_id}")
-    if not as_json:
-        typer.echo(f"run: {exc.result.run_id}")
-    raise typer.Exit(1)
-
-
 @app.command("run")
 def run_cmd(
     graph: str = typer.Argument(..., help="A registered graph (see `refinegraph graphs`)."),
@@ -122,7 +112,7 @@ def run_cmd(
 
 def _conversation_file(path: Path) -> list[dict]:
     """The conversation in `path`, or a ValueError naming the file and what is wrong."""
-    from refinegraph.prompts.conversation import check_conversation
+    from refinegraph.conversation import check_conversation
 
     try:
         return check_conversation(json.loads(path.read_text(encoding="utf-8")))
@@ -130,56 +120,6 @@ def _conversation_file(path: Path) -> list[dict]:
         raise ValueError(f"--messages {path}:{exc.lineno}:{exc.colno}: not JSON: {exc.msg}") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ValueError(f"--messages {path}: {exc}") from None
-
-
-def _prepare(graph: str, config: Path | None, model: str | None, param: list[str]) -> tuple[Config, dict]:
-    """The graph checked, the config loaded (with --model applied) and --param parsed."""
-    from refinegraph.config import load_config
-    from refinegraph.registry import get_graph
-
-    get_graph(graph)
-    cfg = load_config(config)
-    if model:
-        cfg = cfg.with_model(model)
-    return cfg, _params(param)
-
-
-def _run_or_exit(graph: str, task: str | dict | None, cfg: Config, params: dict, budget: Budget,
-                 as_json: bool, messages: list[dict] | None = None) -> RunResult:
-    """The run's result, or a clear message and the documented exit code (130 on Ctrl-C or
-    SIGTERM, after printing the run id and its resume line)."""
-    from refinegraph.config import ConfigError
-    from refinegraph.models import ModelUnavailable
-    from refinegraph.runner import RunFailed, new_run_id, run
-    from refinegraph.trace.store import TraceStoreError
-
-    run_id = new_run_id()
-    store = open_store(cfg)
-    try:
-        with status_line(as_json) as progress:
-            return run_until_signal(run(graph, task, config=cfg, params=params, budget=budget, store=store,
-                                        run_id=run_id, messages=messages, on_event=progress), [run_id], as_json)
-    except RunFailed as exc:
-        _failed(exc, as_json)
-    except ConfigError as exc:
-        fail(str(exc))
-    except (ModelUnavailable, TraceStoreError) as exc:
-        fail(str(exc), 1)
-
-
-def _params(pairs: list[str]) -> dict:
-    from refinegraph.config import ConfigError
-
-    params = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ConfigError(f"--param takes KEY=VALUE, got {pair!r}")
-        try:
-            params[key] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key] = value
-    return params
 
 
 @app.command("resume")

@@ -53,7 +53,7 @@ def batch(
 
     from refinegraph.batch import BatchDirError, BatchInputError, RayUnavailable, run_batch
     from refinegraph.batch.inputs import read_inputs
-    from refinegraph.cli.app import _prepare
+    from refinegraph.cli.running import prepare as _prepare
     from refinegraph.models import ModelUnavailable
     from refinegraph.registry import UnknownGraph, get_graph
     from refinegraph.trace.store import TraceStoreError

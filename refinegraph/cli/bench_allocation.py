@@ -65,8 +65,8 @@ def allocation_cmd(
         table_rows,
         title,
     )
-    from refinegraph.cli.app import _params
     from refinegraph.cli.bench_cmds import _finish
+    from refinegraph.cli.running import parse_params as _params
     from refinegraph.config import ConfigError, load_config
     from refinegraph.models import ModelUnavailable
     from refinegraph.tools.answers import validate_kind

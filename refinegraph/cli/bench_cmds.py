@@ -139,7 +139,7 @@ def vllm_cmd(
     import os
 
     from refinegraph.bench.vllm import HEADER, markdown, rows, vllm_bench
-    from refinegraph.cli.app import _params
+    from refinegraph.cli.running import parse_params as _params
     from refinegraph.models.vllm_server import server_flags
 
     # vLLM's CPU build otherwise reserves 92% of memory (and refuses to start when that is not
@@ -285,7 +285,7 @@ def spider_cmd(
     from refinegraph.bench.report import command_line
     from refinegraph.bench.spider import answer, load_questions, plot, sample_questions, summarize, write_outcomes
     from refinegraph.bench.spider_metric import GoldFailed, check_golds, check_metric, layout_metric
-    from refinegraph.cli.app import _params
+    from refinegraph.cli.running import parse_params as _params
     from refinegraph.config import ConfigError, ModelSpec, load_config
 
     command = command_line(ctx)

@@ -50,7 +50,7 @@ def _resolve_all(methods: list[str], pairs: list[str], optional: dict[str, dict[
                  ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     """Per method, the params it runs with, and what summary.json records of them."""
     from refinegraph.bench.common import graph_of, resolve_params, split_params
-    from refinegraph.cli.app import _params
+    from refinegraph.cli.running import parse_params as _params
 
     shared, own = split_params(_params(pairs), methods)
     params, record = {}, {}
@@ -200,7 +200,7 @@ def humaneval_cmd(
     from refinegraph.bench.common import plot, summarize, write_outcomes
     from refinegraph.bench.humaneval import METHODS, Outcome, answer, load_problems
     from refinegraph.bench.journal import Journal, JournalMismatch, model_identity
-    from refinegraph.cli.app import _params
+    from refinegraph.cli.running import parse_params as _params
     from refinegraph.config import ConfigError, load_config
     from refinegraph.tools.code.bwrap import find_bwrap
 

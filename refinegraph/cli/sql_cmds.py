@@ -111,8 +111,9 @@ def ask(
 ) -> None:
     """Answer QUESTION from a database: prints the SQL, the result table, then `run: <run_id>`."""
     from refinegraph.budget import Budget
-    from refinegraph.cli.app import _prepare, _run_or_exit
     from refinegraph.cli.approve_cmd import sql_with_approval
+    from refinegraph.cli.running import prepare as _prepare
+    from refinegraph.cli.running import run_or_exit as _run_or_exit
     from refinegraph.config import ConfigError, load_config
     from refinegraph.registry import UnknownGraph
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
+
+from refinegraph.config import ConfigError
+from refinegraph.trace.redact import register_secret
 
 
 class Usage(BaseModel):
@@ -97,3 +101,14 @@ def valid_unicode(text: str) -> str:
     """`text` with each lone UTF-16 surrogate replaced by U+FFFD (pairs joined): a server's
     JSON may escape one ("\\ud800"), and no trace, cache or UTF-8 writer can store it."""
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def api_key(name: str, spec: Any, *, required: bool = True) -> str | None:
+    """The model's API key from its `api_key_env`, registered as a secret so that no trace
+    or log keeps it (e.g. a server's error message that echoes it); a variable named but
+    unset is an error unless not `required`."""
+    key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
+    register_secret(key)
+    if required and spec.api_key_env and key is None:
+        raise ConfigError(f"model {name!r}: environment variable {spec.api_key_env} is not set")
+    return key

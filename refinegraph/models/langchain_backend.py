@@ -34,7 +34,7 @@ from langchain_core.messages import AIMessage, BaseMessage, convert_to_messages
 from langchain_core.outputs import ChatGeneration
 
 from refinegraph.config import ConfigError, ModelSpec
-from refinegraph.models.base import Samples, Usage
+from refinegraph.models.base import Samples, Usage, api_key
 from refinegraph.models.openai_backend import _all_or_first_error
 
 _PARAM_FIELDS = ("temperature", "max_tokens", "seed", "logprobs")
@@ -195,3 +195,8 @@ def build_langchain_model(name: str, spec: ModelSpec, api_key: str | None = None
     explicit = "supports_json_schema" in spec.model_fields_set
     return LangChainModel(name, chat_model, native_n=spec.langchain_native_n,
                           supports_json_schema=spec.supports_json_schema if explicit else None)
+
+
+def build(name: str, spec: ModelSpec) -> LangChainModel:
+    """The "langchain" backend of a config entry (refinegraph.backends.LangChainSettings)."""
+    return build_langchain_model(name, spec, api_key(name, spec))

@@ -249,3 +249,11 @@ class LocalModel(OpenAIModel):
 
 __all__ = ["LocalModel", "PackagedModel", "ServerSettings", "ensure_server", "find_model_file", "resolve_model",
            "running_models", "stop_server"]
+
+
+def build(name: str, spec: Any) -> LocalModel:
+    """The "local" backend of a config entry (refinegraph.backends.LocalSettings)."""
+    return LocalModel(name, model=spec.model, model_path=spec.model_path, n_parallel=spec.n_parallel,
+                      ctx_per_slot=spec.ctx_per_slot, threads=spec.threads, timeout=spec.timeout_s,
+                      kv_cache_tokens=spec.kv_cache_tokens or None, kv_cache_type=spec.kv_cache_type,
+                      batch_size=spec.batch_size, ubatch_size=spec.ubatch_size, mmap=spec.mmap)

@@ -24,8 +24,9 @@ from typing import Any, Literal
 import httpx
 import openai
 
-from refinegraph import retry as retries
-from refinegraph.models.base import MalformedResponse, Samples, Usage
+from refinegraph.config import ConfigError
+from refinegraph.models import retry as retries
+from refinegraph.models.base import MalformedResponse, Samples, Usage, api_key
 from refinegraph.tool_calls import MARKER, ToolCall, encode, escape_marker
 
 CHARS_PER_TOKEN = 4
@@ -249,3 +250,12 @@ async def _all_or_first_error(requests: list[Any]) -> list[Any]:
             first = first.exceptions[0]
         raise first from None
     return [task.result() for task in tasks]
+
+
+def build(name: str, spec: Any) -> OpenAIModel:
+    """The "openai" backend of a config entry (refinegraph.backends.OpenAISettings)."""
+    if not spec.base_url or not spec.model:
+        raise ConfigError(f"model {name!r}: the openai backend needs base_url and model")
+    return OpenAIModel(name, base_url=spec.base_url, model=spec.model, api_key=api_key(name, spec),
+                       max_n=spec.max_n, timeout=spec.timeout_s, supports_json_schema=spec.supports_json_schema,
+                       count_tokens=spec.count_tokens, extra_body=spec.extra_body)

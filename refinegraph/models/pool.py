@@ -37,6 +37,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Literal
 
+from refinegraph.config import ConfigError
 from refinegraph.models.base import Samples, Usage
 
 CHARS_PER_TOKEN = 4
@@ -163,3 +164,13 @@ class PoolModel:
 
     async def aclose(self) -> None:
         return None
+
+
+def build(name: str, spec: Any) -> PoolModel:
+    """The "pool" backend of a config entry (refinegraph.backends.PoolSettings)."""
+    if not spec.pool_file:
+        raise ConfigError(f"model {name!r}: the pool backend needs pool_file")
+    try:
+        return PoolModel(name, spec.pool_file, spec.pool_sources, order=spec.pool_order, seed=spec.pool_seed)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"model {name!r}: {exc}") from None

@@ -15,7 +15,8 @@ from typing import Any
 
 import httpx
 
-from refinegraph.models.base import Samples, Usage
+from refinegraph.config import ConfigError
+from refinegraph.models.base import Samples, Usage, api_key
 
 
 class RewardServerModel:
@@ -50,3 +51,11 @@ class RewardServerModel:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def build(name: str, spec: Any) -> RewardServerModel:
+    """The "reward" backend of a config entry (refinegraph.backends.RewardSettings)."""
+    if not spec.base_url or not spec.model:
+        raise ConfigError(f"model {name!r}: the reward backend needs base_url and model")
+    return RewardServerModel(name, spec.base_url, spec.model, api_key=api_key(name, spec, required=False),
+                             timeout=spec.timeout_s)

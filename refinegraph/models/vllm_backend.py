@@ -141,3 +141,10 @@ class VLLMEngineModel:
         if self._engine is not None:
             engine, self._engine, self._tokenizer = self._engine, None, None
             engine.shutdown()
+
+
+def build(name: str, spec: Any) -> VLLMEngineModel:
+    """The "vllm" backend of a config entry (refinegraph.backends.VLLMSettings)."""
+    if not spec.model:
+        raise ConfigError(f"model {name!r}: the vllm backend needs model (a path or a model id)")
+    return VLLMEngineModel(name, model=spec.model, engine_args=spec.engine_args)

@@ -270,7 +270,7 @@ class SpanBuilder:
 
 
 def _tracer(tracer_provider: Any = None) -> Any:
-    from refinegraph import __version__
+    from refinegraph.version import __version__
 
     return _otel().get_tracer("refinegraph", __version__, tracer_provider=tracer_provider)
 

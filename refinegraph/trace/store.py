@@ -35,6 +35,7 @@ before the loop's next turn share one transaction (group commit).
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import os
@@ -465,15 +466,25 @@ def _listing_update(listing: dict[str, Any]) -> tuple[str, tuple]:
             (*(listing[c] for c in columns), listing["run_id"]))
 
 
+# The optional parts built on this module (PostgreSQL needs psycopg, live export needs
+# opentelemetry) import it; it knows them only by name, loaded when asked for, as the
+# registry knows graphs, so no import runs in a circle.
+POSTGRES_STORE = "refinegraph.trace.postgres:PostgresTraceStore"
+OTEL_LIVE = "refinegraph.trace.otel:enable_live"
+
+
+def _by_name(target: str) -> Any:
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
 def open_store(location: str | Path, *, schema: str = "refinegraph", synchronous: str = "NORMAL") -> BaseTraceStore:
     """The trace store at `location`: `postgresql://...` (or `postgres://`; in `schema` unless
     the URL sets a search path), `sqlite:///path`, or a file path (SQLite, committing with
     `synchronous`)."""
     text = str(location)
     if text.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
-        from refinegraph.trace.postgres import PostgresTraceStore
-
-        return PostgresTraceStore(text, schema=schema)
+        return _by_name(POSTGRES_STORE)(text, schema=schema)
     if text.startswith("sqlite:"):  # as SQLAlchemy writes it: sqlite:///relative.db, sqlite:////abs/path.db
         if not text.startswith("sqlite:///") or len(text) == len("sqlite:///"):
             raise TraceStoreError(f"{text!r}: a SQLite store URL is sqlite:///relative/path or sqlite:////abs/path")
@@ -516,9 +527,7 @@ logged; it never breaks the run."""
 def _observers_from_env() -> None:
     """REFINEGRAPH_OTEL=1: export every traced run as OpenTelemetry spans as it happens."""
     if os.environ.get("REFINEGRAPH_OTEL", "").strip().lower() in {"1", "true", "yes", "on"}:
-        from refinegraph.trace.otel import enable_live
-
-        enable_live()
+        _by_name(OTEL_LIVE)()
 
 
 # Events committed by `seal`, with the run's seal, rather than at once.

@@ -96,7 +96,7 @@ def _verify_chain(store: BaseTraceStore, run_id: str) -> VerifyReport:
                                       "run_finished event")
     elif run["status"] not in UNSEALED_STATUSES:
         return bad(len(rows), f"the run is listed as {run['status']} but is not sealed: its end was removed")
-    elif run["status"].startswith("awaiting_"):  # paused by interrupt(): refinegraph.runner._waiting
+    elif run["status"].startswith("awaiting_"):  # paused by interrupt(): refinegraph.runs.execute._waiting
         report.notes.append(f"run is not sealed: {run['status']} (it waits on a person)")
     else:
         report.notes.append(f"run is not sealed ({run['status']}: still running, or stopped before its end: "
