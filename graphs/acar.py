@@ -188,14 +188,14 @@ def _mode_seed(settings: dict[str, Any], position: int) -> int:
     return int(base) + position
 
 
-def build_acar(params: dict[str, Any] | None = None, *, checkpointer: Any = None, trace_nodes: bool = True) -> Any:
+def build_acar(params: dict[str, Any] | None = None, *, checkpointer: Any = None) -> Any:
     """The compiled ACAR graph. Input: {"task": str}; output adds answer, solution, stop_reason, sigma, mode."""
     from refinegraph.runner import compiled_graph
 
     settings = ACARParams(**(params or {})).model_dump()
     for position in range(3):  # bad mode params fail now, before any run is recorded
         compiled_graph(settings["mode_graph"], {**settings["mode_params"], "seed": _mode_seed(settings, position)})
-    wrap = traced if trace_nodes else (lambda name, fn: fn)
+    wrap = traced
     project = get_projection(settings["answer"])
 
     async def start(state: ACARState, runtime: Runtime[RunContext]) -> dict[str, Any]:

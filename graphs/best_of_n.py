@@ -86,10 +86,9 @@ async def finish(state: BestOfNState, runtime: Runtime[RunContext]) -> dict[str,
             "score": score, "stop_reason": reason}
 
 
-def build_best_of_n(params: dict[str, Any] | None = None, *, checkpointer: Any = None,
-                    trace_nodes: bool = True) -> Any:
+def build_best_of_n(params: dict[str, Any] | None = None, *, checkpointer: Any = None) -> Any:
     settings = RewardParams(**(params or {})).model_dump()
-    wrap = traced if trace_nodes else (lambda node_name, fn: fn)
+    wrap = traced
 
     async def start(state: BestOfNState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         return {"params": settings}

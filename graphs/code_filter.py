@@ -101,10 +101,9 @@ async def finish(state: CodeFilterState, runtime: Runtime[RunContext]) -> dict[s
             "chosen": chosen, "passed": passed, "candidates": summary, "stop_reason": reason}
 
 
-def build_code_filter(params: dict[str, Any] | None = None, *, checkpointer: Any = None,
-                      trace_nodes: bool = True) -> Any:
+def build_code_filter(params: dict[str, Any] | None = None, *, checkpointer: Any = None) -> Any:
     settings = CodeFilterParams(**(params or {}))
-    wrap = traced if trace_nodes else (lambda node_name, fn: fn)
+    wrap = traced
 
     async def start(state: CodeFilterState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         entry_point = state.get("entry_point") or entry_point_of(state["task"])

@@ -94,10 +94,9 @@ async def finish(state: VoteState, runtime: Runtime[RunContext]) -> dict[str, An
             "agreement": payload["agreement"], "stop_reason": reason}
 
 
-def _build_fixed(params: dict[str, Any] | None, *, name: str, defaults: dict[str, Any], checkpointer: Any,
-                 trace_nodes: bool) -> Any:
+def _build_fixed(params: dict[str, Any] | None, *, name: str, defaults: dict[str, Any], checkpointer: Any) -> Any:
     settings = SamplingParams(**{**defaults, **(params or {})}).model_dump()
-    wrap = traced if trace_nodes else (lambda node_name, fn: fn)
+    wrap = traced
 
     async def sample(state: VoteState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         samples = await sample_answers(runtime.context, state["task"], n=settings["n"],
@@ -119,17 +118,14 @@ def _build_fixed(params: dict[str, Any] | None, *, name: str, defaults: dict[str
     return graph.compile(checkpointer=checkpointer, name=name)
 
 
-def build_greedy(params: dict[str, Any] | None = None, *, checkpointer: Any = None, trace_nodes: bool = True) -> Any:
+def build_greedy(params: dict[str, Any] | None = None, *, checkpointer: Any = None) -> Any:
     """One sample at temperature 0 (n and temperature are fixed: passing them is an error)."""
     AnswerParams(**(params or {}))
-    return _build_fixed(params, name="greedy", defaults={"n": 1, "temperature": 0.0}, checkpointer=checkpointer,
-                        trace_nodes=trace_nodes)
+    return _build_fixed(params, name="greedy", defaults={"n": 1, "temperature": 0.0}, checkpointer=checkpointer)
 
 
-def build_self_consistency(params: dict[str, Any] | None = None, *, checkpointer: Any = None,
-                           trace_nodes: bool = True) -> Any:
-    return _build_fixed(params, name="self-consistency", defaults={}, checkpointer=checkpointer,
-                        trace_nodes=trace_nodes)
+def build_self_consistency(params: dict[str, Any] | None = None, *, checkpointer: Any = None) -> Any:
+    return _build_fixed(params, name="self-consistency", defaults={}, checkpointer=checkpointer)
 
 
 def check(samples: list[dict[str, Any]], settings: dict[str, Any]) -> SamplingCheck:
@@ -153,10 +149,9 @@ def check(samples: list[dict[str, Any]], settings: dict[str, Any]) -> SamplingCh
                          reason=reason)
 
 
-def build_adaptive_sc(params: dict[str, Any] | None = None, *, checkpointer: Any = None,
-                      trace_nodes: bool = True) -> Any:
+def build_adaptive_sc(params: dict[str, Any] | None = None, *, checkpointer: Any = None) -> Any:
     settings = AdaptiveParams(**(params or {})).model_dump()
-    wrap = traced if trace_nodes else (lambda node_name, fn: fn)
+    wrap = traced
 
     async def start(state: VoteState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         return {"params": settings, "batches": 0}

@@ -139,10 +139,9 @@ async def finish(state: MagicoreState, runtime: Runtime[RunContext]) -> dict[str
     return {"vote": payload, "answer": answer, "solution": solution, "chosen": chosen, "stop_reason": reason}
 
 
-def build_magicore(params: dict[str, Any] | None = None, *, checkpointer: Any = None,
-                   trace_nodes: bool = True) -> Any:
+def build_magicore(params: dict[str, Any] | None = None, *, checkpointer: Any = None) -> Any:
     settings = MagicoreParams(**(params or {})).model_dump()
-    wrap = traced if trace_nodes else (lambda node_name, fn: fn)
+    wrap = traced
 
     async def start(state: MagicoreState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         return {"params": settings, "iteration": 0, "current": [], "attempted": [], "fresh": []}

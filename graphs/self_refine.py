@@ -84,11 +84,10 @@ async def finish(state: SelfRefineState, runtime: Runtime[RunContext]) -> dict[s
     return {"answer": answer, "chosen": chosen if chosen is not None else -1, "stop_reason": reason}
 
 
-def build_self_refine(params: dict[str, Any] | None = None, *, checkpointer: Any = None,
-                      trace_nodes: bool = True) -> Any:
+def build_self_refine(params: dict[str, Any] | None = None, *, checkpointer: Any = None) -> Any:
     """The compiled Self-Refine graph. Input: {"task": str}; output adds answer, stop_reason."""
     settings = SelfRefineParams(**(params or {})).model_dump()
-    wrap = traced if trace_nodes else (lambda name, fn: fn)
+    wrap = traced
 
     async def start(state: SelfRefineState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         return {"params": {**settings, **state.get("params", {})}, "iteration": 0}

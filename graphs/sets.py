@@ -99,10 +99,10 @@ async def finish(state: SetsState, runtime: Runtime[RunContext]) -> dict[str, An
             "stop_reason": reason}
 
 
-def build_sets(params: dict[str, Any] | None = None, *, checkpointer: Any = None, trace_nodes: bool = True) -> Any:
+def build_sets(params: dict[str, Any] | None = None, *, checkpointer: Any = None) -> Any:
     """The compiled SETS graph. Input: {"task": str}; output adds answer, solution, vote, stop_reason."""
     settings = SetsParams(**(params or {})).model_dump()
-    wrap = traced if trace_nodes else (lambda name, fn: fn)
+    wrap = traced
     project = get_projection(settings["answer"])
 
     async def start(state: SetsState, runtime: Runtime[RunContext]) -> dict[str, Any]:

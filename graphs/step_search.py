@@ -251,10 +251,9 @@ def final_candidates(algorithm: Algorithm, state: SearchState) -> list[int]:
 
 
 def build(algorithm: Algorithm):
-    def build_search(params: dict[str, Any] | None = None, *, checkpointer: Any = None,
-                     trace_nodes: bool = True) -> Any:
+    def build_search(params: dict[str, Any] | None = None, *, checkpointer: Any = None) -> Any:
         settings = StepSearchParams(**(params or {})).model_dump()
-        wrap = traced if trace_nodes else (lambda node_name, fn: fn)
+        wrap = traced
         project = get_projection(settings["answer"])
 
         async def start(state: SearchState, runtime: Runtime[RunContext]) -> dict[str, Any]:

@@ -8,15 +8,23 @@ import secrets
 import sqlite3
 from collections.abc import Callable
 from functools import cache
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 
-from refinegraph.bench.hostile_sql import make_scratch, remove_scratch
-from refinegraph.bench.stub_server import role_of
+from refinegraph.cli.harness import import_benchmarks
 from refinegraph.models import ScriptedModel
 from refinegraph.trace.store import SQLITE_SCHEMA, BaseTraceStore, _statements
+
+# benchmarks/ is not installed: imported from this checkout by its path, as `refinegraph bench`
+# does, so tests that use its harnesses and stub servers import `benchmarks.*` (the checkout's
+# root stays off sys.path: the role folders must not be importable under their own names).
+import_benchmarks(Path(__file__).resolve().parent.parent / "benchmarks")
+
+from benchmarks.hostile_sql import make_scratch, remove_scratch  # noqa: E402
+from benchmarks.stub_server import role_of  # noqa: E402
 
 STORE_KINDS = ("sqlite", "postgres")
 DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"

@@ -1,8 +1,7 @@
-"""`refinegraph batch`: one graph over a JSONL file of inputs; and `refinegraph bench batch`."""
+"""`refinegraph batch`: one graph over a JSONL file of inputs."""
 
 from __future__ import annotations
 
-import asyncio
 import shlex
 from pathlib import Path
 from typing import Any
@@ -95,34 +94,6 @@ def batch(
         raise typer.Exit(1)
 
 
-def bench_batch(
-    runs: int = typer.Option(32, "--runs", min=1, help="Runs (inputs) per configuration and round."),
-    concurrency: int = typer.Option(8, "--concurrency", min=1, help="Runs / requests at once."),
-    max_tokens: int = typer.Option(64, "--max-tokens", min=8, help="max_tokens of each run's one call."),
-    rounds: int = typer.Option(2, "--rounds", min=1, help="Interleaved rounds (each on fresh prompts)."),
-    out_dir: Path = typer.Option(Path("bench-reports/batch"), "--out", help="Folder for report.json/.md."),
-) -> None:
-    """`refinegraph batch` (local executor, greedy) vs a raw asyncio openai load of the same
-    requests at the same concurrency, on the embedded llama.cpp server: completion tok/s."""
-    from refinegraph.bench.batch import batch_bench, markdown
-    from refinegraph.bench.report import write_report
-    from refinegraph.models import ModelUnavailable
-
-    err.print(f"{runs} runs x {rounds} rounds per configuration, concurrency {concurrency}, "
-              f"max_tokens {max_tokens}, embedded llama.cpp server ...")
-    try:
-        report = asyncio.run(batch_bench(runs=runs, concurrency=concurrency, max_tokens=max_tokens, rounds=rounds))
-    except ModelUnavailable as exc:
-        fail(str(exc), 1)
-    text = markdown(report)  # its last line is the ratio against the goal
-    out.print(text, highlight=False, markup=False)
-    json_path, md_path = write_report(out_dir, report, text)
-    out.print(f"report: {json_path}  {md_path}", highlight=False)
-
-
 def register(app: typer.Typer) -> None:
-    """`refinegraph batch` on the main app, `refinegraph bench batch` on the bench group."""
-    from refinegraph.cli import bench_cmds
-
+    """`refinegraph batch` on the main app (`bench batch` is a harness: benchmarks/cli.py)."""
     app.command("batch")(batch)
-    bench_cmds.app.command("batch")(bench_batch)

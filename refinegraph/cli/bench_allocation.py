@@ -65,7 +65,7 @@ def allocation_cmd(
         title,
     )
     from refinegraph.cli.app import _params
-    from refinegraph.cli.bench_cmds import _finish
+    from refinegraph.cli.bench_cmds import finish_report
     from refinegraph.config import ConfigError, load_config
     from refinegraph.models import ModelUnavailable
     from refinegraph.tools.answers import validate_kind
@@ -114,4 +114,4 @@ def allocation_cmd(
         lines.append(f"recorded {recorded['questions']} questions x {recorded['samples']} samples in "
                      f"{recorded['seconds']:.1f} s ({recorded['completion_tokens']} completion tokens, "
                      f"{recorded['errors']} failed runs): {recorded['pool']}")
-    _finish(table, lines, out_dir, report, markdown(report))
+    finish_report(table, lines, out_dir, report, markdown(report))

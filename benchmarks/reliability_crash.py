@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from refinegraph.bench.reliability_common import Section, workdir_for
-from refinegraph.bench.stub_server import CountingServer, stub_reply
+from benchmarks.reliability_common import Section, workdir_for
+from benchmarks.stub_server import CountingServer, stub_reply
 
 # -- crash: kill -9 a batch, resume it -----------------------------------------------------------
 
