@@ -93,3 +93,15 @@ def test_python_m_benchmarks_lists_the_harnesses_from_the_repository_root():
     assert done.returncode == 0, done.stderr
     for command in harness.HARNESSES:
         assert command in done.stdout
+
+
+def test_a_harness_child_process_imports_benchmarks_from_any_folder(tmp_path):
+    from benchmarks import child_env
+
+    code = "import benchmarks.reliability_common"
+    alone = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                           env={k: v for k, v in child_env().items() if k != "PYTHONPATH"})
+    assert alone.returncode != 0 and "No module named 'benchmarks'" in alone.stderr
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env=child_env())
+    assert done.returncode == 0, done.stderr
