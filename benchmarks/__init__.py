@@ -14,7 +14,10 @@ missed. The evaluation commands a user runs on their own data (`refinegraph benc
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,3 +31,19 @@ def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
     paths = [str(ROOT), *[p for p in base.get("PYTHONPATH", "").split(os.pathsep) if p]]
     base["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     return base
+
+
+@contextlib.contextmanager
+def spawned_children_find_benchmarks() -> Iterator[None]:
+    """The checkout at the end of sys.path while `multiprocessing` (spawn) starts processes:
+    spawn hands each child the parent's sys.path, and the child imports its target from
+    `benchmarks`, which the parent may have loaded by path (refinegraph bench, the tests)."""
+    root = str(ROOT)
+    added = root not in sys.path
+    if added:
+        sys.path.append(root)
+    try:
+        yield
+    finally:
+        if added:
+            sys.path.remove(root)
