@@ -187,7 +187,7 @@ def _mode_seed(settings: dict[str, Any], position: int) -> int:
     return int(base) + position
 
 
-def build_acar(params: dict[str, Any] | None = None, *, checkpointer: Any = None, trace_nodes: bool = True) -> Any:
+def build_acar(params: dict[str, Any] | None = None, *, checkpointer: Any = None) -> Any:
     """The compiled ACAR graph. Input: {"task": str}; output adds answer, solution, stop_reason, sigma, mode."""
     from refinegraph.compiled import compiled_graph
 
@@ -310,7 +310,7 @@ def build_acar(params: dict[str, Any] | None = None, *, checkpointer: Any = None
             return "mode"
         return "judge" if state["mode"] == "three" else "finish"
 
-    graph = MethodGraph(ACARState, settings, start=start, trace_nodes=trace_nodes)
+    graph = MethodGraph(ACARState, settings, start=start)
     graph.node("probe", probe, budget=True)
     graph.node("route", route)
     graph.node("mode", mode_step, budget=True)

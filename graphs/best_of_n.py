@@ -85,8 +85,7 @@ async def finish(state: BestOfNState, runtime: Runtime[RunContext]) -> dict[str,
             "score": score, "stop_reason": reason}
 
 
-def build_best_of_n(params: dict[str, Any] | None = None, *, checkpointer: Any = None,
-                    trace_nodes: bool = True) -> Any:
+def build_best_of_n(params: dict[str, Any] | None = None, *, checkpointer: Any = None) -> Any:
     settings = RewardParams.model_validate(params or {}).model_dump()
 
     async def sample(state: BestOfNState, runtime: Runtime[RunContext]) -> dict[str, Any]:
@@ -100,7 +99,7 @@ def build_best_of_n(params: dict[str, Any] | None = None, *, checkpointer: Any =
         records, stopped = await score_candidates(ctx, make_scorer(ctx, settings), state["task"], state["samples"])
         return {"scores": records, **({"stop_reason": "budget"} if stopped else {})}
 
-    graph = MethodGraph(BestOfNState, settings, trace_nodes=trace_nodes)
+    graph = MethodGraph(BestOfNState, settings)
     graph.node("sampler", sample, budget=True)
     graph.node("scorer", score)
     graph.node("finish", finish)

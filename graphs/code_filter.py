@@ -100,8 +100,7 @@ async def finish(state: CodeFilterState, runtime: Runtime[RunContext]) -> dict[s
             "chosen": chosen, "passed": passed, "candidates": summary, "stop_reason": reason}
 
 
-def build_code_filter(params: dict[str, Any] | None = None, *, checkpointer: Any = None,
-                      trace_nodes: bool = True) -> Any:
+def build_code_filter(params: dict[str, Any] | None = None, *, checkpointer: Any = None) -> Any:
     settings = CodeFilterParams.model_validate(params or {})
 
     async def start(state: CodeFilterState, runtime: Runtime[RunContext]) -> dict[str, Any]:
@@ -124,7 +123,7 @@ def build_code_filter(params: dict[str, Any] | None = None, *, checkpointer: Any
                                   tests=state["tests"], entry_point=state["entry_point"], sandbox=settings.sandbox())
         return {"candidates": [{**c, **r} for c, r in zip(state["candidates"], checked)]}
 
-    graph = MethodGraph(CodeFilterState, settings.model_dump(), start=start, trace_nodes=trace_nodes)
+    graph = MethodGraph(CodeFilterState, settings.model_dump(), start=start)
     graph.node("solver", solve, budget=True)
     graph.node("verifier", verify)
     graph.node("finish", finish)

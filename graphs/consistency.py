@@ -96,8 +96,7 @@ async def finish(state: VoteState, runtime: Runtime[RunContext]) -> dict[str, An
             "agreement": payload["agreement"], "stop_reason": reason}
 
 
-def _build_fixed(params: dict[str, Any] | None, *, name: str, defaults: dict[str, Any], checkpointer: Any,
-                 trace_nodes: bool) -> Any:
+def _build_fixed(params: dict[str, Any] | None, *, name: str, defaults: dict[str, Any], checkpointer: Any) -> Any:
     settings = SamplingParams.model_validate({**defaults, **(params or {})}).model_dump()
 
     async def sample(state: VoteState, runtime: Runtime[RunContext]) -> dict[str, Any]:
@@ -106,24 +105,21 @@ def _build_fixed(params: dict[str, Any] | None, *, name: str, defaults: dict[str
                                        seed=settings["seed"], kind=settings["answer"])
         return {"samples": samples}
 
-    graph = MethodGraph(VoteState, settings, trace_nodes=trace_nodes)
+    graph = MethodGraph(VoteState, settings)
     graph.node("sampler", sample, budget=True)
     graph.node("finish", finish)
     graph.edge("sampler", "finish")
     return graph.compile(checkpointer, name=name)
 
 
-def build_greedy(params: dict[str, Any] | None = None, *, checkpointer: Any = None, trace_nodes: bool = True) -> Any:
+def build_greedy(params: dict[str, Any] | None = None, *, checkpointer: Any = None) -> Any:
     """One sample at temperature 0 (n and temperature are fixed: passing them is an error)."""
     AnswerParams(**(params or {}))
-    return _build_fixed(params, name="greedy", defaults={"n": 1, "temperature": 0.0}, checkpointer=checkpointer,
-                        trace_nodes=trace_nodes)
+    return _build_fixed(params, name="greedy", defaults={"n": 1, "temperature": 0.0}, checkpointer=checkpointer)
 
 
-def build_self_consistency(params: dict[str, Any] | None = None, *, checkpointer: Any = None,
-                           trace_nodes: bool = True) -> Any:
-    return _build_fixed(params, name="self-consistency", defaults={}, checkpointer=checkpointer,
-                        trace_nodes=trace_nodes)
+def build_self_consistency(params: dict[str, Any] | None = None, *, checkpointer: Any = None) -> Any:
+    return _build_fixed(params, name="self-consistency", defaults={}, checkpointer=checkpointer)
 
 
 def check(samples: list[dict[str, Any]], settings: dict[str, Any]) -> SamplingCheck:
@@ -147,8 +143,7 @@ def check(samples: list[dict[str, Any]], settings: dict[str, Any]) -> SamplingCh
                          reason=reason)
 
 
-def build_adaptive_sc(params: dict[str, Any] | None = None, *, checkpointer: Any = None,
-                      trace_nodes: bool = True) -> Any:
+def build_adaptive_sc(params: dict[str, Any] | None = None, *, checkpointer: Any = None) -> Any:
     settings = AdaptiveParams.model_validate(params or {}).model_dump()
 
     async def sample(state: VoteState, runtime: Runtime[RunContext]) -> dict[str, Any]:
@@ -166,7 +161,7 @@ def build_adaptive_sc(params: dict[str, Any] | None = None, *, checkpointer: Any
         runtime.context.emit(event)
         return {"stop_reason": event.reason if event.stop else ""}
 
-    graph = MethodGraph(VoteState, settings, start={"batches": 0}, trace_nodes=trace_nodes)
+    graph = MethodGraph(VoteState, settings, start={"batches": 0})
     graph.node("sampler", sample, budget=True)
     graph.node("check", decide)
     graph.node("finish", finish)

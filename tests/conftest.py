@@ -14,13 +14,20 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 
-from refinegraph.bench.hostile_sql import make_scratch, remove_scratch
-from refinegraph.bench.stub_server import role_of
+from refinegraph.cli.harness import import_benchmarks
 from refinegraph.models import ScriptedModel
 from refinegraph.trace.store import SQLITE_SCHEMA, BaseTraceStore, _statements
 
 from data_paths import unpack_pool
 from needs import DEFAULT_PG_DSN, needs, pytest_terminal_summary  # noqa: F401 - the skip summary is a hook
+
+# benchmarks/ is not installed: imported from this checkout by its path, as `refinegraph bench`
+# does, so tests that use its harnesses and stub servers import `benchmarks.*` (the checkout's
+# root stays off sys.path: the role folders must not be importable under their own names).
+import_benchmarks(Path(__file__).resolve().parent.parent / "benchmarks")
+
+from benchmarks.hostile_sql import make_scratch, remove_scratch  # noqa: E402
+from benchmarks.stub_server import role_of  # noqa: E402
 
 STORE_KINDS = ("sqlite", "postgres")
 PG_CONNECT_TIMEOUT_S = 2

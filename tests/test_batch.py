@@ -294,7 +294,7 @@ def test_cli_batch_runs_a_jsonl_file_against_an_openai_endpoint(tmp_path, stub_s
 
 
 async def test_bench_batch_sends_the_recorded_requests_raw_and_reports_a_ratio(stub_server, tmp_path):
-    from refinegraph.bench.batch import batch_bench, markdown
+    from benchmarks.batch import batch_bench, markdown
 
     address = f"http://127.0.0.1:{stub_server.server_port}"
     report = await batch_bench(runs=4, concurrency=2, max_tokens=16, rounds=2, address=address,

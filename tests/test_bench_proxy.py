@@ -3,7 +3,7 @@ greedy run that reached the upstream once."""
 
 from __future__ import annotations
 
-from refinegraph.bench.proxy import markdown, measure, percentile
+from benchmarks.proxy import markdown, measure, percentile
 
 
 def test_percentile_interpolates_between_samples():

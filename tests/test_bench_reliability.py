@@ -10,8 +10,8 @@ import types
 
 from typer.testing import CliRunner
 
-from refinegraph.bench import reliability
-from refinegraph.bench.reliability_common import Section, summary_line
+from benchmarks import reliability
+from benchmarks.reliability_common import Section, summary_line
 from refinegraph.cli.app import app
 
 
@@ -25,7 +25,7 @@ def test_summary_line_sums_every_part_and_names_the_failed():
 
 
 def _fake_parts(monkeypatch):
-    module = types.ModuleType("refinegraph.bench.fake_parts")
+    module = types.ModuleType("benchmarks.fake_parts")
 
     def blocking(workdir):  # a sync part that runs its own event loop, as several do
         asyncio.run(asyncio.sleep(0))
@@ -36,7 +36,7 @@ def _fake_parts(monkeypatch):
         raise RuntimeError(f"broke after {runs} runs")
 
     module.blocking, module.broken = blocking, broken
-    monkeypatch.setitem(sys.modules, "refinegraph.bench.fake_parts", module)
+    monkeypatch.setitem(sys.modules, "benchmarks.fake_parts", module)
     monkeypatch.setattr(reliability, "PARTS", (reliability.Part("blocking", "fake_parts", "blocking"),
                                                reliability.Part("broken", "fake_parts", "broken", ("runs",))))
 

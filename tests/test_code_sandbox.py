@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from refinegraph import replay, run
-from refinegraph.bench.reliability_sandbox import (
+from benchmarks.reliability_sandbox import (
     FLOOD,
     FORK_BOMB,
     LOOP,
@@ -31,6 +30,7 @@ from refinegraph.bench.reliability_sandbox import (
     secrets_program,
     writes_program,
 )
+from refinegraph import replay, run
 from refinegraph.models import ScriptedModel
 from refinegraph.tools.code import arun_python, extract_code, program_with_tests, run_python
 from refinegraph.tools.code.bwrap import find_bwrap, probe

@@ -1,6 +1,6 @@
 """Crashes and tampering: kill -9 of a batch, processes writing one store at once, edits
 made around the store. The embedded-model version of the crash is
-`refinegraph.bench.reliability_crash.crash_section` (a bench); concurrent use with kill -9
+`benchmarks.reliability_crash.crash_section` (a bench); concurrent use with kill -9
 is tests/test_store_concurrency.py.
 """
 
@@ -12,10 +12,10 @@ import sqlite3
 from test_batch import CALLS_PER_RUN
 from typer.testing import CliRunner
 
+from benchmarks.reliability_crash import concurrent_writers_section, crash_batch
+from benchmarks.reliability_damage import tamper_section
+from benchmarks.stub_server import CountingServer, stub_config, stub_reply
 from refinegraph.batch import run_batch
-from refinegraph.bench.reliability_crash import concurrent_writers_section, crash_batch
-from refinegraph.bench.reliability_damage import tamper_section
-from refinegraph.bench.stub_server import CountingServer, stub_config, stub_reply
 from refinegraph.cli.app import app
 from refinegraph.events import Fallback, NodeFinished, NodeStarted, RunFinished, RunStarted
 from refinegraph.trace.store import TraceStore, TraceWriter

@@ -15,8 +15,8 @@ import time
 import httpx
 import pytest
 
+from benchmarks.faultproxy import FAILING_KINDS, FAULT_KINDS, FaultProxy, spread
 from refinegraph import RunFailed, run
-from refinegraph.bench.faultproxy import FAILING_KINDS, FAULT_KINDS, FaultProxy, spread
 from refinegraph.config import Config, ModelSpec, RetryPolicy
 from refinegraph.context import RunContext
 from refinegraph.models import ModelError, OpenAIModel
@@ -325,7 +325,7 @@ def test_the_proxy_runs_on_its_own_thread_and_passes_through():
 
 @pytest.mark.local
 async def test_a_short_faults_section_meets_every_expectation(tmp_path):
-    from refinegraph.bench.reliability_faults import faults_section
+    from benchmarks.reliability_faults import faults_section
 
     section = await faults_section(runs=12, fault_rate=0.8, concurrency=4, timeout_s=5.0, max_retries=8,
                                    stall_s=10.0, retry_after_s=0.2, checkpoint=False, workdir=tmp_path)

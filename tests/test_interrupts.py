@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from refinegraph.bench.stub_server import CountingServer, stub_reply
+from benchmarks.stub_server import CountingServer, stub_reply
 from refinegraph.trace.store import open_store
 from refinegraph.trace.verify import verify_run
 

@@ -1,5 +1,5 @@
 """The server under hostile requests (schemathesis from its own OpenAPI document, and
-hand-written ones over a real socket) and under load, through refinegraph.bench's
+hand-written ones over a real socket) and under load, through benchmarks'
 reliability_fuzz and reliability_load.
 
 The fuzzing runs on scripted models (a test double), so every run is instant and healthy;
@@ -12,7 +12,7 @@ import json
 import httpx
 import pytest
 
-from refinegraph.bench.reliability_fuzz import (
+from benchmarks.reliability_fuzz import (
     BAD_CREDENTIALS,
     CHAT,
     KEY_ENV,
@@ -24,7 +24,7 @@ from refinegraph.bench.reliability_fuzz import (
     hostile_requests,
     raw_exchange,
 )
-from refinegraph.bench.reliability_load import load_section
+from benchmarks.reliability_load import load_section
 
 KEY = "fuzz-test-key"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from refinegraph.bench.hostile_sql import DUCKDB, LEGIT, RUNAWAY, hostile_statements
+from benchmarks.hostile_sql import DUCKDB, LEGIT, RUNAWAY, hostile_statements
 from refinegraph.tools.sql.guard import DUCKDB_TABLE_FUNCTIONS, RejectedSQL, check_read_only
 
 

@@ -13,7 +13,7 @@ dropped at the end). PostgreSQL cases skip when REFINEGRAPH_PG_DSN is unset.
 
 In the statements, {out} is a scratch folder (writable by anyone, so a server-side write would
 land there and be seen), {schema} the PostgreSQL schema and {sqlite} the SQLite copy. The
-statements and the snapshot of "what a write could change" live in refinegraph.bench.hostile_sql,
+statements and the snapshot of "what a write could change" live in benchmarks.hostile_sql,
 which `refinegraph bench reliability` runs as well; the engine copies in refinegraph.tools.sql.copies.
 """
 
@@ -24,7 +24,7 @@ import time
 import pytest
 from test_sql_engines import copy_spider, pg_dsn
 
-from refinegraph.bench.hostile_sql import (
+from benchmarks.hostile_sql import (
     ENGINES,
     ERROR_CLASSES,
     LEGIT,

@@ -1,14 +1,14 @@
 """Prompt-injected questions through the real SQL graphs: zero writes on any engine.
 
 The model is the `pool` backend serving an adversary that obeys every injection
-(refinegraph.bench.injected_sql: DML/DDL, stacked statements, writes in CTEs and comments,
+(benchmarks.injected_sql: DML/DDL, stacked statements, writes in CTEs and comments,
 ATTACH/COPY/file writes, fenced in markdown, and a hostile merge for csc-sql), so the graph's
 path (extraction -> guard -> engine) is all that stands between the injection and the
 database. Each run must record every hostile reply as an `sql_exec` with an error class (a
 stacked write only ever runs as the read before its semicolon), end with an answer or a
 recorded fallback, verify its trace, and leave the database as it was: file sha256 and the
 files beside it, the scratch folder, PostgreSQL's relations, row counts, comments and pwned*
-objects (refinegraph.bench.hostile_sql.Target).
+objects (benchmarks.hostile_sql.Target).
 
 The database is hostile_sql.build_concert_db's (no Spider data needed; two of its values
 carry injections of their own). SQLite runs every question through every graph; DuckDB and
@@ -26,7 +26,7 @@ from contextlib import closing
 import pytest
 from test_sql_engines import pg_dsn
 
-from refinegraph.bench.hostile_sql import (
+from benchmarks.hostile_sql import (
     RUNAWAY,
     Target,
     build_concert_db,
@@ -37,7 +37,7 @@ from refinegraph.bench.hostile_sql import (
     remove_scratch,
     second_line_statements,
 )
-from refinegraph.bench.injected_sql import (
+from benchmarks.injected_sql import (
     BENIGN,
     GRAPHS,
     INJECTED,
@@ -48,7 +48,7 @@ from refinegraph.bench.injected_sql import (
     served,
     write_pool,
 )
-from refinegraph.bench.reliability_sql import LOCAL_PARAMS, sql_section
+from benchmarks.reliability_sql import LOCAL_PARAMS, sql_section
 from refinegraph.config import Config, ModelSpec
 from refinegraph.models import PoolModel
 from refinegraph.tools.sql.copies import (

@@ -19,8 +19,8 @@ import pytest
 from test_sql_engines import pg_dsn, pg_reader
 from typer.testing import CliRunner
 
+from benchmarks.hostile_sql import PeakRss, build_concert_db
 from refinegraph import run
-from refinegraph.bench.hostile_sql import PeakRss, build_concert_db
 from refinegraph.cli.app import app
 from refinegraph.models import ScriptedModel
 from refinegraph.tools.sql import connect

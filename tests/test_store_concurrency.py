@@ -19,8 +19,8 @@ import sys
 
 import pytest
 
+from benchmarks.reliability_torture import torture
 from refinegraph import run
-from refinegraph.bench.reliability_torture import torture
 from refinegraph.models import ScriptedModel
 from refinegraph.trace.verify import verify_store
 

@@ -34,7 +34,6 @@ def _trace() -> typer.Typer:
 def _bench() -> typer.Typer:
     from refinegraph.cli import bench_allocation, bench_cmds, bench_methods  # noqa: F401  (they add commands)
 
-    batch_cmd.register_bench(bench_cmds.app)
     return bench_cmds.app
 
 

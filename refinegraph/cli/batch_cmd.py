@@ -1,7 +1,8 @@
-"""`refinegraph batch`: one graph over a JSONL file of inputs; and `refinegraph bench batch`."""
+"""`refinegraph batch`: one graph over a JSONL file of inputs."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,6 @@ def batch(
     Exit codes: 0 every input finished, 1 some input failed (see results.jsonl; run again
     to retry), 2 the request was wrong (graph, params, config, inputs, out dir in use).
     """
-    import shlex
 
     from refinegraph.batch import BatchDirError, BatchInputError, RayUnavailable, run_batch
     from refinegraph.batch.inputs import read_inputs
@@ -95,39 +95,6 @@ def batch(
         raise typer.Exit(1)
 
 
-def bench_batch(
-    runs: int = typer.Option(32, "--runs", min=1, help="Runs (inputs) per configuration and round."),
-    concurrency: int = typer.Option(8, "--concurrency", min=1, help="Runs / requests at once."),
-    max_tokens: int = typer.Option(64, "--max-tokens", min=8, help="max_tokens of each run's one call."),
-    rounds: int = typer.Option(2, "--rounds", min=1, help="Interleaved rounds (each on fresh prompts)."),
-    out_dir: Path = typer.Option(Path("bench-reports/batch"), "--out", help="Folder for report.json/.md."),
-) -> None:
-    """`refinegraph batch` (local executor, greedy) vs a raw asyncio openai load of the same
-    requests at the same concurrency, on the embedded llama.cpp server: completion tok/s."""
-    import asyncio
-
-    from refinegraph.bench.batch import batch_bench, markdown
-    from refinegraph.bench.report import write_report
-    from refinegraph.models import ModelUnavailable
-
-    err.print(f"{runs} runs x {rounds} rounds per configuration, concurrency {concurrency}, "
-              f"max_tokens {max_tokens}, embedded llama.cpp server ...")
-    try:
-        report = asyncio.run(batch_bench(runs=runs, concurrency=concurrency, max_tokens=max_tokens, rounds=rounds))
-    except ModelUnavailable as exc:
-        fail(str(exc), 1)
-    text = markdown(report)  # its last line is the ratio against the goal
-    out.print(text, highlight=False, markup=False)
-    json_path, md_path = write_report(out_dir, report, text)
-    out.print(f"report: {json_path}  {md_path}", highlight=False)
-
-
 def register(app: typer.Typer) -> None:
-    """`refinegraph batch` on the main app."""
+    """`refinegraph batch` on the main app (`bench batch` is a harness: benchmarks/cli.py)."""
     app.command("batch")(batch)
-
-
-def register_bench(bench_app: typer.Typer) -> None:
-    """`refinegraph bench batch` on the bench group (once, however often the group is loaded)."""
-    if not any(info.callback is bench_batch for info in bench_app.registered_commands):
-        bench_app.command("batch")(bench_batch)

@@ -65,7 +65,7 @@ def allocation_cmd(
         table_rows,
         title,
     )
-    from refinegraph.cli.bench_cmds import _finish
+    from refinegraph.cli.bench_cmds import finish_report
     from refinegraph.cli.running import parse_params as _params
     from refinegraph.config import ConfigError, load_config
     from refinegraph.models import ModelUnavailable
@@ -115,4 +115,4 @@ def allocation_cmd(
         lines.append(f"recorded {recorded['questions']} questions x {recorded['samples']} samples in "
                      f"{recorded['seconds']:.1f} s ({recorded['completion_tokens']} completion tokens, "
                      f"{recorded['errors']} failed runs): {recorded['pool']}")
-    _finish(table, lines, out_dir, report, markdown(report))
+    finish_report(table, lines, out_dir, report, markdown(report))

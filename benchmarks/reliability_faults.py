@@ -1,6 +1,6 @@
 """Faults between refinegraph and its model, measured: the `faults` part of `refinegraph bench reliability`.
 
-The embedded llama.cpp server runs behind the fault proxy (refinegraph.bench.faultproxy),
+The embedded llama.cpp server runs behind the fault proxy (benchmarks.faultproxy),
 which fails most requests on purpose (resets, 5xx/429 with and without Retry-After,
 stalls past the client's timeout, bodies cut short or garbled, slow answers), /tokenize
 included. A mix of cheap methods runs `runs` times through `refinegraph.run` against an
@@ -27,8 +27,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from refinegraph.bench.faultproxy import FAILING_KINDS, FAULT_KINDS, FaultProxy, ProxyStats, spread
-from refinegraph.bench.reliability_common import Section
+from benchmarks.faultproxy import FAILING_KINDS, FAULT_KINDS, FaultProxy, ProxyStats, spread
+from benchmarks.reliability_common import Section
 from refinegraph.config import Config, ModelSpec, RetryPolicy
 from refinegraph.models.base import ModelError
 from refinegraph.models.local import LocalModel

@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from refinegraph.bench.reliability_common import Section, workdir_for
+from benchmarks import child_env
+from benchmarks.reliability_common import Section, workdir_for
 
 STORE_ENV = "REFINEGRAPH_TRACE_STORE"
 
@@ -30,7 +31,7 @@ STORE_ENV = "REFINEGRAPH_TRACE_STORE"
 def _delayed_model(delay_s: float) -> Any:
     """A scripted model that answers self-refine's roles after `delay_s` (so a kill lands
     mid-run as often as between runs)."""
-    from refinegraph.bench.stub_server import role_of
+    from benchmarks.stub_server import role_of
     from refinegraph.models.scripted import ScriptedModel
 
     verdict = json.dumps({"correctness": 9, "completeness": 9, "clarity": 9, "score": 9, "verdict": "done",
@@ -110,8 +111,8 @@ def torture(location: str, folder: Path, *, processes: int = 4, runs: int = 30, 
 
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, STORE_ENV: location}
-    code = "import sys; from refinegraph.bench.reliability_torture import {0}; {0}(*sys.argv[1:])"
+    env = {**child_env(), STORE_ENV: location}
+    code = "import sys; from benchmarks.reliability_torture import {0}; {0}(*sys.argv[1:])"
     writers = []
     for w in range(processes):
         args = [location, str(w), str(runs), str(folder / f"writer-{w}.jsonl"), graph]

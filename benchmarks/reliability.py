@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from refinegraph.bench.reliability_common import Section, summary_line, totals_of
+from benchmarks.reliability_common import Section, summary_line, totals_of
 from refinegraph.bench.report import environment, md_table
 
 
@@ -37,7 +37,7 @@ class Part:
     def load(self) -> Callable[..., Any]:
         from importlib import import_module
 
-        return getattr(import_module(f"refinegraph.bench.{self.module}"), self.function)
+        return getattr(import_module(f"benchmarks.{self.module}"), self.function)
 
 
 PARTS = (

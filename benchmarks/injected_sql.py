@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.hostile_sql import ERROR_CLASSES, Target, differences
 from refinegraph.agents.sql_executor import SQL_RECORD_CHARS
-from refinegraph.bench.hostile_sql import ERROR_CLASSES, Target, differences
 from refinegraph.config import Config, ModelSpec
 from refinegraph.runner import RunFailed, RunResult, run
 from refinegraph.tools.sql.extract import extract_sql

@@ -1,7 +1,7 @@
 """`refinegraph bench throughput`: runs per second at 32 concurrent runs of an instant model.
 
 What a GPU server answering in milliseconds would leave of refinegraph: greedy and
-Self-Refine on the instant model (refinegraph.bench.instant, yielding to the event loop
+Self-Refine on the instant model (benchmarks.instant, yielding to the event loop
 once per call as a network call would), 32 runs at a time in one process, for bare
 LangGraph, refinegraph without a trace, and refinegraph's default path (traced and
 resumable) on SQLite and, where a DSN is given, on PostgreSQL. Configurations run in
@@ -17,13 +17,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from refinegraph.bench.instant import InstantModel
-from refinegraph.bench.overhead import BareContext
+from benchmarks.instant import InstantModel
+from benchmarks.overhead import invoke_bare
 from refinegraph.bench.report import environment, md_table, median
 from refinegraph.config import Config, TraceSettings
 from refinegraph.models.base import Samples
 from refinegraph.registry import get_graph
-from refinegraph.runner import RECURSION_LIMIT, run
+from refinegraph.runner import run
 
 GRAPHS = {"greedy": "What is 6 times 7?", "self-refine": "What is 6 times 7? Explain in one sentence."}
 GOAL_DEFAULT_VS_UNTRACED = 0.70
@@ -45,12 +45,11 @@ def _runners(graph: str, workdir: Path, postgres: str | None) -> dict[str, RunOn
     model = YieldingModel("local")
     models = {"local": model}
     task = GRAPHS[graph]
-    bare_graph = get_graph(graph).build({}, trace_nodes=False)
+    bare_graph = get_graph(graph).build({})
     untraced = Config()
 
     async def bare(i: int) -> Any:
-        return await bare_graph.ainvoke({"task": task}, config={"recursion_limit": RECURSION_LIMIT},
-                                        context=BareContext(model))
+        return await invoke_bare(bare_graph, {"task": task}, model)
 
     async def no_trace(i: int) -> Any:
         return await run(graph, task, config=untraced, models=models, trace=False)

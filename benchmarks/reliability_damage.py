@@ -14,8 +14,8 @@ import sqlite3
 import time
 from pathlib import Path
 
-from refinegraph.bench.reliability_common import Section, workdir_for
-from refinegraph.bench.stub_server import CountingServer, stub_config, stub_reply
+from benchmarks.reliability_common import Section, workdir_for
+from benchmarks.stub_server import CountingServer, stub_config, stub_reply
 
 # -- stores to damage -----------------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from refinegraph.bench.reliability_common import Section, run_count, verify_all
+from benchmarks.reliability_common import Section, run_count, verify_all
 from refinegraph.config import Config
 from refinegraph.models import ScriptedModel
 from refinegraph.procs import free_port
@@ -42,7 +42,7 @@ KEY_ENV = "REFINEGRAPH_FUZZ_KEY"
 BODY_LIMIT = 64 * 1024
 FUZZ_REPLY = "3 times 4 is 12. The answer is 12.\n```sql\nSELECT COUNT(*) FROM items\n```"
 QUESTION = "What is 3 times 4?"
-log = logging.getLogger("refinegraph.bench")
+log = logging.getLogger("benchmarks")
 
 
 # -- what every request is checked against ----------------------------------------------

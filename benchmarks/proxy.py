@@ -25,8 +25,8 @@ from typing import Any
 
 import httpx
 
+from benchmarks.stub_server import CountingServer
 from refinegraph.bench.report import environment, md_table
-from refinegraph.bench.stub_server import CountingServer
 
 GOAL_ADDED_P50_MS = 5.0
 GOAL_THROUGHPUT_RATIO = 0.95

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from refinegraph.bench.reliability_common import Section
+from benchmarks.reliability_common import Section
 from refinegraph.tools.code import CodeResult, run_python
 from refinegraph.tools.code.identity import Identity, sandbox_identity
 
@@ -101,7 +101,7 @@ class ProcessWatch:
 def outside_targets(token: str) -> list[Path]:
     """Files a program must not be able to create: the system, the caller's home and the
     repository, and the host's shared temporary folders (private inside the sandbox)."""
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[1]
     return [Path("/etc") / token, Path.home() / token, repo / token, Path("/tmp") / token,
             Path("/dev/shm") / token, Path("/var/tmp") / token]
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from refinegraph.bench.reliability_common import Section, run_count, verify_all
+from benchmarks.reliability_common import Section, run_count, verify_all
 from refinegraph.procs import ProcessExited, free_port, process_tree_rss, stop, wait_http_ok
 from refinegraph.trace.store import TraceStore
 

@@ -1,7 +1,7 @@
 """`refinegraph bench overhead`: what refinegraph costs on top of bare LangGraph.
 
 The same Self-Refine node functions run on an instant in-process model (see
-`refinegraph.bench.instant`), so a run's time is the framework's alone. Configurations
+`benchmarks.instant`), so a run's time is the framework's alone. Configurations
 run side by side in one process, interleaved in rounds (the order rotates each round) to
 spread machine noise; each one's figure is the median of its per-run times.
 
@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from refinegraph.bench.instant import EXPECTED_ANSWER, InstantModel
+from benchmarks.instant import EXPECTED_ANSWER, InstantModel
 from refinegraph.bench.report import environment, md_table, median
 from refinegraph.config import Config, TraceSettings
 from refinegraph.graphs.self_refine import build_self_refine
 from refinegraph.models.base import Model, Samples
+from refinegraph.nodes import node_events
 from refinegraph.runner import RECURSION_LIMIT, run
 from refinegraph.trace.store import TraceStore
 
@@ -38,7 +39,7 @@ RunOnce = Callable[[], Awaitable[str | None]]
 
 class BareContext:
     """What a plain LangGraph user would hand the nodes: calls go straight to the model,
-    with no budget, cache, retries or trace."""
+    with no budget, cache, retries or trace (see `invoke_bare`)."""
 
     conversation = None
     """The input is one task, never a chat (see RunContext.conversation)."""
@@ -67,6 +68,18 @@ class BareContext:
         return self.model.name
 
 
+async def invoke_bare(graph: Any, state: dict[str, Any], model: Model) -> dict[str, Any]:
+    """`graph` run by LangGraph alone: the same compiled graph and node functions, handed a
+    BareContext, with refinegraph's node wrapper switched off (`node_events`), so no node
+    event is built and the nodes run as plain functions. What stays of refinegraph is inside
+    the node functions themselves (their budget guard, the events they build, dropped here)."""
+    token = node_events.set(False)
+    try:
+        return await graph.ainvoke(state, config={"recursion_limit": RECURSION_LIMIT}, context=BareContext(model))
+    finally:
+        node_events.reset(token)
+
+
 @dataclass
 class Configuration:
     key: str
@@ -77,8 +90,7 @@ class Configuration:
 
 def configurations(workdir: Path, model: InstantModel) -> tuple[list[Configuration], TraceStore]:
     """The ways of running the same graph, sharing one instant model."""
-    bare_graph = build_self_refine({}, trace_nodes=False)
-    bare_config = {"recursion_limit": RECURSION_LIMIT}
+    bare_graph = build_self_refine({})
     store = TraceStore(workdir / "traces.sqlite")
     models = {"local": model}
     default_location = str(workdir / "default.sqlite")
@@ -87,8 +99,7 @@ def configurations(workdir: Path, model: InstantModel) -> tuple[list[Configurati
     default_config = Config(trace=TraceSettings(store=default_location))
 
     async def bare() -> str | None:
-        state = await bare_graph.ainvoke({"task": TASK}, config=bare_config, context=BareContext(model))
-        return state.get("answer")
+        return (await invoke_bare(bare_graph, {"task": TASK}, model)).get("answer")
 
     async def traces_off() -> str | None:
         return (await run("self-refine", TASK, config=config, models=models, trace=False)).answer

@@ -4,12 +4,12 @@ On each engine available (SQLite always; DuckDB when installed; PostgreSQL when 
 given and answers), over a copy of Spider's concert_singer (`spider_dir`) or, without it,
 a small database of the same shape that this part builds itself:
 
-1. the hostile statement suite (refinegraph.bench.hostile_sql) straight to
+1. the hostile statement suite (benchmarks.hostile_sql) straight to
    `Database.execute_sync`: each must fail with an error class (on PostgreSQL at the guard
    or the server's parser, before anything runs), runaway reads must stop at their timeout,
    the writes again with the guard skipped (the engines' read-only modes alone must refuse
    them), and the legitimate reads must still answer;
-2. the prompt-injected questions (refinegraph.bench.injected_sql) through sql-greedy,
+2. the prompt-injected questions (benchmarks.injected_sql) through sql-greedy,
    sql-sc and csc-sql, answered by a pool model that obeys every injection, and a handful
    through the embedded SmolLM2 model when it is installed (`local`).
 
@@ -31,7 +31,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from refinegraph.bench.hostile_sql import (
+from benchmarks.hostile_sql import (
     ENGINES,
     ERROR_CLASSES,
     LEGIT,
@@ -56,7 +56,7 @@ from refinegraph.bench.hostile_sql import (
     remove_scratch,
     second_line_statements,
 )
-from refinegraph.bench.injected_sql import (
+from benchmarks.injected_sql import (
     GRAPHS,
     INJECTED,
     Checked,
@@ -65,7 +65,7 @@ from refinegraph.bench.injected_sql import (
     run_checked,
     write_pool,
 )
-from refinegraph.bench.reliability_common import Section
+from benchmarks.reliability_common import Section
 from refinegraph.config import Config, ModelSpec
 from refinegraph.tools.sql.copies import (
     build_duckdb,

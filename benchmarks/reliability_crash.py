@@ -25,8 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from refinegraph.bench.reliability_common import Section, workdir_for
-from refinegraph.bench.stub_server import CountingServer, stub_reply
+from benchmarks import spawned_children_find_benchmarks
+from benchmarks.reliability_common import Section, workdir_for
+from benchmarks.stub_server import CountingServer, stub_reply
 
 # -- crash: kill -9 a batch, resume it -----------------------------------------------------------
 
@@ -316,8 +317,9 @@ def concurrent_writers_section(processes: int = 4, *, workdir: Path | None = Non
         workers = [context.Process(target=_writer_process, args=(
             str(store_path), str(checkpoints), server.url, w, graph_runs, raw_runs, events_per_run,
             str(folder / f"worker-{w}.json"), barrier)) for w in range(processes)]
-        for worker in workers:
-            worker.start()
+        with spawned_children_find_benchmarks():
+            for worker in workers:
+                worker.start()
         for worker in workers:
             worker.join(900)
         requests = server.count()
