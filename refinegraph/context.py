@@ -16,13 +16,22 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 from tenacity import RetryCallState
 
 from refinegraph.budget import MIN_COMPLETION_TOKENS, Budget, BudgetExceeded
 from refinegraph.cache import CachedSample, ReplayCache, call_key, sample_keys
 from refinegraph.config import Config, RetryPolicy
 from refinegraph.events import BudgetEvent, ErrorEvent, Event, Fallback, LLMCall, Retry, ToolCallEvent
-from refinegraph.models.base import Model, ModelError, ModelUnavailable, Samples, Usage, valid_unicode
+from refinegraph.models.base import (
+    MalformedResponse,
+    Model,
+    ModelError,
+    ModelUnavailable,
+    Samples,
+    Usage,
+    valid_unicode,
+)
 from refinegraph.models.retry import RetryScope, call_with_retries, describe, retry_scope
 from refinegraph.tool_calls import ToolOffer, decode
 from refinegraph.tool_calls import call_key as tool_call_key
@@ -42,6 +51,18 @@ class ReplayMiss(RuntimeError):
 class ToolsUnsupported(ModelUnavailable):
     """Tools were offered to a model whose backend cannot pass them on (only backends with
     `supports_tools`, the openai one, can)."""
+
+
+PROMPT_BYTES_PER_TOKEN = 2
+"""The margin of the prompt estimate when a model cannot count its prompt: two UTF-8 bytes
+a token (English text runs about four characters a token; byte-level tokenizers never
+exceed one token a byte), plus a chat template's few tokens per message."""
+
+
+def prompt_upper_estimate(messages: list[dict[str, Any]]) -> int:
+    """A prompt's tokens, estimated on the safe side for a budget (PROMPT_BYTES_PER_TOKEN)."""
+    size = sum(len(str(m.get("content", "")).encode("utf-8")) for m in messages)
+    return -(-size // PROMPT_BYTES_PER_TOKEN) + 4 * len(messages) + 8
 
 
 @dataclass
@@ -167,10 +188,14 @@ class RunContext:
             attempts = failure.get("attempts", 0)
             raw = failure["message"].removeprefix(f"model {name!r} after {attempts} attempt(s): ")
             raise ModelError(name, failure["error_class"], raw, attempts)
+        prompt_size: tuple[int, str] | None = None
         if hit and not self.charge_cache_hits:
             allowed = max_tokens  # already paid for: a resumed run re-serves it, whatever is left
         else:
-            allowed = self._admit(name, n, max_tokens, messages, min_tokens, recorded=hit)
+            if self.budget.max_tokens is not None and not (self.replay_only and not hit):
+                prompt_size = await self._prompt_size(name, model, messages)
+            allowed = self._admit(name, n, max_tokens, messages, min_tokens, recorded=hit,
+                                  prompt_tokens=prompt_size[0] if prompt_size else None)
         self.occurrences[call] += 1
         params = {**requested, "max_tokens": allowed}
         started = time.perf_counter()
@@ -195,9 +220,16 @@ class RunContext:
         cost = self._cost(name, samples.usage) if paid else None
         if cost is not None:
             self.cost_usd += cost
+        counted = ({"prompt_tokens_assumed": prompt_size[0], "prompt_count": prompt_size[1]}
+                   if prompt_size else {})
+        if prompt_size and paid and samples.usage.prompt_tokens > prompt_size[0]:
+            self.fallback("prompt_estimate_short",
+                          f"model {name!r}: the prompt was {samples.usage.prompt_tokens} tokens, "
+                          f"{prompt_size[0]} were assumed ({prompt_size[1]}); the budget can be passed by "
+                          f"the difference")
         self.emit(LLMCall(
             model=name, role=role, backend=model.backend, source=source,
-            params={**params, "n": n, "max_tokens_requested": max_tokens}, call_key=call,
+            params={**params, "n": n, "max_tokens_requested": max_tokens, **counted}, call_key=call,
             occurrence=occurrence, cache_keys=keys,
             request_blob=self.writer.put_blob({"messages": messages, **offered}),
             response_blob=self.writer.put_blob({"texts": samples.texts,
@@ -233,8 +265,25 @@ class RunContext:
                                         arguments_valid=tool_call.parsed_arguments() is not None,
                                         offered=tool_call.name in offered, key=key[:4000]))
 
+
+    async def _prompt_size(self, name: str, model: Model, messages: list[dict[str, Any]]) -> tuple[int, str]:
+        """The prompt's tokens as the budget assumes them, and how they were found: counted
+        by the model's own tokenizer when it has one (`count_prompt_tokens`), else
+        `prompt_upper_estimate` (a safety margin; a prompt that proves longer is recorded)."""
+        counter = getattr(model, "count_prompt_tokens", None)
+        if counter is not None:
+            try:
+                count = await counter(messages)
+            except (httpx.HTTPError, MalformedResponse) as exc:
+                self.fallback("prompt_count_failed", f"model {name!r} could not count the prompt "
+                              f"({type(exc).__name__}: {describe(exc)[:300]}); estimated with a margin")
+                count = None
+            if count is not None:
+                return count, "tokenizer"
+        return prompt_upper_estimate(messages), "estimate"
+
     def _admit(self, name: str, n: int, max_tokens: int, messages: list[dict[str, Any]], min_tokens: int,
-               *, recorded: bool) -> int:
+               *, recorded: bool, prompt_tokens: int | None = None) -> int:
         """The budget's answer for this call: the max_tokens it may use, or BudgetExceeded.
 
         A replay has no backend: a call its trace did not record is refused as the
@@ -250,7 +299,7 @@ class RunContext:
             exc = ReplayMiss(f"model {name!r} was asked for a call the trace did not record")
             self.emit(ErrorEvent(error_class="ReplayMiss", message=str(exc)))
             raise exc
-        prompt_estimate = sum(len(str(m.get("content", ""))) for m in messages) // 4 + 8
+        prompt_estimate = prompt_tokens if prompt_tokens is not None else prompt_upper_estimate(messages)
         try:
             return self.budget.admit(n, max_tokens, prompt_estimate, min_tokens)
         except BudgetExceeded as exc:

@@ -162,6 +162,10 @@ class PoolModel:
                        usage=Usage(prompt_tokens=prompt, completion_tokens=sum(tokens)), server_usage=[estimate],
                        model_id=f"pool:{self.path.name}")
 
+    async def count_prompt_tokens(self, messages: list[dict[str, Any]]) -> int | None:
+        """The prompt tokens a call will be charged: the same estimate `sample` reports."""
+        return estimate_tokens("".join(str(m.get("content", "")) for m in messages))
+
     async def aclose(self) -> None:
         return None
 

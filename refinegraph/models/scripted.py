@@ -28,8 +28,11 @@ class ScriptedModel:
         *,
         name: str = "scripted",
         supports_json_schema: bool = True,
+        stops_at_max_tokens: bool = False,
     ):
         self.name = name
+        self.stops_at_max_tokens = stops_at_max_tokens
+        """Cut each text at max_tokens words (finish "length"), as a live model stops."""
         self.supports_json_schema = supports_json_schema
         self._script = script
         self._position = 0
@@ -50,15 +53,28 @@ class ScriptedModel:
         self.calls.append(messages)
         self.tool_offers.append(tools)
         texts = [self._next(messages) for _ in range(n)]
+        finish = ["stop"] * n
+        if self.stops_at_max_tokens:
+            for index, text in enumerate(texts):
+                if len(text.split()) > max_tokens:
+                    texts[index], finish[index] = " ".join(text.split()[:max_tokens]), "length"
         counts = [max(1, len(t.split())) for t in texts]
-        prompt = sum(len(str(m.get("content", "")).split()) for m in messages)
+        prompt = _words(messages)
         return Samples(
             texts=texts,
-            finish_reasons=["stop"] * n,
+            finish_reasons=finish,
             completion_tokens=counts,
             usage=Usage(prompt_tokens=prompt, completion_tokens=sum(counts)),
             model_id=self.name,
         )
 
+    async def count_prompt_tokens(self, messages: list[dict[str, Any]]) -> int | None:
+        """The prompt tokens this double will charge (its tokenizer: one token a word)."""
+        return _words(messages)
+
     async def aclose(self) -> None:
         return None
+
+
+def _words(messages: list[dict[str, Any]]) -> int:
+    return sum(len(str(m.get("content", "")).split()) for m in messages)
