@@ -85,6 +85,24 @@ def _run_all(label: str, jobs: list[tuple[Any, str]], concurrency: int,
     return asyncio.run(main())
 
 
+def _journaled(label: str, journal: Any, items: list[Any], methods: list[str], concurrency: int,
+               answer: Callable[[Any, str], Awaitable[Any]]) -> list[Any]:
+    """Every (item, method) job the journal has not finished, each outcome recorded as it
+    comes; then every outcome of the folder, in order (a stopped run continues here)."""
+    jobs = journal.pending([(item, m) for item in items for m in methods])
+    if len(jobs) < len(items) * len(methods):
+        err.print(f"resuming {journal.out_dir}: {len(items) * len(methods) - len(jobs)} done, {len(jobs)} to go",
+                  highlight=False)
+
+    async def scored(item: Any, method: str) -> Any:
+        outcome = await answer(item, method)
+        journal.record(outcome)
+        return outcome
+
+    _run_all(label, jobs, concurrency, scored)
+    return journal.outcomes(methods)
+
+
 def _table(title: str, summary: list[dict[str, Any]], columns: list[tuple[str, Callable[[dict], str]]]) -> None:
     table = Table(title=title)
     for name, _ in columns:
@@ -148,18 +166,8 @@ def gsm8k_cmd(
     except JournalMismatch as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from exc
-    jobs = journal.pending([(q, m) for q in questions for m in methods])
-    if len(jobs) < len(questions) * len(methods):
-        err.print(f"resuming {out_dir}: {len(questions) * len(methods) - len(jobs)} done, {len(jobs)} to go",
-                  highlight=False)
-
-    async def scored(q: Any, m: str) -> Any:
-        outcome = await answer(q, m, configs[m], params[m], budget_tokens)
-        journal.record(outcome)
-        return outcome
-
-    _run_all("gsm8k", jobs, concurrency, scored)
-    outcomes = journal.outcomes(methods)
+    outcomes = _journaled("gsm8k", journal, questions, methods, concurrency,
+                          lambda q, m: answer(q, m, configs[m], params[m], budget_tokens))
     summary = summarize(outcomes, methods)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_outcomes(out_dir, outcomes)
@@ -226,18 +234,8 @@ def humaneval_cmd(
     except (FileNotFoundError, ValueError, ConfigError, JournalMismatch) as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from exc
-    jobs = journal.pending([(p, m) for p in problems for m in methods])
-    if len(jobs) < len(problems) * len(methods):
-        err.print(f"resuming {out_dir}: {len(problems) * len(methods) - len(jobs)} done, {len(jobs)} to go",
-                  highlight=False)
-
-    async def scored(problem: Any, method: str) -> Any:
-        outcome = await answer(problem, method, cfg, params, budget_tokens)
-        journal.record(outcome)
-        return outcome
-
-    _run_all("humaneval", jobs, concurrency, scored)
-    outcomes = journal.outcomes(methods)
+    outcomes = _journaled("humaneval", journal, problems, methods, concurrency,
+                          lambda p, m: answer(p, m, cfg, params, budget_tokens))
     summary = summarize(outcomes, methods, score="pass_at_1")
     write_outcomes(out_dir, outcomes)
     title = (f"{data.name if data else 'HumanEval'}: {len(problems)} problems, model {solver}, "
