@@ -81,6 +81,9 @@ def test_other_settings_are_refused_rather_than_mixed(tmp_path, monkeypatch):
     asked = Asked(None)
     grown = gsm8k(tmp_path, monkeypatch, asked, out_dir, graphs="greedy,self-consistency")
     assert grown.exit_code == 0 and "4 done, 4 to go" in grown.output
+    assert gsm8k(tmp_path, monkeypatch, Asked(None), out_dir, graphs="greedy").exit_code == 0
+    recorded = json.loads((out_dir / "progress-settings.json").read_text())["methods"]
+    assert sorted(recorded) == ["greedy", "self-consistency"]  # a run of fewer methods forgets none
     monkeypatch.setattr("refinegraph.runs.execute.build_model",
                         lambda name, spec: ScriptedModel(Asked(None), name=name))
     changed = CliRunner().invoke(app, ["bench", "gsm8k", "--data", str(gsm8k_file(tmp_path)), "--graphs",
