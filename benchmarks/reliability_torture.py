@@ -105,9 +105,7 @@ def torture(location: str, folder: Path, *, processes: int = 4, runs: int = 30, 
             kill: bool = True, seed: int = 0, graph: str = "self-refine") -> dict[str, Any]:
     """Run the writers, the reader and the kill; then judge the store. Returns the figures
     and the problems found (empty when everything held)."""
-    from refinegraph.runner import resume
     from refinegraph.trace.store import open_store
-    from refinegraph.trace.verify import verify_run
 
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -149,45 +147,62 @@ def torture(location: str, folder: Path, *, processes: int = 4, runs: int = 30, 
     problems += [f"a process failed: {text}" for text in errors[:5]]
     store = open_store(location)
     try:
-        listed = {row["run_id"]: row for row in store.all_runs()}
-        problems += [f"run {run_id} finished in its writer but is not in the store"
-                     for run_id in sorted(finished - set(listed))]
-        verified = events = 0
-        for run_id in sorted(finished & set(listed)):
-            report = verify_run(store, run_id)
-            events += report.events
-            if report.ok and report.sealed:
-                verified += 1
-            else:
-                problems.append(f"finished run {run_id} does not verify sealed: {report.problem}")
-        cut = sorted(set(listed) - finished)
-        resumed = repaid = 0
-        for run_id in cut:
-            report = verify_run(store, run_id)
-            if not report.ok:
-                problems.append(f"cut run {run_id} does not verify: {report.problem}")
-                continue
-            recorded = sum(e["source"] == "backend" for e in store.events(run_id, types={"llm_call"}))
-            result = asyncio.run(resume(run_id, store=store, models={"local": _delayed_model(0.0)}, force=True))
-            resumed += 1
-            if result.cache_hits < recorded:  # a finished call paid again
-                repaid += recorded - result.cache_hits
-                problems.append(f"resumed run {run_id} paid {recorded - result.cache_hits} finished calls again")
-            after = verify_run(store, run_id)
-            if not (after.ok and after.sealed):
-                problems.append(f"resumed run {run_id} does not verify sealed: {after.problem}")
-            else:
-                verified += 1
-        problems += [f"a store problem: {line}" for line in store.integrity_problems()]
+        judged = judge_store(store, finished)
     finally:
         store.close()
+    problems += judged.pop("problems")
     io_errors = sum("disk I/O error" in p for p in problems)
     return {"location_kind": "postgresql" if location.startswith("postgres") else "sqlite",
             "writers": processes, "runs_per_writer": runs, "reader_commands": len(reads), "killed_writer": killed,
-            "runs_finished": len(finished), "runs_failed": len(failed_runs), "runs_listed": len(listed),
-            "runs_cut": len(cut), "runs_resumed": resumed, "resumed_repaid_finished_calls": repaid,
-            "traces_verified": verified, "events_in_finished_runs": events, "disk_io_errors": io_errors,
-            "problems": problems}
+            "runs_finished": len(finished), "runs_failed": len(failed_runs), **judged,
+            "disk_io_errors": io_errors, "problems": problems}
+
+
+def judge_store(store: Any, logged_finished: set[str]) -> dict[str, Any]:
+    """Judge the store after the writers: every run a writer logged as finished is there and
+    verifies sealed; every other listed run verifies and is resumed, paying no finished call
+    again. A run the store holds as finished that no writer logged is one whose writer was
+    killed between the store's commit and the log line: it is judged as finished, not resumed.
+    """
+    from refinegraph.runner import resume
+    from refinegraph.trace.verify import verify_run
+
+    problems: list[str] = []
+    listed = {row["run_id"]: row for row in store.all_runs()}
+    problems += [f"run {run_id} finished in its writer but is not in the store"
+                 for run_id in sorted(logged_finished - set(listed))]
+    sealed_unlogged = {run_id for run_id, row in listed.items()
+                       if row["status"] == "finished" and run_id not in logged_finished}
+    verified = events = 0
+    for run_id in sorted((logged_finished & set(listed)) | sealed_unlogged):
+        report = verify_run(store, run_id)
+        events += report.events
+        if report.ok and report.sealed:
+            verified += 1
+        else:
+            problems.append(f"finished run {run_id} does not verify sealed: {report.problem}")
+    cut = sorted(set(listed) - logged_finished - sealed_unlogged)
+    resumed = repaid = 0
+    for run_id in cut:
+        report = verify_run(store, run_id)
+        if not report.ok:
+            problems.append(f"cut run {run_id} does not verify: {report.problem}")
+            continue
+        recorded = sum(e["source"] == "backend" for e in store.events(run_id, types={"llm_call"}))
+        result = asyncio.run(resume(run_id, store=store, models={"local": _delayed_model(0.0)}, force=True))
+        resumed += 1
+        if result.cache_hits < recorded:  # a finished call paid again
+            repaid += recorded - result.cache_hits
+            problems.append(f"resumed run {run_id} paid {recorded - result.cache_hits} finished calls again")
+        after = verify_run(store, run_id)
+        if not (after.ok and after.sealed):
+            problems.append(f"resumed run {run_id} does not verify sealed: {after.problem}")
+        else:
+            verified += 1
+    problems += [f"a store problem: {line}" for line in store.integrity_problems()]
+    return {"runs_listed": len(listed), "runs_sealed_unlogged": len(sealed_unlogged), "runs_cut": len(cut),
+            "runs_resumed": resumed, "resumed_repaid_finished_calls": repaid, "traces_verified": verified,
+            "events_in_finished_runs": events, "problems": problems}
 
 
 def _writer_cli(location: str, worker: str, runs: str, log_path: str, graph: str) -> None:
