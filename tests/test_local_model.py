@@ -101,6 +101,21 @@ async def test_tiny_token_budget_stops_with_an_answer(store, local_model):
     assert verify_run(store, result.run_id).ok
 
 
+async def test_a_budgeted_call_counts_its_prompt_with_the_servers_own_template(store, local_model):
+    """Under a token budget the prompt is counted exactly (the server's chat template and
+    tokenizer), not estimated: the count is the prompt_tokens the server then reports."""
+    store.create_run("r", "test", "t")
+    ctx = RunContext(run_id="r", models={"local": local_model}, roles={"default": "local"},
+                     writer=TraceWriter(store, "r"), budget=Budget(max_tokens=2000))
+    messages = [{"role": "system", "content": "Answer in one word."},
+                {"role": "user", "content": "Which colour is the sky on a clear day? Ünïcode: 東京"}]
+    await ctx.sample("solver", messages, max_tokens=8)
+    event = store.events("r", types={"llm_call"})[0]
+    assert event["params"]["prompt_count"] == "tokenizer"
+    assert event["params"]["prompt_tokens_assumed"] == event["prompt_tokens"] > 0
+    assert not store.events("r", types={"fallback"})
+
+
 def test_cli_json_run_then_verify_and_replay(rg_home):
     """The README's path, as a user runs it: a fresh process, stdout is one JSON object."""
     env = {**os.environ, "REFINEGRAPH_HOME": str(rg_home)}

@@ -1,11 +1,13 @@
 """The embedded model: llama.cpp's server in-process (xllamacpp) on any GGUF file.
 
+import httpx
 The model is a packaged one by name (see refinegraph.models.packaged: `qwen2.5-coder-1.5b`,
 `qwen2.5-coder-0.5b`, `smollm2-135m`) or any GGUF through `model_path`. With neither, the
 default is Qwen2.5-Coder-1.5B-Instruct when its parts are installed and the machine has
 the memory, else SmolLM2-135M-Instruct ($REFINEGRAPH_LOCAL_MODEL overrides the choice;
 the test suite pins SmolLM2 that way).
 
+import httpx
 One server per model file and process, started on first use on a free loopback port and
 shut down at exit. It needs no GPU, no network and no configuration.
 
@@ -27,7 +29,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from refinegraph.models.base import ModelUnavailable
+import httpx
+
+from refinegraph.models.base import MalformedResponse, ModelUnavailable
 from refinegraph.models.openai_backend import OpenAIModel
 from refinegraph.models.packaged import (
     SMOLLM2,
@@ -240,6 +244,26 @@ class LocalModel(OpenAIModel):
         if not self._started:
             self._start(kwargs.get("n", 1))
         return await super().sample(messages, **kwargs)
+
+    async def count_prompt_tokens(self, messages: list[dict[str, Any]]) -> int | None:
+        """The prompt's tokens exactly as the server will count them: its own chat template
+        (`/apply-template`) tokenized by its own vocabulary (`/tokenize`), so a token budget
+        binds on the figure usage then reports, not on an estimate with a margin."""
+        if not self._started:
+            self._start(1)
+        if self._tokenizer_http is None:
+            self._tokenizer_http = httpx.AsyncClient(timeout=self._timeout)
+        root = self.base_url.removesuffix("/v1")
+        templated = await self._tokenizer_http.post(f"{root}/apply-template", json={"messages": messages})
+        templated.raise_for_status()
+        try:
+            prompt = templated.json()["prompt"]
+            tokens = await self._tokenizer_http.post(f"{root}/tokenize", json={"content": prompt, "add_special": True,
+                                                                               "parse_special": True})
+            tokens.raise_for_status()
+            return len(tokens.json()["tokens"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise MalformedResponse(f"/apply-template or /tokenize answered unexpectedly: {exc}") from exc
 
     async def aclose(self) -> None:
         if self._started:
