@@ -51,7 +51,10 @@ def test_a_stopped_gsm8k_run_continues_where_it_was(tmp_path, monkeypatch):
     out_dir = tmp_path / "report"
     first = Asked(stop_on="Stop here")
     stopped = gsm8k(tmp_path, monkeypatch, first, out_dir)
-    assert stopped.exit_code != 0 and not (out_dir / "summary.json").exists()
+    assert stopped.exit_code == 130 and not (out_dir / "summary.json").exists()
+    # Ctrl-C says what was kept and how to go on, not a bare traceback or nothing.
+    assert "interrupted: 4 of 8 jobs recorded" in stopped.output
+    assert "the same command continues" in stopped.output
     done = [json.loads(line) for line in (out_dir / PROGRESS).read_text().splitlines()]
     assert {(d["question"], d["method"]) for d in done} == {(0, "greedy"), (0, "self-consistency"),
                                                            (1, "greedy"), (1, "self-consistency")}

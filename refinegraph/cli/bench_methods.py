@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from refinegraph.cli.bench_cmds import app
-from refinegraph.cli.common import err, out
+from refinegraph.cli.common import INTERRUPTED_EXIT, err, out
 
 GSM8K_GRAPHS = "greedy,self-consistency,adaptive-sc,best-of-n,self-refine,sets,magicore,acar"
 POOL_GRAPHS = "greedy,self-consistency,adaptive-sc,acar"
@@ -89,6 +89,8 @@ def _journaled(label: str, journal: Any, items: list[Any], methods: list[str], c
                answer: Callable[[Any, str], Awaitable[Any]]) -> list[Any]:
     """Every (item, method) job the journal has not finished, each outcome recorded as it
     comes; then every outcome of the folder, in order (a stopped run continues here)."""
+    import asyncio
+
     jobs = journal.pending([(item, m) for item in items for m in methods])
     if len(jobs) < len(items) * len(methods):
         err.print(f"resuming {journal.out_dir}: {len(items) * len(methods) - len(jobs)} done, {len(jobs)} to go",
@@ -99,7 +101,14 @@ def _journaled(label: str, journal: Any, items: list[Any], methods: list[str], c
         journal.record(outcome)
         return outcome
 
-    _run_all(label, jobs, concurrency, scored)
+    try:
+        _run_all(label, jobs, concurrency, scored)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        total = len(items) * len(methods)
+        kept = total - len(journal.pending([(item, m) for item in items for m in methods]))
+        err.print(f"interrupted: {kept} of {total} jobs recorded in {journal.out_dir}; the same command continues "
+                  "from there", highlight=False)
+        raise typer.Exit(INTERRUPTED_EXIT) from None
     return journal.outcomes(methods)
 
 
