@@ -121,7 +121,7 @@ class LocalSettings(BackendSettings):
     model_path: str | None = None
     """A GGUF file to run (else `model` names a packaged model: smollm2-135m,
     qwen2.5-coder-1.5b, qwen2.5-coder-0.5b; neither: the default, see refinegraph.models.local)."""
-    kv_cache_tokens: int = Field(8192, ge=0)
+    kv_cache_tokens: int = Field(6144, ge=0)
     """Tokens of the KV cache all slots share (0: ctx_per_slot per slot, reserved up front)."""
     kv_cache_type: Literal["f16", "q8_0", "q4_0"] = "q8_0"
     batch_size: int | None = Field(None, ge=1)

@@ -149,7 +149,7 @@ def test_cli_plain_run_ends_with_the_run_id(rg_home):
 
 
 def test_the_server_shares_one_small_quantised_cache(tmp_path):
-    """The footprint: 8 slots share 8,192 q8_0 tokens (not 8 x 4,096 f16 reserved up front), weights read once."""
+    """The footprint: 8 slots share 6,144 q8_0 tokens (not 8 x 4,096 f16 reserved up front), weights read once."""
     xllamacpp = pytest.importorskip("xllamacpp")
     from refinegraph.config import ModelSpec
     from refinegraph.models import build_model
@@ -159,12 +159,12 @@ def test_the_server_shares_one_small_quantised_cache(tmp_path):
     assert model._timeout == 600.0 and ModelSpec(backend="openai").timeout_s == 120.0
     settings = ServerSettings(**model.settings)
     params = _params(xllamacpp, tmp_path / "m.gguf", settings)
-    assert params.n_parallel == 8 and params.kv_unified and params.n_ctx == 8192
+    assert params.n_parallel == 8 and params.kv_unified and params.n_ctx == 6144
     assert params.cache_type_k == params.cache_type_v == xllamacpp.ggml_type.GGML_TYPE_Q8_0
     assert params.flash_attn_type == xllamacpp.llama_flash_attn_type.LLAMA_FLASH_ATTN_TYPE_ENABLED
     assert params.load_mode == xllamacpp.llama_load_mode.LLAMA_LOAD_MODE_NONE
     assert params.cache_prompt and params.cache_ram_mib == 0
     many = _params(xllamacpp, tmp_path / "m.gguf", ServerSettings(n_parallel=32))
-    assert many.kv_unified and many.n_ctx == 32 * 1024
+    assert many.kv_unified and many.n_ctx == 32 * 768
     per_slot = _params(xllamacpp, tmp_path / "m.gguf", ServerSettings(kv_cache_tokens=None, kv_cache_type="f16"))
     assert not per_slot.kv_unified and per_slot.n_ctx == 8 * 4096

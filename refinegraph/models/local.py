@@ -50,9 +50,11 @@ Off: each slot still reuses its own cached prefix."""
 INSTALL_RUNTIME = "pip install 'refinegraph[local]'   (installs the xllamacpp runtime)"
 INSTALL_MODEL = SMOLLM2.install
 CACHE_TYPES = ("f16", "q8_0", "q4_0")
-MIN_TOKENS_PER_SLOT = 1024
+MIN_TOKENS_PER_SLOT = 768
 """The shared cache holds at least this much per slot, so many slots at once (a load test with
-32 concurrent runs) do not exhaust it: 8 slots keep 8,192 tokens, 32 slots get 32,768."""
+32 concurrent runs) do not exhaust it: 8 slots keep 6,144 tokens, 32 slots get 24,576. The
+samples of one request share their prompt's cells, so 8 samples of a 1,500-token Spider
+prompt with 512 tokens each (5,600) fit the default."""
 
 _log = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ class ServerSettings:
     """How the embedded llama.cpp server is sized (see the module doc for the defaults' reasons)."""
 
     n_parallel: int = 8
-    kv_cache_tokens: int | None = 8192
+    kv_cache_tokens: int | None = 6144
     """The unified KV cache shared by all slots (None: each slot reserves ctx_per_slot)."""
     ctx_per_slot: int = 4096
     kv_cache_type: str = "q8_0"
@@ -205,7 +207,7 @@ class LocalModel(OpenAIModel):
 
     def __init__(self, name: str = "local", *, model: str | None = None, model_path: str | Path | None = None,
                  n_parallel: int = 8, ctx_per_slot: int = 4096, threads: int | None = None,
-                 timeout: float = 300.0, kv_cache_tokens: int | None = 8192, kv_cache_type: str = "q8_0",
+                 timeout: float = 300.0, kv_cache_tokens: int | None = 6144, kv_cache_type: str = "q8_0",
                  batch_size: int | None = None, ubatch_size: int | None = None, mmap: bool = False):
         self._key, self.title = resolve_model(model, model_path)
         self._settings = ServerSettings(n_parallel=n_parallel, kv_cache_tokens=kv_cache_tokens,
