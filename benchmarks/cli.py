@@ -168,19 +168,26 @@ def proxy_cmd(
     requests: int = typer.Option(400, "--requests", min=8, help="Requests per configuration (over the rounds)."),
     rounds: int = typer.Option(4, "--rounds", min=1, help="Interleaved rounds."),
     concurrency: str = typer.Option("1,16", "--concurrency", help="Comma-separated concurrencies."),
+    upstream: str = typer.Option("embedded", "--upstream",
+                                 help="embedded (the llama.cpp server with --model) or stub (an instant scripted "
+                                      "reply: the proxy's own cost alone)."),
+    model: str = typer.Option("smollm2-135m", "--model", help="Packaged model of the embedded upstream."),
     out_dir: Path = typer.Option(Path("bench-reports/proxy"), "--out", help="Folder for report.json/.md."),
 ) -> None:
     """greedy:UPSTREAM through `refinegraph serve` vs the request sent straight to the upstream
-    (a scripted stub): added latency at p50/p99 and the throughput ratio."""
+    (the embedded server, or a scripted stub): added latency at p50/p99 and the throughput ratio."""
     from benchmarks.proxy import goal_lines, markdown, measure
 
     levels = [int(c) for c in concurrency.split(",") if c.strip()]
     if not levels or min(levels) < 1:
         err.print("--concurrency takes positive integers, e.g. 1,16")
         raise typer.Exit(2)
+    if upstream not in ("embedded", "stub"):
+        err.print(f"--upstream is embedded or stub, not {upstream!r}")
+        raise typer.Exit(2)
     err.print(f"measuring {requests} requests per configuration at concurrency {levels}, {rounds} rounds ...")
-    report = asyncio.run(measure(requests, rounds, levels))
-    table = Table(title="greedy:UPSTREAM through refinegraph serve vs direct (scripted upstream)")
+    report = asyncio.run(measure(requests, rounds, levels, upstream=upstream, model=model))
+    table = Table(title=f"greedy:UPSTREAM through refinegraph serve vs direct ({report['upstream']})")
     for column in ("concurrency", "direct p50 ms", "proxied p50 ms", "added p50", "added p99", "req/s ratio"):
         table.add_column(column, justify="right")
     for r in report["rows"]:

@@ -2,8 +2,10 @@
 
 The same chat request goes straight to an upstream server and through `refinegraph serve`
 as `greedy:UPSTREAM` (a traced run, one model call), at each concurrency, in interleaved
-rounds. The upstream is the scripted stub (stub_server.CountingServer, an instant
-deterministic reply), so what is measured is the proxy, not a model. Figures: the added
+rounds. The upstream is the embedded llama.cpp server (`--upstream embedded`, the issue's
+setting: SmolLM2 answering 16 tokens at temperature 0, what an app would proxy), or the
+scripted stub (`--upstream stub`: an instant deterministic reply, so the proxy's own cost
+is all that is measured, an upper bound of it in relative terms). Figures: the added
 latency at p50 and p99 (proxied minus direct, per percentile) and the throughput ratio
 (proxied requests/s over direct). Goals (issue 13): at most 5 ms added at p50 and at least
 0.95x the direct throughput.
@@ -15,11 +17,13 @@ Python work competes for one interpreter: the figures are an upper bound of the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,22 +88,39 @@ async def _batch(client: httpx.AsyncClient, url: str, model: str, requests: int,
     return latencies, time.perf_counter() - started
 
 
-async def measure(requests: int, rounds: int, concurrencies: list[int]) -> dict[str, Any]:
+@contextlib.contextmanager
+def _upstream(kind: str, model: str) -> Iterator[str]:
+    """The upstream's /v1 URL: the embedded llama.cpp server for `model`, or the stub."""
+    if kind == "stub":
+        with CountingServer(lambda body: "The answer is 12.") as stub:
+            yield stub.url
+        return
+    from refinegraph.models.local import ensure_server, stop_server
+
+    address, _ = ensure_server(model=model)
+    try:
+        yield f"{address}/v1"
+    finally:
+        stop_server()
+
+
+async def measure(requests: int, rounds: int, concurrencies: list[int], *, upstream: str = "embedded",
+                  model: str = "smollm2-135m") -> dict[str, Any]:
     """Direct vs proxied, each concurrency, interleaved rounds (see the module docstring)."""
     from refinegraph.config import Config
     from refinegraph.server import create_app
     from refinegraph.trace.store import open_store
 
     per_round = max(1, requests // rounds)
-    with tempfile.TemporaryDirectory() as home, CountingServer(lambda body: "The answer is 12.") as upstream:
+    with tempfile.TemporaryDirectory() as home, _upstream(upstream, model) as upstream_url:
         store = open_store(str(Path(home) / "traces.sqlite"))
-        config = Config.model_validate({"proxy": {"base_url": upstream.url}})
+        config = Config.model_validate({"proxy": {"base_url": upstream_url}})
         app = create_app(config, store=store)
         try:
             with _Served(app) as proxy_url:
                 async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=64)) as client:
-                    targets = {"direct": (f"{upstream.url}/chat/completions", "stub-model"),
-                               "proxied": (f"{proxy_url}/chat/completions", "greedy:stub-model")}
+                    targets = {"direct": (f"{upstream_url}/chat/completions", "upstream-model"),
+                               "proxied": (f"{proxy_url}/chat/completions", "greedy:upstream-model")}
                     for url, model in targets.values():  # warm up: connections, the compiled graph
                         await _batch(client, url, model, 4, 2)
                     rows = []
@@ -114,6 +135,7 @@ async def measure(requests: int, rounds: int, concurrencies: list[int]) -> dict[
         finally:
             store.close()
     return {"requests_per_configuration": per_round * rounds, "rounds": rounds, "rows": rows,
+            "upstream": "the scripted stub" if upstream == "stub" else f"the embedded llama.cpp server ({model})",
             "goals": {"added_p50_ms": GOAL_ADDED_P50_MS, "throughput_ratio": GOAL_THROUGHPUT_RATIO},
             "environment": environment()}
 
@@ -146,9 +168,9 @@ def markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
     return "\n\n".join([
         "# refinegraph bench proxy",
-        (f"`greedy:UPSTREAM` through `refinegraph serve` vs the same request sent to the upstream (the scripted "
-         f"stub); {report['requests_per_configuration']} requests per configuration in {report['rounds']} "
-         "interleaved rounds; stub, server and client in one process."),
+        (f"`greedy:UPSTREAM` through `refinegraph serve` vs the same request sent to the upstream "
+         f"({report['upstream']}); {report['requests_per_configuration']} requests per configuration in "
+         f"{report['rounds']} interleaved rounds; upstream, server and client in one process."),
         md_table(["concurrency", "direct p50 ms", "proxied p50 ms", "added p50 ms", "added p99 ms",
                   "direct req/s", "proxied req/s", "ratio"], rows),
         "\n".join(f"- {line}" for line in goal_lines(report)),

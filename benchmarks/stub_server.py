@@ -44,6 +44,13 @@ def stub_reply(body: dict[str, Any]) -> str:
     return f"refined answer {digest}" if role == "refiner" else f"draft answer {digest}"
 
 
+class _Server(ThreadingHTTPServer):
+    """http.server's listen backlog is 5: 16 clients connecting at once overflowed it and
+    some connections were reset (httpx.ReadError in `bench proxy` at concurrency 16)."""
+
+    request_queue_size = 128
+
+
 class CountingServer:
     """An OpenAI-compatible endpoint on loopback that counts chat requests as they arrive
     and as their answers are sent: it answers them itself (`respond`, a deterministic stub)
@@ -77,7 +84,7 @@ class CountingServer:
             def log_message(self, *args: Any) -> None:
                 return None
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 

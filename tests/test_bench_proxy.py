@@ -12,7 +12,7 @@ def test_percentile_interpolates_between_samples():
 
 
 async def test_bench_proxy_measures_direct_and_proxied_at_each_concurrency():
-    report = await measure(8, 2, [1, 3])
+    report = await measure(8, 2, [1, 3], upstream="stub")
     assert [r["concurrency"] for r in report["rows"]] == [1, 3]
     for row in report["rows"]:
         for kind in ("direct", "proxied"):
@@ -20,3 +20,23 @@ async def test_bench_proxy_measures_direct_and_proxied_at_each_concurrency():
         assert row["added_p50_ms"] == round(row["proxied"]["p50_ms"] - row["direct"]["p50_ms"], 3)
     assert report["requests_per_configuration"] == 8
     assert "| concurrency |" in markdown(report)
+
+
+async def test_the_stub_upstream_takes_64_clients_connecting_at_once():
+    """http.server's listen backlog of 5 reset 39-49 of 64 simultaneous connections
+    (httpx.ReadError, which broke `bench proxy` at concurrency 16)."""
+    import asyncio
+
+    import httpx
+
+    from benchmarks.stub_server import CountingServer
+
+    with CountingServer(lambda body: "hi") as stub:
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=200)) as client:
+            async def one() -> None:
+                response = await client.post(f"{stub.url}/chat/completions", json={"model": "m", "messages": []})
+                response.raise_for_status()
+
+            for _ in range(3):
+                outcomes = await asyncio.gather(*(one() for _ in range(64)), return_exceptions=True)
+                assert [o for o in outcomes if isinstance(o, Exception)] == []
