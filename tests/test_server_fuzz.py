@@ -145,6 +145,33 @@ async def test_openapi_describes_the_real_body_behind_the_key(tmp_path):
     assert KEY_ENV not in json.dumps(doc)
 
 
+async def test_the_document_allows_db_and_evidence_only_where_the_server_takes_them(tmp_path):
+    """The document allowed `refinegraph.evidence` for every model while the server answers
+    400 for a non-SQL pipeline: a body valid by the document must not be refused for it."""
+    import jsonschema
+
+    app, store = fuzz_app(tmp_path, KEY)
+    auth = {"Authorization": f"Bearer {KEY}"}
+    try:
+        async with asgi(app) as http:
+            doc = (await http.get("/openapi.json", headers=auth)).json()
+            statuses = {}
+            for model in ("plain", "sql", "greedy:local", "sql-greedy:local"):
+                body = chat_body(model=model, refinegraph={"evidence": "units are whole numbers"})
+                resolver = {"$ref": "#/components/schemas/ChatRequest", "components": doc["components"]}
+                valid = jsonschema.Draft202012Validator(resolver).is_valid(body)
+                response = await http.post(CHAT, json=body, headers=auth)
+                statuses[model] = (valid, response.status_code, response.json().get("error", {}).get("message", ""))
+    finally:
+        store.close()
+    for model in ("plain", "greedy:local"):  # invalid by the document, refused by the server
+        assert statuses[model][:2] == (False, 400) and "SQL graphs only" in statuses[model][2]
+    assert statuses["sql"][:2] == (True, 200)
+    # valid by the document; this server fixes no database for ad-hoc SQL graphs (another 400)
+    valid, status, message = statuses["sql-greedy:local"]
+    assert valid and "SQL graphs only" not in message
+
+
 @pytest.mark.local
 async def test_a_short_load_on_the_embedded_model_has_no_errors_and_reports_its_figures():
     section = await load_section(clients=4, seconds=5)

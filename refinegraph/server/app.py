@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from refinegraph.budget import Budget
 from refinegraph.config import Config, ConfigError, load_config
 from refinegraph.models import Model
-from refinegraph.registry import list_graphs
+from refinegraph.registry import get_graph, list_graphs
 from refinegraph.runner import RunFailed, RunResult, default_store, run
 from refinegraph.server import openapi as docs
 from refinegraph.server.approval_routes import install_approval_routes, waits_on_a_person, with_pending
@@ -154,7 +154,10 @@ def create_app(config: Config | None = None, *, models: dict[str, Model] | None 
     auth = docs.security(server.api_key is not None)
     docs.install_openapi(app, pipelines=list(server.pipelines), max_messages=server.settings.max_messages,
                     max_chars=server.settings.max_message_chars, auth=bool(auth),
-                    graphs=[g.name for g in list_graphs()])
+                    graphs=[g.name for g in list_graphs()],
+                    sql_pipelines=[name for name, p in server.pipelines.items()
+                                   if get_graph(p.spec.graph).input_key == "question"],
+                    sql_graphs=[g.name for g in list_graphs() if g.input_key == "question"])
 
     @app.get("/healthz", response_model=docs.Health)
     async def healthz() -> dict[str, Any]:

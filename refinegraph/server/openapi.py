@@ -160,8 +160,24 @@ def _narrow(node: Any) -> None:
             _narrow(value)
 
 
+def _sql_only_fields(sql_pipelines: list[str], sql_graphs: list[str]) -> dict[str, Any]:
+    """`refinegraph.db` and `.evidence` only for a SQL pipeline or a SQL graph's GRAPH:UPSTREAM
+    form: for any other model they must be absent or null, as the server answers 400 there."""
+    sql_model: list[dict[str, Any]] = []
+    if sql_pipelines:
+        sql_model.append({"enum": sorted(sql_pipelines)})
+    if sql_graphs:
+        sql_model.append({"pattern": f"^({'|'.join(sorted(sql_graphs))}):.+$"})
+    nothing = {"type": "null"}
+    otherwise = {"properties": {"refinegraph": {"properties": {"db": nothing, "evidence": nothing}}}}
+    if not sql_model:
+        return otherwise
+    return {"if": {"required": ["model"], "properties": {"model": {"anyOf": sql_model}}}, "else": otherwise}
+
+
 def request_schemas(pipelines: list[str], max_messages: int, max_chars: int,
-                    graphs: list[str] = ()) -> dict[str, Any]:
+                    graphs: list[str] = (), *, sql_pipelines: list[str] = (),
+                    sql_graphs: list[str] = ()) -> dict[str, Any]:
     """ChatRequest and the models it refers to, as components, narrowed to this server."""
     schema = ChatRequest.model_json_schema(ref_template=REF)
     components = schema.pop("$defs", {})
@@ -179,6 +195,7 @@ def request_schemas(pipelines: list[str], max_messages: int, max_chars: int,
     for branch in components["Message"]["properties"]["content"]["anyOf"]:
         if branch.get("type") == "string":
             branch["maxLength"] = max_chars
+    schema.update(_sql_only_fields(list(sql_pipelines), list(sql_graphs)))
     components["ChatRequest"] = schema
     _narrow(components)
     return components
@@ -199,14 +216,16 @@ def _validation_is_400(doc: dict[str, Any]) -> None:
 
 
 def install_openapi(app: FastAPI, *, pipelines: list[str], max_messages: int, max_chars: int,
-                    auth: bool, graphs: list[str] = ()) -> None:
+                    auth: bool, graphs: list[str] = (), sql_pipelines: list[str] = (),
+                    sql_graphs: list[str] = ()) -> None:
     """Make `app.openapi()` return the document described above (built once, then cached)."""
 
     def build() -> dict[str, Any]:
         if app.openapi_schema is None:
             doc = get_openapi(title=app.title, version=app.version, description=__doc__, routes=app.routes)
             doc.setdefault("components", {}).setdefault("schemas", {}).update(
-                request_schemas(pipelines, max_messages, max_chars, graphs))
+                request_schemas(pipelines, max_messages, max_chars, graphs, sql_pipelines=sql_pipelines,
+                                sql_graphs=sql_graphs))
             if auth:
                 doc["components"]["securitySchemes"] = {BEARER: {"type": "http", "scheme": "bearer"}}
             _validation_is_400(doc)
