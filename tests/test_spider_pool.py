@@ -76,6 +76,27 @@ def test_bench_spider_through_the_pool_backend(tmp_path):
     assert (out / "accuracy.png").stat().st_size > 1000
 
 
+def test_csc_sql_on_a_pool_says_its_merger_is_a_live_model(tmp_path, monkeypatch):
+    """Issue 16, point 6: csc-sql's merge started the embedded model unasked; now a line says
+    which live model merges (here a scripted stand-in for it), and the run goes on."""
+    from refinegraph.models import ScriptedModel
+    from refinegraph.runs import execute
+
+    built, real = [], execute.build_model
+
+    def scripted(name, spec):  # the live merger scripted, the pool itself real
+        built.append((name, spec.backend))
+        return ScriptedModel(lambda messages: "SELECT 1", name=name) if spec.backend == "local" else real(name, spec)
+
+    monkeypatch.setattr("refinegraph.runs.execute.build_model", scripted)
+    result = CliRunner().invoke(app, [
+        "bench", "spider", "--data", str(MINI), "--pool", str(POOL), "--limit", "2",
+        "--systems", "HyperSQL,SuperSQL,DIN_SQL_GPT4", "--graphs", "csc-sql", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert "note: csc-sql's merger is a live model: 'local' (backend local)" in result.output
+    assert ("local", "local") in built
+
+
 def test_select_on_ranks_on_one_split_and_scores_another(tmp_path):
     even, odd = halves(tmp_path)
     out = tmp_path / "report"
