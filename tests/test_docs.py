@@ -121,6 +121,11 @@ async def scripted_sample(self, messages, *, n=1, **_kwargs) -> Samples:
                    usage=Usage(prompt_tokens=prompt, completion_tokens=sum(counts)), model_id=self.name)
 
 
+async def scripted_count(self, messages) -> int:
+    """LocalModel.count_prompt_tokens, as scripted_sample counts the prompt."""
+    return sum(len(str(m.get("content", "")).split()) for m in messages)
+
+
 def scripted_start(self, n: int) -> None:
     """LocalModel._start: no server; an address nothing listens on (no request is sent)."""
     self.base_url, self._started = "http://scripted.invalid/v1", True
@@ -138,6 +143,7 @@ def scripted_local(monkeypatch):
     monkeypatch.setattr(local, "resolve_model", lambda model=None, model_path=None: ("docs-scripted", "scripted"))
     monkeypatch.setattr(local.LocalModel, "sample", scripted_sample)
     monkeypatch.setattr(local.LocalModel, "_start", scripted_start)
+    monkeypatch.setattr(local.LocalModel, "count_prompt_tokens", scripted_count)
     monkeypatch.setattr(local.LocalModel, "aclose", scripted_aclose)
 
 
