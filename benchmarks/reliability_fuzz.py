@@ -277,9 +277,14 @@ async def fuzz_schema(app: Any, store: TraceStore, key: str, tally: Tally, examp
             "expected-statuses": [400, 401, 404, 405, 413, 415]}}})
         schema = schemathesis.openapi.from_dict(doc.json(), config=config)
         cases = generate_cases(schema, examples, seed)
+        # Not run: ignored_auth (this harness
+        # swaps the real key into each authorized case, then sends it again with a missing or
+        # wrong one, expecting 401: the auth twins below) and positive_data_acceptance (the
+        # server refuses schema-valid bodies the document cannot describe: escaped lone
+        # surrogates in any string, a graph's params checked by that graph's own model).
         conformance = [checks.not_a_server_error, checks.status_code_conformance, checks.content_type_conformance,
                        checks.response_headers_conformance, checks.response_schema_conformance,
-                       checks.negative_data_rejection, checks.unsupported_method]
+                       checks.negative_data_rejection, checks.missing_required_header, checks.unsupported_method]
         probe = Probe(http, store, tally)
         for i, case in enumerate(cases):
             method, path, headers, content, params = case_request(case)
