@@ -70,7 +70,7 @@ class _Served:
         self.thread.join(10)
 
 
-async def _batch(client: httpx.AsyncClient, url: str, model: str, requests: int, concurrency: int
+async def _batch(client: httpx.AsyncClient, url: str, body: dict[str, Any], requests: int, concurrency: int
                  ) -> tuple[list[float], float]:
     """Latencies (ms) of `requests` requests, `concurrency` at a time, and the wall time (s)."""
     latencies: list[float] = []
@@ -79,7 +79,7 @@ async def _batch(client: httpx.AsyncClient, url: str, model: str, requests: int,
     async def worker() -> None:
         for _ in left:
             started = time.perf_counter()
-            response = await client.post(url, json={"model": model, "messages": CHAT, "max_tokens": 16})
+            response = await client.post(url, json={"messages": CHAT, **body})
             response.raise_for_status()
             latencies.append((time.perf_counter() - started) * 1000)
 
@@ -119,16 +119,21 @@ async def measure(requests: int, rounds: int, concurrencies: list[int], *, upstr
         try:
             with _Served(app) as proxy_url:
                 async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=64)) as client:
-                    targets = {"direct": (f"{upstream_url}/chat/completions", "upstream-model"),
-                               "proxied": (f"{proxy_url}/chat/completions", "greedy:upstream-model")}
-                    for url, model in targets.values():  # warm up: connections, the compiled graph
-                        await _batch(client, url, model, 4, 2)
+                    # The same generation both ways: greedy decoding, 16 tokens (the server
+                    # ignores OpenAI's sampling fields; the graph takes its own as params).
+                    targets = {"direct": (f"{upstream_url}/chat/completions",
+                                          {"model": "upstream-model", "max_tokens": 16, "temperature": 0}),
+                               "proxied": (f"{proxy_url}/chat/completions",
+                                           {"model": "greedy:upstream-model",
+                                            "refinegraph": {"params": {"max_tokens": 16}}})}
+                    for url, body in targets.values():  # warm up: connections, the compiled graph
+                        await _batch(client, url, body, 4, 2)
                     rows = []
                     for concurrency in concurrencies:
                         seen: dict[str, dict[str, Any]] = {k: {"latencies": [], "wall_s": 0.0} for k in targets}
                         for _ in range(rounds):
-                            for kind, (url, model) in targets.items():
-                                latencies, wall = await _batch(client, url, model, per_round, concurrency)
+                            for kind, (url, body) in targets.items():
+                                latencies, wall = await _batch(client, url, body, per_round, concurrency)
                                 seen[kind]["latencies"] += latencies
                                 seen[kind]["wall_s"] += wall
                         rows.append(_row(concurrency, seen))
