@@ -7,6 +7,7 @@ Out of the default run (minutes on a CPU, and it needs the model's parts:
 from __future__ import annotations
 
 import pytest
+from test_sql_engines import pg_reader
 
 from refinegraph import run
 from refinegraph.context import RunContext
@@ -15,6 +16,8 @@ from refinegraph.models import LocalModel
 from refinegraph.models.packaged import QWEN_CODER_15B, install_command, is_installed
 from refinegraph.trace.store import TraceWriter
 from refinegraph.trace.verify import verify_run
+
+from conftest import require_pg
 
 pytestmark = [pytest.mark.qwen, pytest.mark.local]
 
@@ -29,6 +32,38 @@ def qwen():
 async def test_sql_repair_answers_the_quick_start_question(store, qwen):
     task = {"question": "Which three products sold the most units in orders that were not cancelled?",
             "db": str(sample_db())}
+    result = await run("sql-repair", task, store=store, models={"local": qwen})
+    rows, sql = result.state.get("rows") or [], result.state.get("sql")
+    assert rows, f"no rows: stop {result.stop_reason}, sql {sql!r}, fallbacks {result.fallbacks}"
+    assert {row[0] for row in rows[:3]} == {"Pour-over kettle", "Filter beans 500g", "Earl Grey 250g"}, sql
+    assert verify_run(store, result.run_id).ok
+
+
+@pytest.fixture(params=["duckdb", "postgres"])
+def shop_elsewhere(request, tmp_path):
+    """The sample shop database copied into DuckDB or a PostgreSQL schema of its own."""
+    from refinegraph.tools.sql.copies import build_duckdb, build_pg_schema, drop_pg_schema, unique_schema
+
+    if request.param == "duckdb":
+        pytest.importorskip("duckdb")
+        yield f"duckdb:///{build_duckdb(sample_db(), tmp_path / 'shop.duckdb')}"
+        return
+    pytest.importorskip("psycopg")
+    dsn = require_pg()
+    schema = unique_schema("rg_qwen_shop")
+    build_pg_schema(dsn, schema, sample_db())
+    try:
+        with pg_reader(dsn, schema) as url:  # model SQL runs only as a read-only role
+            yield url
+    finally:
+        drop_pg_schema(dsn, schema)
+
+
+async def test_the_quick_start_question_on_duckdb_and_postgres(store, qwen, shop_elsewhere):
+    """The same question on the other two engines: the schema prompt names the engine, and
+    the model's SQL runs read-only there."""
+    task = {"question": "Which three products sold the most units in orders that were not cancelled?",
+            "db": shop_elsewhere}
     result = await run("sql-repair", task, store=store, models={"local": qwen})
     rows, sql = result.state.get("rows") or [], result.state.get("sql")
     assert rows, f"no rows: stop {result.stop_reason}, sql {sql!r}, fallbacks {result.fallbacks}"
