@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from refinegraph.events import Event, utcnow
+from refinegraph.sqlite_files import setup_lock
 from refinegraph.trace.chain import content_digest, event_body, event_hash, genesis_hash, redacted_json
 from refinegraph.trace.redact import redact_text
 
@@ -368,11 +369,18 @@ class TraceStore(BaseTraceStore):
 
     def _prepare(self) -> None:
         """WAL mode and the schema, made once by whichever process comes first: the check is
-        a read; the setup runs under BEGIN IMMEDIATE, so concurrent first opens wait for each
-        other through SQLite's own lock and busy timeout."""
+        a read; the setup runs under the sidecar setup lock (refinegraph.sqlite_files) and
+        BEGIN IMMEDIATE. The lock is there for the switch to WAL: two first opens that both
+        find the file in rollback mode both try to switch it, and SQLite answers one of them
+        "database is locked" at once, without its busy timeout, when waiting could deadlock
+        (the likely cause of a CI run where a fresh store opened by 4 processes held 3 runs)."""
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version == SCHEMA_VERSION:
             return
+        with setup_lock(self.path):
+            self._set_up()
+
+    def _set_up(self) -> None:
         if self._db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
             self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("BEGIN IMMEDIATE")
