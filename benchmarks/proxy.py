@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.stub_server import CountingServer
+from benchmarks.stub_server import CountingServer, LiveServer
 from refinegraph.bench.report import environment, md_table
 
 GOAL_ADDED_P50_MS = 5.0
@@ -42,32 +40,6 @@ def percentile(values: list[float], q: float) -> float:
     if len(values) < 2:
         return values[0] if values else float("nan")
     return statistics.quantiles(values, n=100, method="inclusive")[max(0, min(98, round(q) - 1))]
-
-
-class _Served:
-    """The refinegraph app on a loopback port, uvicorn in a background thread."""
-
-    def __init__(self, app: Any):
-        import uvicorn
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the refinegraph server did not start within 30 s")
-            time.sleep(0.02)
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 async def _batch(client: httpx.AsyncClient, url: str, body: dict[str, Any], requests: int, concurrency: int
@@ -117,7 +89,7 @@ async def measure(requests: int, rounds: int, concurrencies: list[int], *, upstr
         config = Config.model_validate({"proxy": {"base_url": upstream_url}})
         app = create_app(config, store=store)
         try:
-            with _Served(app) as proxy_url:
+            with LiveServer(app) as proxy_url:
                 async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=64)) as client:
                     # The same generation both ways: greedy decoding, 16 tokens (the server
                     # ignores OpenAI's sampling fields; the graph takes its own as params).

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import threading
 import time
 import urllib.request
@@ -178,3 +179,28 @@ def stub_config(server: CountingServer) -> Any:
                   roles={"default": "m"})
 
 
+class LiveServer:
+    """An ASGI app (`refinegraph serve`'s) on a free loopback port, uvicorn in a background
+    thread: `with LiveServer(app) as base_url` gives its /v1 URL."""
+
+    def __init__(self, app: Any, *, log_level: str = "warning"):
+        import uvicorn
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level=log_level))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start within 30 s")
+            time.sleep(0.02)
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)

@@ -15,9 +15,7 @@ import base64
 import json
 import logging
 import secrets
-import socket
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -25,11 +23,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import openai
 import pytest
-import uvicorn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from benchmarks.stub_server import LiveServer
 from refinegraph import RunFailed, replay, resume, run
 from refinegraph.cli.app import app as cli_app
 from refinegraph.config import load_config
@@ -250,29 +248,6 @@ class EchoingStub:
         handler.wfile.write(data)
 
 
-class LiveServer:
-    """`refinegraph serve`'s app on a loopback socket (uvicorn in a thread)."""
-
-    def __init__(self, app: Any):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="debug"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-
-
 def write_config(path: Path, port: int, base_pw: str) -> Path:
     path.write_text(f"""
 [models.stub]
@@ -446,7 +421,7 @@ def test_served_requests_headers_and_keys_never_stored(secret_env, rg_home, tmp_
         with EchoingStub() as stub:
             config = load_config(write_config(tmp_path / "rg.toml", stub.port, secret_env["base_pw"]))
             app = create_app(config, store=store)
-            with LiveServer(app) as base_url:
+            with LiveServer(app, log_level="debug") as base_url:
                 client = openai.OpenAI(base_url=base_url, api_key=secret_env["server_key"], max_retries=0)
                 reply = client.chat.completions.create(model="greedy", messages=[{"role": "user", "content": message}])
                 client.close()

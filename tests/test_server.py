@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import sqlite3
-import threading
-import time
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-import uvicorn
 from typer.testing import CliRunner
 
+from benchmarks.stub_server import LiveServer
 from refinegraph.cli import serve_cmd
 from refinegraph.cli.app import app as cli_app
 from refinegraph.config import Config, ConfigError, load_config
@@ -75,29 +72,6 @@ def raw_client(app) -> httpx.AsyncClient:
 
 def run_count(store) -> int:
     return len(store.runs())
-
-
-class LiveServer:
-    """The app on a real loopback socket, served by uvicorn in a background thread."""
-
-    def __init__(self, app):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 # -- listing ------------------------------------------------------------------------------
