@@ -30,6 +30,9 @@ class Budget:
     max_tokens: int | None = None
     max_calls: int | None = None
     max_seconds: float | None = None
+    max_tokens_per_call: int | None = None
+    """The longest generation any one call may ask for (a proxied request's OpenAI
+    `max_tokens`): it lowers every call's max_tokens, as optillm passes it to each call."""
     tokens: int = 0
     calls: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -38,9 +41,20 @@ class Budget:
         for label, value in (("tokens", self.max_tokens), ("calls", self.max_calls), ("seconds", self.max_seconds)):
             if value is not None and value < 0:
                 raise ValueError(f"a budget of {label} cannot be negative (got {value})")
+        if self.max_tokens_per_call is not None and self.max_tokens_per_call < 1:
+            raise ValueError(f"max_tokens_per_call must be at least 1 (got {self.max_tokens_per_call})")
 
     def limits(self) -> dict[str, Any]:
-        return {"tokens": self.max_tokens, "calls": self.max_calls, "seconds": self.max_seconds}
+        """The limits, as run_started records them (`max_` + key rebuilds the Budget)."""
+        limits = {"tokens": self.max_tokens, "calls": self.max_calls, "seconds": self.max_seconds}
+        if self.max_tokens_per_call is not None:
+            limits["tokens_per_call"] = self.max_tokens_per_call
+        return limits
+
+    def per_call(self, max_tokens: int) -> int:
+        """`max_tokens` within the per-call ceiling."""
+        cap = self.max_tokens_per_call
+        return max_tokens if cap is None else min(max_tokens, cap)
 
     def spent(self) -> dict[str, Any]:
         """Tokens and calls spent: what decides a refusal and replays exactly (wall time,

@@ -196,6 +196,7 @@ class RunContext:
                 prompt_size = await self._prompt_size(name, model, messages)
             allowed = self._admit(name, n, max_tokens, messages, min_tokens, recorded=hit,
                                   prompt_tokens=prompt_size[0] if prompt_size else None)
+        allowed = self.budget.per_call(allowed)
         self.occurrences[call] += 1
         params = {**requested, "max_tokens": allowed}
         started = time.perf_counter()

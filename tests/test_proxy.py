@@ -135,3 +135,26 @@ async def test_a_run_with_nothing_to_say_is_a_422_not_an_empty_200(store):
     with pytest.raises(openai.APIError, match="found no answer"):
         async for _ in stream:
             pass
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+async def test_openai_max_tokens_caps_every_generation_of_the_run(store, field):
+    """A drop-in client's max_tokens is honoured, as optillm does: no call of the run may
+    generate more (the critic's and the refiner's too), and the trace says it was capped."""
+    model = ScriptedModel(lambda m: "one two three four five six seven eight nine ten", name="local",
+                          stops_at_max_tokens=True)
+    client = asgi_client(create_app(Config(), models={"local": model}, store=store))
+    reply = await client.chat.completions.create(model="self-refine:local", messages=CHAT, **{field: 4})
+    calls = store.events(reply.model_extra["refinegraph"]["run_id"], types={"llm_call"})
+    assert calls and all(c["params"]["max_tokens"] <= 4 and c["max_tokens_capped"] for c in calls)
+    assert len(reply.choices[0].message.content.split()) <= 4
+
+
+async def test_max_tokens_and_max_completion_tokens_that_differ_are_refused(store):
+    client = asgi_client(create_app(Config(), models={"local": remembering()}, store=store))
+    with pytest.raises(openai.BadRequestError, match="max_completion_tokens"):
+        await client.chat.completions.create(model="greedy:local", messages=CHAT, max_tokens=4,
+                                             max_completion_tokens=8)
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        await client.chat.completions.create(model="greedy:local", messages=CHAT, max_tokens=0)
+    assert store.runs() == []

@@ -201,6 +201,15 @@ def _budget(pipeline: Pipeline, asked: BudgetSpec) -> dict[str, Any]:
     return limits
 
 
+def per_call_tokens(request: ChatRequest) -> dict[str, Any]:
+    """OpenAI's max_tokens / max_completion_tokens as the run's per-call ceiling."""
+    asked = {v for v in (request.max_tokens, request.max_completion_tokens) if v is not None}
+    if len(asked) > 1:
+        raise ApiError(400, f"max_tokens={request.max_tokens} and max_completion_tokens="
+                            f"{request.max_completion_tokens} differ: send one", param="max_completion_tokens")
+    return {"max_tokens_per_call": asked.pop()} if asked else {}
+
+
 def _check_usable(pipeline: Pipeline, db: str) -> None:
     """The database opens under the config's [sql] limits (a PostgreSQL role is checked too).
     Its error names no path and says nothing of whether a file exists: the request did not
@@ -297,5 +306,6 @@ def prepare(pipeline: Pipeline, request: ChatRequest, *, max_messages: int, max_
     if unknown:
         raise ApiError(400, f"these params name models the server does not define: {', '.join(unknown)}",
                        param="refinegraph.params")
-    return PreparedRun(pipeline, graph_input, params, _budget(pipeline, request.refinegraph.budget), names,
+    limits = {**_budget(pipeline, request.refinegraph.budget), **per_call_tokens(request)}
+    return PreparedRun(pipeline, graph_input, params, limits, names,
                        messages, tools)

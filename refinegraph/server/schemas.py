@@ -1,7 +1,9 @@
 """The request body of /v1/chat/completions, as far as refinegraph reads it.
 
-OpenAI's sampling fields (temperature, top_p, max_tokens, seed, ...) are accepted and
-ignored: the pipeline decides how its models sample. What is read is validated strictly,
+OpenAI's `max_tokens` (or `max_completion_tokens`) caps every generation of the run, as
+optillm passes it to each call (the critic's and the refiner's too). The other sampling
+fields (temperature, top_p, seed, ...) are accepted and ignored: the method decides how
+its models sample. What is read is validated strictly,
 as JSON types (`"n": "1"`, `"stream": 1`, `"tokens": "500"` are refused, not coerced). Per-request graph parameters come
 in the `refinegraph` object (the openai client's `extra_body={"refinegraph": {...}}`).
 """
@@ -96,6 +98,10 @@ class ChatRequest(BaseModel):
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     n: int | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    """The longest generation any call of the run may make (Budget.max_tokens_per_call)."""
+    max_completion_tokens: int | None = Field(None, ge=1)
+    """OpenAI's newer name for max_tokens; both may be sent only with the same value."""
     tools: list[ToolSpec] | None = Field(None, min_length=1, max_length=128)
     """Passed to the upstream model with the conversation (graphs that take tools only)."""
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
