@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import httpx
 import openai
+from openai.types.chat import ChatCompletion
 
 from refinegraph.config import ConfigError
 from refinegraph.models import retry as retries
@@ -166,10 +167,12 @@ class OpenAIModel:
             kwargs["logprobs"] = True
         if tools:
             kwargs.update(tools)
-        if self.extra_body:
-            kwargs["extra_body"] = self.extra_body
+        kwargs.update(self.extra_body)  # as create(extra_body=...): the config's keys win
         try:
-            response = await self._client.chat.completions.create(**kwargs)
+            # The SDK's generic post, which `create` wraps: the same client, auth, timeout and
+            # typed ChatCompletion, without `create`'s re-typing of the body (2-3 ms a call
+            # of pure Python here, measured in `bench proxy`'s server; the body is plain JSON).
+            response = await self._client.post("/chat/completions", body=kwargs, cast_to=ChatCompletion)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # the SDK parses the body unguarded
             raise MalformedResponse(f"the server's 2xx body is not JSON: {exc}") from exc
         _check_shape(response)
