@@ -10,15 +10,21 @@ latency at p50 and p99 (proxied minus direct, per percentile) and the throughput
 (proxied requests/s over direct). Goals (issue 13): at most 5 ms added at p50 and at least
 0.95x the direct throughput.
 
-The stub, the server (uvicorn in a thread) and the client share one process, so their
-Python work competes for one interpreter: the figures are an upper bound of the proxy's cost.
+The proxy is `refinegraph serve` in a process of its own, as deployed; the stub is one too,
+and the client is this process. (An earlier version ran the server and the stub as threads
+of the client's process: every hand-off then waited for the interpreter lock, up to its 5 ms
+switch interval, which the figures charged to the proxy.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,7 +33,6 @@ from typing import Any
 
 import httpx
 
-from benchmarks.stub_server import CountingServer, LiveServer
 from refinegraph.bench.report import environment, md_table
 
 GOAL_ADDED_P50_MS = 5.0
@@ -62,10 +67,16 @@ async def _batch(client: httpx.AsyncClient, url: str, body: dict[str, Any], requ
 
 @contextlib.contextmanager
 def _upstream(kind: str, model: str) -> Iterator[str]:
-    """The upstream's /v1 URL: the embedded llama.cpp server for `model`, or the stub."""
+    """The upstream's /v1 URL: the embedded llama.cpp server for `model`, or the stub (a
+    process of its own, serving until its standard input closes)."""
     if kind == "stub":
-        with CountingServer(lambda body: "The answer is 12.") as stub:
-            yield stub.url
+        stub = subprocess.Popen([sys.executable, "-m", "benchmarks.stub_server"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            yield stub.stdout.readline().strip()  # type: ignore[union-attr]
+        finally:
+            stub.stdin.close()  # type: ignore[union-attr]
+            stub.wait(10)
         return
     from refinegraph.models.local import ensure_server, stop_server
 
@@ -76,43 +87,67 @@ def _upstream(kind: str, model: str) -> Iterator[str]:
         stop_server()
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _proxy(upstream_url: str, home: Path) -> Iterator[str]:
+    """`refinegraph serve` in its own process, its `[proxy]` the upstream; its /v1 URL once it answers."""
+    (home / "config.toml").write_text(f'[proxy]\nbase_url = "{upstream_url}"\n', encoding="utf-8")
+    port = _free_port()
+    log = (home / "serve.log").open("w")
+    server = subprocess.Popen([sys.executable, "-c", "from refinegraph.cli.app import main; main()", "serve",
+                               "--port", str(port), "--log-level", "warning"],
+                              env={**os.environ, "REFINEGRAPH_HOME": str(home)}, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"refinegraph serve did not start: {(home / 'serve.log').read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(30)
+        log.close()
+
+
 async def measure(requests: int, rounds: int, concurrencies: list[int], *, upstream: str = "embedded",
                   model: str = "smollm2-135m") -> dict[str, Any]:
     """Direct vs proxied, each concurrency, interleaved rounds (see the module docstring)."""
-    from refinegraph.config import Config
-    from refinegraph.server import create_app
-    from refinegraph.trace.store import open_store
-
     per_round = max(1, requests // rounds)
-    with tempfile.TemporaryDirectory() as home, _upstream(upstream, model) as upstream_url:
-        store = open_store(str(Path(home) / "traces.sqlite"))
-        config = Config.model_validate({"proxy": {"base_url": upstream_url}})
-        app = create_app(config, store=store)
-        try:
-            with LiveServer(app) as proxy_url:
-                async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=64)) as client:
-                    # The same generation both ways: greedy decoding, 16 tokens (the server
-                    # ignores OpenAI's sampling fields; the graph takes its own as params).
-                    targets = {"direct": (f"{upstream_url}/chat/completions",
-                                          {"model": "upstream-model", "max_tokens": 16, "temperature": 0}),
-                               "proxied": (f"{proxy_url}/chat/completions",
-                                           {"model": "greedy:upstream-model",
-                                            "refinegraph": {"params": {"max_tokens": 16}}})}
-                    for url, body in targets.values():  # warm up: connections, the compiled graph
-                        await _batch(client, url, body, 4, 2)
-                    rows = []
-                    for concurrency in concurrencies:
-                        seen: dict[str, dict[str, Any]] = {k: {"latencies": [], "wall_s": 0.0} for k in targets}
-                        for _ in range(rounds):
-                            for kind, (url, body) in targets.items():
-                                latencies, wall = await _batch(client, url, body, per_round, concurrency)
-                                seen[kind]["latencies"] += latencies
-                                seen[kind]["wall_s"] += wall
-                        rows.append(_row(concurrency, seen))
-        finally:
-            store.close()
+    with tempfile.TemporaryDirectory() as home, _upstream(upstream, model) as upstream_url, \
+            _proxy(upstream_url, Path(home)) as proxy_url:
+        async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=64)) as client:
+            # The same generation both ways: greedy decoding (the greedy graph's own),
+            # 16 tokens (OpenAI's max_tokens caps every call of a proxied run).
+            targets = {"direct": (f"{upstream_url}/chat/completions",
+                                  {"model": "upstream-model", "max_tokens": 16, "temperature": 0}),
+                       "proxied": (f"{proxy_url}/chat/completions",
+                                   {"model": "greedy:upstream-model", "max_tokens": 16})}
+            for url, body in targets.values():  # warm up: connections, the compiled graph
+                await _batch(client, url, body, 4, 2)
+            rows = []
+            for concurrency in concurrencies:
+                seen: dict[str, dict[str, Any]] = {k: {"latencies": [], "wall_s": 0.0} for k in targets}
+                for _ in range(rounds):
+                    for kind, (url, body) in targets.items():
+                        latencies, wall = await _batch(client, url, body, per_round, concurrency)
+                        seen[kind]["latencies"] += latencies
+                        seen[kind]["wall_s"] += wall
+                rows.append(_row(concurrency, seen))
     return {"requests_per_configuration": per_round * rounds, "rounds": rounds, "rows": rows,
             "upstream": "the scripted stub" if upstream == "stub" else f"the embedded llama.cpp server ({model})",
+            "layout": "refinegraph serve, the upstream and the client: three processes",
             "goals": {"added_p50_ms": GOAL_ADDED_P50_MS, "throughput_ratio": GOAL_THROUGHPUT_RATIO},
             "environment": environment()}
 
@@ -147,7 +182,7 @@ def markdown(report: dict[str, Any]) -> str:
         "# refinegraph bench proxy",
         (f"`greedy:UPSTREAM` through `refinegraph serve` vs the same request sent to the upstream "
          f"({report['upstream']}); {report['requests_per_configuration']} requests per configuration in "
-         f"{report['rounds']} interleaved rounds; upstream, server and client in one process."),
+         f"{report['rounds']} interleaved rounds; server, upstream and client each a process of its own."),
         md_table(["concurrency", "direct p50 ms", "proxied p50 ms", "added p50 ms", "added p99 ms",
                   "direct req/s", "proxied req/s", "ratio"], rows),
         "\n".join(f"- {line}" for line in goal_lines(report)),

@@ -61,7 +61,10 @@ class CountingServer:
     so a kill lands with a known set of calls in flight.
     """
 
-    def __init__(self, respond: Callable[[dict[str, Any]], str] | None = None, *, upstream: str | None = None):
+    def __init__(self, respond: Callable[[dict[str, Any]], str] | None = None, *, upstream: str | None = None,
+                 keep_alive: bool = False):
+        """`keep_alive`: HTTP/1.1, connections reused as llama.cpp's and vLLM's servers allow
+        (the default, HTTP/1.0, closes each one: a kill then leaves no idle connection)."""
         if (respond is None) == (upstream is None):
             raise ValueError("give either respond (a stub) or upstream (a server to forward to)")
         self.respond, self.upstream = respond, upstream
@@ -79,6 +82,9 @@ class CountingServer:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+            disable_nagle_algorithm = keep_alive  # headers and body are two writes: no 40 ms ACK wait
+
             def do_POST(self) -> None:  # noqa: N802 - http.server's API
                 owner._handle(self)
 
@@ -204,3 +210,17 @@ class LiveServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+
+
+def serve_stub_until_stdin_closes() -> None:
+    """The stub (keep-alive, answer "The answer is 12.") as a process of its own: prints its
+    /v1 URL, serves until its standard input closes (`python -m benchmarks.stub_server`)."""
+    import sys
+
+    with CountingServer(lambda body: "The answer is 12.", keep_alive=True) as stub:
+        print(stub.url, flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    serve_stub_until_stdin_closes()
