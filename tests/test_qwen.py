@@ -90,3 +90,33 @@ async def test_each_choice_is_counted_when_n_is_above_one(store, qwen):
     assert len(samples.texts) == 3 and len(event["choice_tokens"]) == 3
     assert event["completion_tokens"] == sum(event["choice_tokens"])
     assert event["server_usage"][0]["completion_tokens"] < event["completion_tokens"]
+
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "The current weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+async def test_a_tool_call_through_the_server_and_the_answer_from_its_result(store, qwen):
+    """The drop-in server's tool loop on the real model: the client's tools reach llama.cpp,
+    the call comes back in OpenAI's shape, and the tool's result turns into the answer."""
+    import json
+
+    from test_server import asgi_client
+
+    from refinegraph.config import Config
+    from refinegraph.server import create_app
+
+    client = asgi_client(create_app(Config(), models={"local": qwen}, store=store))
+    chat = [{"role": "user", "content": "What is the weather in Paris right now? Use the tool."}]
+    first = await client.chat.completions.create(model="greedy:local", messages=chat, tools=[WEATHER_TOOL])
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls", choice.message.content
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "get_weather" and "paris" in json.loads(call.function.arguments)["city"].lower()
+    run_id = first.model_extra["refinegraph"]["run_id"]
+    assert store.events(run_id, types={"tool_call"}) and verify_run(store, run_id).ok
+    chat += [choice.message.model_dump(exclude_none=True),
+             {"role": "tool", "tool_call_id": call.id, "content": '{"temperature_c": 18, "sky": "sunny"}'}]
+    second = await client.chat.completions.create(model="greedy:local", messages=chat, tools=[WEATHER_TOOL])
+    assert second.choices[0].finish_reason == "stop" and "18" in second.choices[0].message.content
