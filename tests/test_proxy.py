@@ -39,7 +39,8 @@ async def test_graph_colon_upstream_runs_the_graph_over_that_configured_model(st
     local, llama = remembering("local"), ScriptedModel(lambda m: "llama says 12", name="llama3:8b")
     client = asgi_client(create_app(cfg, models={"local": local, "llama3:8b": llama}, store=store))
     reply = await client.chat.completions.create(model="greedy:llama3:8b", messages=CHAT)
-    assert reply.choices[0].message.content == "12"
+    assert reply.choices[0].message.content == "llama says 12"
+    assert reply.model_extra["refinegraph"]["answer"] == "12"
     assert reply.model == "greedy:llama3:8b"
     assert len(llama.calls) == 1 and local.calls == []
 
@@ -88,7 +89,7 @@ async def test_any_model_id_of_the_proxy_server_is_passed_through(store):
         cfg = Config.model_validate({"proxy": {"base_url": up.url}})
         client = asgi_client(create_app(cfg, store=store))
         reply = await client.chat.completions.create(model="greedy:Qwen/Qwen2.5-7B-Instruct", messages=CHAT)
-        assert reply.choices[0].message.content == "12"
+        assert reply.choices[0].message.content == "upstream Qwen/Qwen2.5-7B-Instruct answers 12"
         assert up.received[0]["model"] == "Qwen/Qwen2.5-7B-Instruct"
         assert up.received[0]["messages"] == CHAT
 
@@ -158,3 +159,15 @@ async def test_max_tokens_and_max_completion_tokens_that_differ_are_refused(stor
     with pytest.raises(openai.BadRequestError, match="max_tokens"):
         await client.chat.completions.create(model="greedy:local", messages=CHAT, max_tokens=0)
     assert store.runs() == []
+
+
+async def test_a_chat_reply_is_the_chosen_text_and_the_projected_answer_rides_beside_it(store):
+    """Issue 13: with no answer type asked for, a chat client gets the winning sample's text
+    as the model wrote it (it used to get the bare projection, "17"); the vote's answer is
+    `refinegraph.answer`."""
+    model = ScriptedModel(lambda m: "Your favourite number is 17, as you said.", name="local")
+    client = asgi_client(create_app(Config(), models={"local": model}, store=store))
+    for graph in ("greedy", "self-consistency"):
+        reply = await client.chat.completions.create(model=f"{graph}:local", messages=CHAT)
+        assert reply.choices[0].message.content == "Your favourite number is 17, as you said."
+        assert reply.model_extra["refinegraph"]["answer"] == "17"

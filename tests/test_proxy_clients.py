@@ -41,7 +41,7 @@ def test_sync_client_multi_turn_through_the_proxy(served):
     base_url, upstream = served
     client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
     reply = client.chat.completions.create(model="greedy:some/model:7b", messages=CHAT)
-    assert reply.choices[0].message.content == "4711"
+    assert reply.choices[0].message.content == "The code is 4711."
     assert upstream.received[0]["model"] == "some/model:7b" and upstream.received[0]["messages"] == CHAT
 
 
@@ -50,12 +50,12 @@ async def test_async_client_and_streaming_through_the_proxy(served):
     client = openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0)
     reply = await client.chat.completions.create(model="self-consistency:m", messages=CHAT,
                                                  extra_body={"refinegraph": {"params": {"n": 3}}})
-    assert reply.choices[0].message.content == "4711"
+    assert reply.choices[0].message.content == "The code is 4711."
     assert upstream.received[-1]["n"] == 3
     stream = await client.chat.completions.create(model="greedy:m", messages=CHAT, stream=True,
                                                   stream_options={"include_usage": True})
     chunks = [chunk async for chunk in stream]
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "4711"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "The code is 4711."
     assert chunks[-1].usage.total_tokens > 0
 
 

@@ -92,7 +92,7 @@ async def test_without_pipelines_every_graph_is_served_under_its_name(store):
     ids = sorted(m.id for m in (await client.models.list()).data if ":" not in m.id)
     assert ids == sorted(g.name for g in list_graphs())
     reply = await client.chat.completions.create(model="greedy", messages=[{"role": "user", "content": QUESTION}])
-    assert reply.choices[0].message.content == "12"
+    assert reply.choices[0].message.content == "3 times 4 is 12. The answer is 12."
     assert reply.model == "greedy"
 
 
@@ -133,7 +133,7 @@ async def test_completion_answers_with_usage_of_every_call_and_the_run_id(store)
     reply = raw.parse()
     assert reply.object == "chat.completion" and reply.model == "math-sc"
     assert reply.id == f"chatcmpl-{run_id}"
-    assert reply.choices[0].message.content == "12"
+    assert reply.choices[0].message.content == "3 times 4 is 12. The answer is 12."
     assert reply.choices[0].finish_reason == "stop"
     calls = store.events(run_id, types={"llm_call"})
     assert reply.usage.prompt_tokens == sum(c["prompt_tokens"] for c in calls) > 0
@@ -212,7 +212,7 @@ async def test_streaming_with_the_openai_client(store):
     assert types[0] == "run_started" and types[-1] == "run_finished"
     assert {"node_started", "node_finished", "llm_call", "vote", "stop"} <= set(types)
     content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert content == "12"
+    assert content == "3 times 4 is 12. The answer is 12."
     # the answer comes after every progress event, then the finishing chunk, then usage
     answer_at = next(i for i, c in enumerate(chunks) if c.choices and c.choices[0].delta.content)
     assert all("event" not in (c.model_extra or {}).get("refinegraph", {}) for c in chunks[answer_at:])
@@ -272,9 +272,9 @@ async def test_langchain_chat_openai_invoke_and_stream(store):
         llm = ChatOpenAI(base_url=base_url, api_key="x", model="math-sc", max_retries=0)
         message = await llm.ainvoke("What is 3 times 4?")
         streamed = "".join([chunk.content async for chunk in llm.astream("What is 3 times 4?")])
-    assert message.content == "12"
+    assert message.content == "3 times 4 is 12. The answer is 12."
     assert message.usage_metadata["total_tokens"] > 0
-    assert streamed == "12"
+    assert streamed == "3 times 4 is 12. The answer is 12."
     assert run_count(store) == 2
 
 
@@ -315,7 +315,7 @@ async def test_auth_wrong_or_missing_key_is_401_and_starts_no_run(store, monkeyp
     assert run_count(store) == 0 and model.calls == []
     reply = await asgi_client(app, "s3cret").chat.completions.create(
         model="plain", messages=[{"role": "user", "content": QUESTION}])
-    assert reply.choices[0].message.content == "12"
+    assert reply.choices[0].message.content == "3 times 4 is 12. The answer is 12."
 
 
 def test_auth_key_variable_must_be_set(store, monkeypatch):
@@ -439,7 +439,7 @@ async def test_concurrent_runs_are_bounded_by_the_semaphore(store):
         replies = await asyncio.gather(*[
             client.chat.completions.create(model="plain", messages=[{"role": "user", "content": QUESTION}])
             for _ in range(4)])
-        assert [r.choices[0].message.content for r in replies] == ["12"] * 4
+        assert [r.choices[0].message.content for r in replies] == ["The answer is 12."] * 4
         assert slow.peak == expected
 
 

@@ -17,13 +17,14 @@ def usage_of(result: RunResult) -> dict[str, Any]:
 
 
 def content_of(result: RunResult) -> str:
-    """What the reply says: the run's answer, else the text the graph chose (a vote with no
-    readable answer still keeps its first sample's text; `refinegraph.answer` is then null
-    and `stop_reason` says no_answer), else "" (answered with a 422, see no_answer)."""
-    if result.answer:
-        return result.answer
+    """What the reply says: the text the graph chose (the winning sample's, as the model
+    wrote it: a chat client gets a reply, not a projection; the projected answer the vote
+    was on is `refinegraph.answer`), else the run's answer (graphs whose answer is the text,
+    e.g. Self-Refine's, or SQL's result), else "" (answered with a 422, see no_answer)."""
     chosen = result.state.get("solution")
-    return chosen.strip() if isinstance(chosen, str) else ""
+    if isinstance(chosen, str) and chosen.strip():
+        return decode(chosen)[0].strip() or (result.answer or "")
+    return result.answer or ""
 
 
 def reply_of(result: RunResult, tools: bool) -> tuple[str | None, list[dict[str, Any]] | None]:
