@@ -37,7 +37,10 @@ from refinegraph.bench.report import environment, md_table
 
 GOAL_ADDED_P50_MS = 5.0
 GOAL_THROUGHPUT_RATIO = 0.95
-CHAT = [{"role": "user", "content": "What is 5 + 7?"}]
+CHAT = [{"role": "system", "content": "You are a terse assistant."},
+        {"role": "user", "content": "What is 5 + 7?"}]
+"""With a system message of its own, the conversation reaches the upstream as sent (the
+solver adds its prompt only to a chat without one): both paths ask the same of the model."""
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -48,9 +51,11 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def _batch(client: httpx.AsyncClient, url: str, body: dict[str, Any], requests: int, concurrency: int
-                 ) -> tuple[list[float], float]:
-    """Latencies (ms) of `requests` requests, `concurrency` at a time, and the wall time (s)."""
+                 ) -> tuple[list[float], float, list[int]]:
+    """Latencies (ms) of `requests` requests, `concurrency` at a time, the wall time (s) and
+    each reply's completion tokens (the same work upstream on both paths, checked)."""
     latencies: list[float] = []
+    completions: list[int] = []
     left = iter(range(requests))
 
     async def worker() -> None:
@@ -59,10 +64,11 @@ async def _batch(client: httpx.AsyncClient, url: str, body: dict[str, Any], requ
             response = await client.post(url, json={"messages": CHAT, **body})
             response.raise_for_status()
             latencies.append((time.perf_counter() - started) * 1000)
+            completions.append(response.json()["usage"]["completion_tokens"])
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, time.perf_counter() - started
+    return latencies, time.perf_counter() - started, completions
 
 
 @contextlib.contextmanager
@@ -138,12 +144,14 @@ async def measure(requests: int, rounds: int, concurrencies: list[int], *, upstr
                 await _batch(client, url, body, 4, 2)
             rows = []
             for concurrency in concurrencies:
-                seen: dict[str, dict[str, Any]] = {k: {"latencies": [], "wall_s": 0.0} for k in targets}
+                seen: dict[str, dict[str, Any]] = {k: {"latencies": [], "wall_s": 0.0, "completion_tokens": []}
+                                                   for k in targets}
                 for _ in range(rounds):
                     for kind, (url, body) in targets.items():
-                        latencies, wall = await _batch(client, url, body, per_round, concurrency)
+                        latencies, wall, completions = await _batch(client, url, body, per_round, concurrency)
                         seen[kind]["latencies"] += latencies
                         seen[kind]["wall_s"] += wall
+                        seen[kind]["completion_tokens"] += completions
                 rows.append(_row(concurrency, seen))
     return {"requests_per_configuration": per_round * rounds, "rounds": rounds, "rows": rows,
             "upstream": "the scripted stub" if upstream == "stub" else f"the embedded llama.cpp server ({model})",
@@ -157,7 +165,8 @@ def _row(concurrency: int, seen: dict[str, dict[str, Any]]) -> dict[str, Any]:
     for kind, data in seen.items():
         lat = data["latencies"]
         figures[kind] = {"p50_ms": round(percentile(lat, 50), 3), "p99_ms": round(percentile(lat, 99), 3),
-                         "requests_per_s": round(len(lat) / data["wall_s"], 2) if data["wall_s"] else None}
+                         "requests_per_s": round(len(lat) / data["wall_s"], 2) if data["wall_s"] else None,
+                         "mean_completion_tokens": round(statistics.fmean(data["completion_tokens"]), 2)}
     direct, proxied = figures["direct"], figures["proxied"]
     ratio = proxied["requests_per_s"] / direct["requests_per_s"] if direct["requests_per_s"] else None
     added_p50 = proxied["p50_ms"] - direct["p50_ms"]
@@ -175,7 +184,8 @@ def goal_lines(report: dict[str, Any]) -> list[str]:
 
 def markdown(report: dict[str, Any]) -> str:
     rows = [[r["concurrency"], r["direct"]["p50_ms"], r["proxied"]["p50_ms"], r["added_p50_ms"], r["added_p99_ms"],
-             r["direct"]["requests_per_s"], r["proxied"]["requests_per_s"], r["throughput_ratio"]]
+             r["direct"]["requests_per_s"], r["proxied"]["requests_per_s"], r["throughput_ratio"],
+             r["direct"]["mean_completion_tokens"], r["proxied"]["mean_completion_tokens"]]
             for r in report["rows"]]
     env = report["environment"]
     return "\n\n".join([
@@ -184,7 +194,7 @@ def markdown(report: dict[str, Any]) -> str:
          f"({report['upstream']}); {report['requests_per_configuration']} requests per configuration in "
          f"{report['rounds']} interleaved rounds; server, upstream and client each a process of its own."),
         md_table(["concurrency", "direct p50 ms", "proxied p50 ms", "added p50 ms", "added p99 ms",
-                  "direct req/s", "proxied req/s", "ratio"], rows),
+                  "direct req/s", "proxied req/s", "ratio", "direct tokens/reply", "proxied tokens/reply"], rows),
         "\n".join(f"- {line}" for line in goal_lines(report)),
         f"Python {env['python']}, {env['platform']}, {env['cpus']} CPUs, {env['at']}.",
     ])

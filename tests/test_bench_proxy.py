@@ -18,6 +18,8 @@ async def test_bench_proxy_measures_direct_and_proxied_at_each_concurrency():
         for kind in ("direct", "proxied"):
             assert row[kind]["p50_ms"] > 0 and row[kind]["requests_per_s"] > 0
         assert row["added_p50_ms"] == round(row["proxied"]["p50_ms"] - row["direct"]["p50_ms"], 3)
+        # the same work upstream both ways (the chat brings its own system message)
+        assert row["direct"]["mean_completion_tokens"] == row["proxied"]["mean_completion_tokens"]
     assert report["requests_per_configuration"] == 8
     assert "| concurrency |" in markdown(report)
 
