@@ -115,7 +115,7 @@ async def test_no_run_is_recorded_without_a_valid_key(tmp_path):
                     assert response.headers["www-authenticate"] == "Bearer"
             assert store.all_runs() == []
             good = await http.post(CHAT, json=chat_body(), headers={"Authorization": f"Bearer {KEY}"})
-        assert good.status_code == 200 and good.json()["choices"][0]["message"]["content"] == "12"
+        assert good.status_code == 200 and good.json()["refinegraph"]["answer"] == "12"
         assert len(store.all_runs()) == 1
     finally:
         store.close()
