@@ -19,7 +19,8 @@ async def sample_answers(ctx: RunContext, task: str, *, n: int, temperature: flo
                          ) -> list[dict[str, Any]]:
     """n samples as {"index", "text", "answer", "tokens", "model"}; indices continue from
     `first_index` so batches of an adaptive sampler number their samples in order."""
-    messages = solver_messages(load_prompt("solver_cot"), task, ctx.conversation)
+    messages = solver_messages(load_prompt("solver_cot"), task, ctx.conversation,
+                               tools_offered=ctx.tools is not None)
     samples = await ctx.sample(role, messages, n=n, temperature=temperature, max_tokens=max_tokens, seed=seed,
                                tools=ctx.tools)
     project = get_projection(kind)

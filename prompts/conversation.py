@@ -48,12 +48,17 @@ def answer_text(text: str) -> str:
     return readable(text)
 
 
-def solver_messages(prompt: Prompt, task: str, conversation: Conversation | None) -> list[dict[str, Any]]:
+def solver_messages(prompt: Prompt, task: str, conversation: Conversation | None, *,
+                    tools_offered: bool = False) -> list[dict[str, Any]]:
     """The solver's messages: the conversation as sent (the prompt's system text is
-    added only when the client sent no system or developer message), else the prompt."""
+    added only when the client sent no system or developer message, and never beside
+    offered tools: its "end with The answer is X" made Qwen2.5 write a call as text),
+    else the prompt."""
     if not conversation:
         return prompt.render(task=task)
     messages = [dict(m) for m in conversation]
+    if tools_offered:
+        return messages
     if prompt.system and not any(m.get("role") in ("system", "developer") for m in messages):
         messages.insert(0, {"role": "system", "content": prompt.system})
     return messages

@@ -228,3 +228,13 @@ async def test_the_pass_through_pool_keeps_the_ids_used_last_and_closes_the_evic
     local = pool.get({"local"})
     assert "local" in pool.built and "local" not in pool.passthrough and local["local"] is pool.built["local"]
     await pool.aclose()
+
+
+async def test_with_tools_offered_the_conversation_reaches_the_upstream_as_sent(proxied):
+    """The solver's "end with The answer is X" system text was added to a tool chat with no
+    system message of its own, and Qwen2.5-Coder then wrote its call as prose ("The answer is
+    {"name": "get_weather", ...}") instead of calling the tool (pytest -m qwen)."""
+    client, upstream, _ = proxied(agent_loop_upstream)
+    for graph in ("greedy", "self-consistency"):
+        await client.chat.completions.create(model=f"{graph}:m", messages=ASK, tools=[WEATHER])
+        assert upstream.received[-1]["messages"] == ASK
