@@ -155,7 +155,9 @@ async def measure(requests: int, rounds: int, concurrencies: list[int], *, upstr
                 rows.append(_row(concurrency, seen))
     return {"requests_per_configuration": per_round * rounds, "rounds": rounds, "rows": rows,
             "upstream": "the scripted stub" if upstream == "stub" else f"the embedded llama.cpp server ({model})",
-            "layout": "refinegraph serve, the upstream and the client: three processes",
+            "layout": "refinegraph serve in a process of its own; " + (
+                "the stub in another" if upstream == "stub"
+                else "llama.cpp in the client's process (its threads run outside the interpreter lock)"),
             "goals": {"added_p50_ms": GOAL_ADDED_P50_MS, "throughput_ratio": GOAL_THROUGHPUT_RATIO},
             "environment": environment()}
 
@@ -192,7 +194,7 @@ def markdown(report: dict[str, Any]) -> str:
         "# refinegraph bench proxy",
         (f"`greedy:UPSTREAM` through `refinegraph serve` vs the same request sent to the upstream "
          f"({report['upstream']}); {report['requests_per_configuration']} requests per configuration in "
-         f"{report['rounds']} interleaved rounds; server, upstream and client each a process of its own."),
+         f"{report['rounds']} interleaved rounds; {report['layout']}."),
         md_table(["concurrency", "direct p50 ms", "proxied p50 ms", "added p50 ms", "added p99 ms",
                   "direct req/s", "proxied req/s", "ratio", "direct tokens/reply", "proxied tokens/reply"], rows),
         "\n".join(f"- {line}" for line in goal_lines(report)),
