@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -93,38 +92,27 @@ def _upstream(kind: str, model: str) -> Iterator[str]:
         stop_server()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def _proxy(upstream_url: str, home: Path) -> Iterator[str]:
     """`refinegraph serve` in its own process, its `[proxy]` the upstream; its /v1 URL once it answers."""
+    from refinegraph.procs import ProcessExited, free_port, stop, wait_http_ok
+
     (home / "config.toml").write_text(f'[proxy]\nbase_url = "{upstream_url}"\n', encoding="utf-8")
-    port = _free_port()
-    log = (home / "serve.log").open("w")
-    server = subprocess.Popen([sys.executable, "-c", "from refinegraph.cli.app import main; main()", "serve",
-                               "--port", str(port), "--log-level", "warning"],
-                              env={**os.environ, "REFINEGRAPH_HOME": str(home)}, stdout=log, stderr=log)
+    port = free_port()
     url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
+    with (home / "serve.log").open("w") as log:
+        server = subprocess.Popen([sys.executable, "-c", "from refinegraph.cli.app import main; main()", "serve",
+                                   "--port", str(port), "--log-level", "warning"],
+                                  env={**os.environ, "REFINEGRAPH_HOME": str(home)}, stdout=log, stderr=log)
+        try:
             try:
-                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"refinegraph serve did not start: {(home / 'serve.log').read_text()[-2000:]}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        server.terminate()
-        server.wait(30)
-        log.close()
+                wait_http_ok(f"{url}/models", server, 60, interval=0.1)
+            except (ProcessExited, TimeoutError) as exc:
+                raise RuntimeError(f"refinegraph serve did not start ({exc}): "
+                                   f"{(home / 'serve.log').read_text()[-2000:]}") from exc
+            yield url
+        finally:
+            stop(server)
 
 
 async def measure(requests: int, rounds: int, concurrencies: list[int], *, upstream: str = "embedded",

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import threading
 import time
 import urllib.request
@@ -192,9 +191,9 @@ class LiveServer:
     def __init__(self, app: Any, *, log_level: str = "warning"):
         import uvicorn
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        from refinegraph.procs import free_port
+
+        self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level=log_level))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
