@@ -42,3 +42,20 @@ async def test_the_stub_upstream_takes_64_clients_connecting_at_once():
             for _ in range(3):
                 outcomes = await asyncio.gather(*(one() for _ in range(64)), return_exceptions=True)
                 assert [o for o in outcomes if isinstance(o, Exception)] == []
+
+
+async def test_the_proxied_request_reaches_the_upstream_as_the_direct_one_does(store):
+    """bench proxy compares like with like only if the upstream gets the same chat both
+    ways: the solver once added its system prompt to the proxied one (a longer answer)."""
+    from scripted_upstream import ScriptedUpstream
+    from test_server import asgi_client
+
+    from benchmarks.proxy import CHAT
+    from refinegraph.config import Config
+    from refinegraph.server import create_app
+
+    with ScriptedUpstream(lambda body: {"content": "12"}) as upstream:
+        client = asgi_client(create_app(Config.model_validate({"proxy": {"base_url": upstream.url}}), store=store))
+        await client.chat.completions.create(model="greedy:upstream-model", messages=CHAT, max_tokens=16)
+        assert upstream.received[-1]["messages"] == CHAT
+        assert upstream.received[-1]["max_tokens"] == 16
