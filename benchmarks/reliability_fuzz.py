@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import secrets
 import shutil
 import sqlite3
@@ -68,6 +69,8 @@ class Tally:
     runs_by_refused: list[str] = field(default_factory=list)
     ok_without_run: list[str] = field(default_factory=list)
     responses_200: int = 0
+    no_answer_422: int = 0
+    """Chat requests whose run found no answer (a 422 naming the run, which is recorded)."""
     conformance: Counter[str] = field(default_factory=Counter)
     conformance_examples: list[str] = field(default_factory=list)
     transport_errors: list[str] = field(default_factory=list)
@@ -152,8 +155,9 @@ class Probe:
             t.note(t.unexpected, f"{where} (expected {sorted(expect)})")
         if started and not authorized:
             t.runs_without_auth += started
-        if status == 200 and is_chat:
-            t.responses_200 += 1
+        if status in (200, 422) and is_chat:
+            t.responses_200 += status == 200
+            t.no_answer_422 += status == 422
             if started != 1:
                 t.note(t.ok_without_run, f"{where} recorded {started} runs")
         elif started and status != 502:
@@ -164,7 +168,8 @@ class Probe:
 
 
 def fuzz_config(db: Path) -> Config:
-    """Every kind of pipeline: answers, voting, a refine loop, SQL with a fixed and a request's db."""
+    """Every kind of pipeline: answers, voting, a refine loop, SQL with a fixed and a request's db
+    (one the server names: `shop`)."""
     return Config.model_validate({
         "pipelines": {
             "plain": {"graph": "greedy"},
@@ -173,7 +178,8 @@ def fuzz_config(db: Path) -> Config:
             "sql": {"graph": "sql-greedy", "db": str(db)},
             "sql-open": {"graph": "sql-greedy"},
         },
-        "server": {"api_key_env": KEY_ENV, "max_body_bytes": BODY_LIMIT},
+        "server": {"api_key_env": KEY_ENV, "max_body_bytes": BODY_LIMIT, "allow_request_db": True,
+                   "databases": {"shop": str(db)}},
     })
 
 
@@ -201,9 +207,10 @@ def fuzz_app(workdir: Path, key: str) -> tuple[Any, TraceStore]:
 # -- schemathesis ------------------------------------------------------------------------------
 
 
-def generate_cases(schema: Any, examples: int, seed: int) -> list[Any]:
+def generate_cases(schema: Any, examples: int, seed: int, *, max_coverage_cases: int | None = None) -> list[Any]:
     """Per operation: schemathesis' coverage cases (boundaries, missing parts, wrong content
-    types and methods), then `examples` hypothesis cases in each generation mode."""
+    types and methods; at most `max_coverage_cases` of them, drawn with `seed`), then
+    `examples` hypothesis cases in each generation mode."""
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import seed as hypothesis_seed
     from hypothesis.errors import Unsatisfiable
@@ -213,8 +220,11 @@ def generate_cases(schema: Any, examples: int, seed: int) -> list[Any]:
     for result in schema.get_all_operations():
         operation = result.ok()
         config = schema.config.generation_for(operation=operation, phase="coverage")
-        cases.extend(schema.iter_coverage_cases(operation, generation_modes=list(GenerationMode),
-                                                generation_config=config))
+        covering = list(schema.iter_coverage_cases(operation, generation_modes=list(GenerationMode),
+                                                   generation_config=config))
+        if max_coverage_cases is not None and len(covering) > max_coverage_cases:
+            covering = random.Random(seed).sample(covering, max_coverage_cases)
+        cases.extend(covering)
         for mode in GenerationMode:
             @hypothesis_seed(seed)
             @settings(max_examples=examples, deadline=None, database=None, phases=[Phase.generate],
@@ -259,7 +269,8 @@ def with_auth(headers: dict[str, str], value: str | None) -> dict[str, str]:
     return out
 
 
-async def fuzz_schema(app: Any, store: TraceStore, key: str, tally: Tally, examples: int, seed: int) -> None:
+async def fuzz_schema(app: Any, store: TraceStore, key: str, tally: Tally, examples: int, seed: int,
+                      max_coverage_cases: int | None = None) -> None:
     """The schemathesis cases, each checked for conformance, each authorized one sent again unauthorized."""
     try:
         import schemathesis
@@ -272,19 +283,21 @@ async def fuzz_schema(app: Any, store: TraceStore, key: str, tally: Tally, examp
     async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
         doc = await http.get("/openapi.json", headers={"Authorization": f"Bearer {key}"})
         doc.raise_for_status()
-        # a schema-violating body must be refused with one of the server's 4xx (413: it was also too large)
-        config = schemathesis.Config.from_dict({"checks": {"negative_data_rejection": {
-            "expected-statuses": [400, 401, 404, 405, 413, 415]}}})
+        # a schema-violating body must be refused with one of the server's 4xx (413: it was also
+        # too large); a schema-valid one must run: 2xx, or 422 when the run it started found no
+        # answer (e.g. a budget of 0 tokens; the run is recorded), or 404 for an upstream model
+        # id the proxy does not know (the document cannot list another server's models)
+        config = schemathesis.Config.from_dict({"checks": {
+            "negative_data_rejection": {"expected-statuses": [400, 401, 404, 405, 413, 415]},
+            "positive_data_acceptance": {"expected-statuses": ["2xx", "401", "404", "422"]}}})
         schema = schemathesis.openapi.from_dict(doc.json(), config=config)
-        cases = generate_cases(schema, examples, seed)
-        # Not run: ignored_auth (this harness
-        # swaps the real key into each authorized case, then sends it again with a missing or
-        # wrong one, expecting 401: the auth twins below) and positive_data_acceptance (the
-        # server refuses schema-valid bodies the document cannot describe: escaped lone
-        # surrogates in any string, a graph's params checked by that graph's own model).
+        cases = generate_cases(schema, examples, seed, max_coverage_cases=max_coverage_cases)
+        # Not run: ignored_auth (this harness swaps the real key into each authorized case, then
+        # sends it again with a missing or wrong one, expecting 401: the auth twins below).
         conformance = [checks.not_a_server_error, checks.status_code_conformance, checks.content_type_conformance,
                        checks.response_headers_conformance, checks.response_schema_conformance,
-                       checks.negative_data_rejection, checks.missing_required_header, checks.unsupported_method]
+                       checks.negative_data_rejection, checks.positive_data_acceptance,
+                       checks.missing_required_header, checks.unsupported_method]
         probe = Probe(http, store, tally)
         for i, case in enumerate(cases):
             method, path, headers, content, params = case_request(case)
@@ -308,8 +321,9 @@ async def fuzz_schema(app: Any, store: TraceStore, key: str, tally: Tally, examp
                 except FailureGroup as group:
                     for failure in group.exceptions:
                         tally.conformance[failure.title] += 1
-                        tally.note(tally.conformance_examples, f"{label} -> {response.status_code}: {failure.title}: "
-                                                               f"{str(failure.message)[:200]}; sent {content!r:.300}")
+                        tally.note(tally.conformance_examples,
+                                   f"{label} -> {response.status_code}: {failure.title}: {str(failure.message)[:200]}; "
+                                   f"got {response.text[:200]}; sent {content!r:.300}")
             if secured and has_auth:  # the same request without a good key: 401 (or 405: no such route)
                 tally.auth_twins += 1
                 tally.hostile += 1
@@ -562,12 +576,13 @@ async def concurrent_bad(http: httpx.AsyncClient, probe: Probe, cases: list[Host
 
 
 async def fuzz_section(examples: int = 100, *, seed: int = 0, concurrent: int = 200,
-                       workdir: Path | None = None) -> Section:
+                       workdir: Path | None = None, max_coverage_cases: int | None = None) -> Section:
     """The server's API under schemathesis and hand-written hostile requests, on scripted models.
 
-    `examples` is per operation and generation mode (the coverage cases come on top).
+    `examples` is per operation and generation mode (the coverage cases come on top, all of
+    them or at most `max_coverage_cases` per operation).
     faults_injected counts the requests built to be refused (negative cases, bad keys,
-    hand-written and concurrent hostile requests); runs are the runs the 200s recorded."""
+    hand-written and concurrent hostile requests); runs are the runs the 200s and 422s (no answer) recorded."""
     started = time.perf_counter()
     section = Section(name="server fuzz", ok=True)
     tally = Tally()
@@ -580,7 +595,7 @@ async def fuzz_section(examples: int = 100, *, seed: int = 0, concurrent: int = 
             (work / "schemathesis").mkdir()
             app, store = fuzz_app(work / "schemathesis", key)
             try:
-                await fuzz_schema(app, store, key, tally, examples, seed)
+                await fuzz_schema(app, store, key, tally, examples, seed, max_coverage_cases)
                 runs_a = run_count(store)
                 verified_a, failed_a, broken_a = verify_all(store)
             finally:
@@ -606,7 +621,8 @@ async def fuzz_section(examples: int = 100, *, seed: int = 0, concurrent: int = 
         "auth_twins": tally.auth_twins, "handwritten_requests": tally.handwritten,
         "concurrent_bad_requests": tally.concurrent_bad, "requests": tally.requests,
         "hostile_requests": tally.hostile, "statuses": {str(k): v for k, v in sorted(tally.statuses.items())},
-        "server_errors_5xx": server_5xx, "responses_200": tally.responses_200, "runs_recorded": runs,
+        "server_errors_5xx": server_5xx, "responses_200": tally.responses_200,
+        "no_answer_422": tally.no_answer_422, "runs_recorded": runs,
         "runs_started_without_auth": tally.runs_without_auth, "runs_by_refused_requests": len(tally.runs_by_refused),
         "conformance_failures": dict(tally.conformance), "server_error_logs": len(logged.records),
         "transport_errors": len(tally.transport_errors), "examples_per_mode": examples, "seed": seed,
@@ -618,8 +634,8 @@ async def fuzz_section(examples: int = 100, *, seed: int = 0, concurrent: int = 
         f"{tally.auth_twins} resent with a bad key, {tally.handwritten} hand-written hostile requests, "
         f"{tally.concurrent_bad} hostile requests at once: {tally.requests} requests",
         f"status codes: {statuses}; 5xx: {server_5xx}; server error logs: {len(logged.records)}",
-        f"runs recorded {runs} for {tally.responses_200} chat 200s; runs started without auth: "
-        f"{tally.runs_without_auth}; by refused requests: {len(tally.runs_by_refused)}",
+        f"runs recorded {runs} for {tally.responses_200} chat 200s and {tally.no_answer_422} 422s; runs started "
+        f"without auth: {tally.runs_without_auth}; by refused requests: {len(tally.runs_by_refused)}",
         f"schema conformance failures: {sum(tally.conformance.values())}"
         + (f" ({', '.join(f'{k}: {v}' for k, v in tally.conformance.items())})" if tally.conformance else ""),
         f"traces verified {section.traces_verified} (failed {section.traces_failed})",
@@ -631,8 +647,9 @@ async def fuzz_section(examples: int = 100, *, seed: int = 0, concurrent: int = 
     expect(not logged.records, f"the server logged {len(logged.records)} errors: {logged.records[:3]}")
     expect(tally.runs_without_auth == 0, f"{tally.runs_without_auth} runs started without a valid key")
     expect(not tally.runs_by_refused, f"refused requests recorded runs: {tally.runs_by_refused[:3]}")
-    expect(not tally.ok_without_run, f"200s without exactly one run: {tally.ok_without_run[:3]}")
-    expect(runs == tally.responses_200, f"{runs} runs recorded for {tally.responses_200} chat 200s")
+    expect(not tally.ok_without_run, f"200s and 422s without exactly one run: {tally.ok_without_run[:3]}")
+    answered = tally.responses_200 + tally.no_answer_422
+    expect(runs == answered, f"{runs} runs recorded for {answered} chat 200s and 422s (a run with no answer)")
     expect(not tally.unexpected, f"{len(tally.unexpected)} unexpected statuses: {tally.unexpected[:3]}")
     expect(not tally.conformance, f"schema conformance failures: {tally.conformance_examples[:3]}")
     expect(not tally.transport_errors, f"transport errors: {tally.transport_errors[:3]}")

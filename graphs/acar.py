@@ -93,6 +93,19 @@ class ACARParams(BaseModel):
             raise ValueError(f"thresholds must be [low, high] with 0 <= low < high <= 1, got {value}")
         return value
 
+    @classmethod
+    def schema_rules(cls, defaults: dict[str, Any]) -> list[dict[str, Any]]:
+        """What JSON Schema says of the checks below (the server's OpenAPI document): the
+        mode graph is another registered graph; the thresholds are two numbers in [0, 1].
+        Not said there, checked by the server only: low < high, mode_params by the mode
+        graph's own params (one branch per graph made the document too large for
+        schemathesis to generate from), and model names from the config."""
+        from refinegraph.registry import list_graphs
+
+        cut = {"type": "number", "minimum": 0.0, "maximum": 1.0}
+        return [{"properties": {"mode_graph": {"enum": [g.name for g in list_graphs() if g.name != "acar"]},
+                                "thresholds": {"type": "array", "items": cut, "minItems": 2, "maxItems": 2}}}]
+
     @model_validator(mode="after")
     def _mode_graph(self) -> ACARParams:
         if self.mode_graph == "acar":

@@ -49,6 +49,33 @@ class SetsParams(AnswerParams):
     verifier_max_tokens: int = Field(128, ge=24)
     corrector_temperature: float = Field(0.0, ge=0.0, le=2.0)
 
+    @classmethod
+    def schema_rules(cls, defaults: dict[str, Any]) -> list[dict[str, Any]]:
+        """The step limit below as JSON Schema (the server's OpenAPI document): for each r,
+        the largest m; `defaults` stand for a field the request leaves out."""
+        from refinegraph.compiled import RECURSION_LIMIT
+
+        def most_m(r: int) -> int:
+            return (RECURSION_LIMIT - 4) // (2 * r + 1)
+
+        r_field = cls.model_fields["r"]
+        highest_r = next(m.le for m in r_field.metadata if getattr(m, "le", None) is not None)
+        cases = []
+        for r in [None, *range(highest_r + 1)]:
+            cap = most_m(defaults["r"] if r is None else r)
+            if cap < 1:
+                continue
+            case: dict[str, Any] = {"properties": {"m": {"maximum": cap}}}
+            case["required"] = [] if r is None else ["r"]
+            if r is None:
+                case["not"] = {"required": ["r"]}
+            else:
+                case["properties"]["r"] = {"const": r}
+            if defaults["m"] > cap:
+                case["required"].append("m")
+            cases.append(case)
+        return [{"anyOf": cases}]
+
     @model_validator(mode="after")
     def _fits_the_step_limit(self) -> SetsParams:
         """Each verdict and correction is a graph step; the runner caps steps per run."""

@@ -71,6 +71,25 @@ class StepSearchParams(ScorerParams):
     softmax_temperature: float = Field(1.0, gt=0.0)
     """Particle filter: the temperature of the resampling softmax over rewards."""
 
+    @classmethod
+    def schema_rules(cls, defaults: dict[str, Any]) -> list[dict[str, Any]]:
+        """beam_width <= n below as JSON Schema (the server's OpenAPI document): for each
+        width, the least n; `defaults` stand for a field the request leaves out."""
+        widest = next(m.le for m in cls.model_fields["beam_width"].metadata if getattr(m, "le", None) is not None)
+        cases = []
+        for width in [None, *range(1, widest + 1)]:
+            least = defaults["beam_width"] if width is None else width
+            case: dict[str, Any] = {"properties": {"n": {"minimum": least}}, "required": []}
+            if width is None:
+                case["not"] = {"required": ["beam_width"]}
+            else:
+                case["properties"]["beam_width"] = {"const": width}
+                case["required"].append("beam_width")
+            if defaults["n"] < least:
+                case["required"].append("n")
+            cases.append(case)
+        return [{"anyOf": cases}]
+
     @model_validator(mode="after")
     def _width(self) -> StepSearchParams:
         if self.beam_width > self.n:

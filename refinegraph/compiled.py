@@ -32,10 +32,25 @@ def compiled_graph(graph_name: str, params: dict[str, Any], checkpointer: Any = 
         try:
             _compiled[key] = get_graph(graph_name).build(params, checkpointer=None)
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg']}" for e in exc.errors())
-            raise ConfigError(f"bad parameters for graph {graph_name!r}: {problems}") from None
+            raise params_error(graph_name, exc) from None
     graph = _compiled[key]
     return graph.copy({"checkpointer": checkpointer}) if checkpointer is not None else graph
+
+
+def params_error(graph_name: str, exc: ValidationError) -> ConfigError:
+    """The ConfigError naming each bad parameter of `graph_name`."""
+    problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg']}" for e in exc.errors())
+    return ConfigError(f"bad parameters for graph {graph_name!r}: {problems}")
+
+
+def check_json_params(graph_name: str, params: dict[str, Any]) -> None:
+    """`params` as JSON types (strict: `false` is no number, `"5"` no integer), else the
+    ConfigError naming each bad one. For params from a request body, whose document
+    promises JSON types; a graph's own build stays lenient for config files and the CLI."""
+    try:
+        get_graph(graph_name).params.model_validate(params, strict=True)
+    except ValidationError as exc:
+        raise params_error(graph_name, exc) from None
 
 
 def clear_compiled_graphs() -> None:

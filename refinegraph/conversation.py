@@ -25,9 +25,11 @@ def content_text(content: Any) -> str:
 
 
 def last_user_text(conversation: Conversation) -> str:
-    """The last user turn's text: the run's `task` string (what listings and SQL graphs show)."""
+    """The last user turn with text: the run's `task` string (what listings and SQL graphs
+    show). An empty user turn after it (a client's placeholder) stays in the conversation."""
     users = [content_text(m.get("content")) for m in conversation if m.get("role") == "user"]
-    return users[-1] if users else ""
+    asked = [text for text in users if text.strip()]
+    return asked[-1] if asked else ""
 
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
@@ -46,5 +48,5 @@ def check_conversation(messages: Any) -> Conversation:
         if content is not None and not isinstance(content, str | list):
             raise ValueError(f"message {i}: content must be a string, a list of text parts or null")
     if not last_user_text(messages).strip():
-        raise ValueError("the conversation has no user message with text (its last user turn is the task)")
+        raise ValueError("the conversation has no user message with text (the last one with text is the task)")
     return messages

@@ -16,7 +16,10 @@ A graph is a name bound to a `GraphSpec`, made by `register_graph`. What it prom
    validates the caller's dict through it (`params.model_validate`) before anything is
    compiled; the runner turns a `ValidationError` into a `ConfigError` before any run is
    recorded. The validated values go into the state under "params", so the trace's
-   run_started and the state say the same.
+   run_started and the state say the same. Fields that constrain each other (a model
+   validator) say so as JSON Schema too, in a classmethod `schema_rules(defaults)` (see
+   `GraphSpec.params_json_schema`): the server's OpenAPI document states per model what
+   its checks take, so a client generator or fuzzer never builds a body it refuses.
 2. **Input**: the state keys it reads from the caller: `input_key` ("task", or "question"
    for the SQL graphs) always, and the optional `reads` (the SQL graphs' "db", the code
    filter's "entry_point" and "tests"). A plain string given to `run()` becomes
@@ -107,6 +110,18 @@ class GraphSpec:
     @property
     def outputs(self) -> tuple[str, ...]:
         return REQUIRED_OUTPUTS + tuple(k for k in self.sets if k not in REQUIRED_OUTPUTS)
+
+    def params_json_schema(self, defaults: Mapping[str, Any] | None = None,
+                           ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
+        """The params model's JSON Schema with its cross-field rules (the model's optional
+        classmethod `schema_rules(defaults) -> list[schema]`, where `defaults` stand for a
+        field left out: the model's, overridden by `defaults`, e.g. a pipeline's params)."""
+        schema = self.params.model_json_schema(ref_template=ref_template)
+        known = {name: field.get("default") for name, field in schema.get("properties", {}).items()}
+        rules = getattr(self.params, "schema_rules", None)
+        if rules is not None:
+            schema["allOf"] = rules({**known, **(defaults or {})})
+        return schema
 
     def validate_params(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
         """The caller's params checked and completed by the params model (ValidationError if bad)."""

@@ -32,7 +32,7 @@ KEY = "fuzz-test-key"
 @pytest.fixture(scope="module")
 async def fuzzed():
     """One bounded fuzz run (a few hundred schemathesis cases) shared by the tests below."""
-    return await fuzz_section(examples=5, seed=1, concurrent=60)
+    return await fuzz_section(examples=5, seed=1, concurrent=60, max_coverage_cases=1500)
 
 
 def asgi(app) -> httpx.AsyncClient:
@@ -55,7 +55,7 @@ async def test_schemathesis_cases_get_no_5xx_and_conform_to_the_schema(fuzzed):
 
 async def test_every_200_records_one_run_and_no_refused_request_records_any(fuzzed):
     f = fuzzed.figures
-    assert f["runs_recorded"] == f["responses_200"] == fuzzed.runs
+    assert f["runs_recorded"] == f["responses_200"] + f["no_answer_422"] == fuzzed.runs
     assert f["runs_by_refused_requests"] == 0
     assert f["runs_started_without_auth"] == 0
     assert fuzzed.traces_verified == fuzzed.runs and fuzzed.traces_failed == 0
@@ -134,42 +134,86 @@ async def test_openapi_describes_the_real_body_behind_the_key(tmp_path):
     assert chat["requestBody"]["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/ChatRequest"
     assert chat["security"] == [{"bearer": []}]
     assert {"200", "400", "401", "404", "413", "415", "422", "502"} <= set(chat["responses"])
-    request = doc["components"]["schemas"]["ChatRequest"]
-    pipelines, proxied = request["properties"]["model"]["anyOf"]
-    assert pipelines["enum"] == ["math-sc", "plain", "refine", "sql", "sql-open"]
-    assert proxied["pattern"].startswith("^(") and "|greedy|" in proxied["pattern"]  # GRAPH:UPSTREAM
-    assert request["properties"]["messages"]["maxItems"] == 64
+    schemas = doc["components"]["schemas"]
+    bodies = [schemas[ref["$ref"].rsplit("/", 1)[1]] for ref in schemas["ChatRequest"]["oneOf"]]
+    names = {b["properties"]["model"].get("const") for b in bodies} - {None}
+    assert names == {"math-sc", "plain", "refine", "sql", "sql-open"}
+    patterns = {b["properties"]["model"].get("pattern") for b in bodies} - {None}
+    assert {"^greedy:.+$", "^sql-greedy:.+$"} <= patterns  # GRAPH:UPSTREAM, SQL graphs too (db by name)
+    assert all(b["properties"]["messages"]["maxItems"] == 64 for b in bodies)
     assert doc["components"]["schemas"]["RefinegraphExtra"]["additionalProperties"] is False
     assert doc["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
     assert "security" not in doc["paths"]["/healthz"]["get"]
     assert KEY_ENV not in json.dumps(doc)
 
 
-async def test_the_document_allows_db_and_evidence_only_where_the_server_takes_them(tmp_path):
-    """The document allowed `refinegraph.evidence` for every model while the server answers
-    400 for a non-SQL pipeline: a body valid by the document must not be refused for it."""
+async def document_and_server(tmp_path, bodies: list[dict]) -> list[tuple[bool, int, str]]:
+    """Per body: whether the server's own OpenAPI document allows it, the status the server
+    answers, and its error message."""
     import jsonschema
 
     app, store = fuzz_app(tmp_path, KEY)
     auth = {"Authorization": f"Bearer {KEY}"}
+    seen = []
     try:
         async with asgi(app) as http:
             doc = (await http.get("/openapi.json", headers=auth)).json()
-            statuses = {}
-            for model in ("plain", "sql", "greedy:local", "sql-greedy:local"):
-                body = chat_body(model=model, refinegraph={"evidence": "units are whole numbers"})
-                resolver = {"$ref": "#/components/schemas/ChatRequest", "components": doc["components"]}
-                valid = jsonschema.Draft202012Validator(resolver).is_valid(body)
-                response = await http.post(CHAT, json=body, headers=auth)
-                statuses[model] = (valid, response.status_code, response.json().get("error", {}).get("message", ""))
+            validator = jsonschema.Draft202012Validator({"$ref": "#/components/schemas/ChatRequest",
+                                                         "components": doc["components"]})
+            for body in bodies:
+                response = await http.post(CHAT, content=json.dumps(body), headers={
+                    **auth, "content-type": "application/json"})
+                seen.append((validator.is_valid(body), response.status_code,
+                             response.json().get("error", {}).get("message", "")))
     finally:
         store.close()
+    return seen
+
+
+async def test_the_document_allows_db_and_evidence_only_where_the_server_takes_them(tmp_path):
+    """The document allowed `refinegraph.evidence` for every model while the server answers
+    400 for a non-SQL pipeline: a body valid by the document must not be refused for it."""
+    models = ("plain", "sql", "greedy:local", "sql-greedy:local")
+    seen = await document_and_server(tmp_path, [chat_body(model=m, refinegraph={"evidence": "units are whole"})
+                                                for m in models])
+    statuses = dict(zip(models, seen, strict=True))
     for model in ("plain", "greedy:local"):  # invalid by the document, refused by the server
         assert statuses[model][:2] == (False, 400) and "SQL graphs only" in statuses[model][2]
     assert statuses["sql"][:2] == (True, 200)
-    # valid by the document; this server fixes no database for ad-hoc SQL graphs (another 400)
-    valid, status, message = statuses["sql-greedy:local"]
-    assert valid and "SQL graphs only" not in message
+    # an ad-hoc SQL graph needs a database the request names: both say so
+    assert statuses["sql-greedy:local"][:2] == (False, 400)
+
+
+AGREEMENT = [  # (what, body, allowed): each was allowed by one of the document and the server only
+    ("max_tokens written 500.0 is the integer 500", chat_body(max_tokens=500.0), True),
+    ("an empty user turn after the question", chat_body(messages=[
+        {"role": "user", "content": "What is 3 times 4?"}, {"role": "user", "content": ""}]), True),
+    ("a 70-bit integer in a message's extra key", chat_body(messages=[
+        {"role": "user", "content": "What is 3 times 4?", "x-trace": 2**70}]), False),
+    ("a boolean for an integer param", chat_body(model="math-sc", refinegraph={"params": {"n": False}}), False),
+    ("a param the graph does not take", chat_body(refinegraph={"params": {"n_samples": 3}}), False),
+    ("tool_choice without tools", chat_body(tool_choice="required"), False),
+    ("tools for a graph that takes none", chat_body(model="sets:local", tools=[
+        {"type": "function", "function": {"name": "add"}}]), False),
+    ("tools with a number answer", chat_body(model="greedy:local", tools=[
+        {"type": "function", "function": {"name": "add"}}], refinegraph={"params": {"answer": "number"}}), False),
+    ("a budget over the pipeline's", chat_body(model="math-sc", refinegraph={"budget": {"tokens": 5000}}), False),
+    ("a db for a pipeline that fixes its own", chat_body(model="sql", refinegraph={"db": "shop"}), False),
+    ("a db the server names, for a pipeline without one", chat_body(model="sql-open", refinegraph={"db": "shop"}),
+     True),
+    ("SETS past the step limit", chat_body(model="sets:local", refinegraph={"params": {"m": 64}}), False),
+    ("SETS within the step limit", chat_body(model="sets:local", refinegraph={"params": {"m": 39}}), True),
+    ("a beam wider than the beams", chat_body(model="beam-search:local", refinegraph={"params": {"n": 1}}), False),
+    ("approval asked for a streamed run", chat_body(model="sql", stream=True,
+                                                   refinegraph={"params": {"approve": True}}), False),
+]
+
+
+@pytest.mark.parametrize("what, body, allowed", AGREEMENT, ids=[a[0] for a in AGREEMENT])
+async def test_the_document_allows_exactly_what_the_server_takes(tmp_path, what, body, allowed):
+    [(valid, status, message)] = await document_and_server(tmp_path, [body])
+    assert valid == allowed, f"the document {'refuses' if allowed else 'allows'} it"
+    assert (status == 200) == allowed, f"the server answered {status}: {message}"
 
 
 @pytest.mark.local
@@ -184,3 +228,27 @@ async def test_a_short_load_on_the_embedded_model_has_no_errors_and_reports_its_
     assert f["rss_mib_start"] > 0 and f["rss_mib_end"] > 0 and len(f["rss_samples"]) > 3
     assert "rss_growth_after_warmup" in f and f["server_exit_code"] == 0
     assert any("requests completed" in line for line in section.lines)
+
+
+DECISIONS = [({"decision": "approve"}, True), ({"decision": "refuse", "by": "ops", "sql": None}, True),
+             ({"decision": "edit", "sql": "SELECT 1"}, True), ({"decision": "edit"}, False),
+             ({"decision": "edit", "sql": " \n"}, False), ({"decision": "approve", "sql": ""}, False),
+             ({"decision": "refuse", "sql": "SELECT 1"}, False)]
+
+
+@pytest.mark.parametrize("body, allowed", DECISIONS)
+def test_the_approval_document_allows_exactly_the_decisions_taken(body, allowed):
+    """The document allowed an edit without SQL and SQL with approve, which the server refuses."""
+    import jsonschema
+    from pydantic import ValidationError
+
+    from refinegraph.human import Decision
+    from refinegraph.server.approval_routes import DECIDE_OPERATION
+
+    schema = DECIDE_OPERATION["requestBody"]["content"]["application/json"]["schema"]
+    try:
+        Decision.model_validate(body)
+        taken = True
+    except ValidationError:
+        taken = False
+    assert (jsonschema.Draft202012Validator(schema).is_valid(body), taken) == (allowed, allowed)

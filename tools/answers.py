@@ -32,7 +32,7 @@ import string
 from collections.abc import Callable
 from decimal import Decimal
 from fractions import Fraction
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator
 
@@ -259,7 +259,18 @@ def _known_kind(kind: str) -> str:
     return kind
 
 
-AnswerKind = Annotated[str, AfterValidator(_known_kind)]
+class _KnownKinds:
+    """AnswerKind's JSON schema: the projections registered when the schema is made (the
+    server's OpenAPI document lists what it takes)."""
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        schema = handler(core_schema)
+        schema["enum"] = sorted(_projections)
+        return schema
+
+
+AnswerKind = Annotated[str, AfterValidator(_known_kind), _KnownKinds]
 """A graph parameter naming a projection, checked when the graph is built."""
 
 

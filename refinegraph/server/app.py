@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from refinegraph.budget import Budget
 from refinegraph.config import Config, ConfigError, load_config
 from refinegraph.models import Model
-from refinegraph.registry import get_graph, list_graphs
+from refinegraph.registry import get_graph
 from refinegraph.runner import RunFailed, RunResult, default_store, run
 from refinegraph.server import openapi as docs
 from refinegraph.server.approval_routes import install_approval_routes, waits_on_a_person, with_pending
@@ -53,6 +53,12 @@ class Server:
         self.config = config
         self.settings = config.server
         self.pipelines: dict[str, Pipeline] = load_pipelines(config)
+        for name, pipeline in sorted(self.pipelines.items()):
+            if (get_graph(pipeline.spec.graph).input_key == "question" and pipeline.spec.db is None
+                    and not (self.settings.allow_request_db and self.settings.databases)):
+                log.warning("pipeline %r runs SQL graph %r with no database: set pipelines.%s.db, or "
+                            "[server] allow_request_db with databases; until then every request to it gets a 400 "
+                            "(and the OpenAPI document leaves it out)", name, pipeline.spec.graph, name)
         self.pool = ModelPool(config, models)
         self.owns_store = store is None
         self.store = store or default_store(config)
@@ -152,12 +158,8 @@ def create_app(config: Config | None = None, *, models: dict[str, Model] | None 
     app.state.server = server
     install_handlers(app)
     auth = docs.security(server.api_key is not None)
-    docs.install_openapi(app, pipelines=list(server.pipelines), max_messages=server.settings.max_messages,
-                    max_chars=server.settings.max_message_chars, auth=bool(auth),
-                    graphs=[g.name for g in list_graphs()],
-                    sql_pipelines=[name for name, p in server.pipelines.items()
-                                   if get_graph(p.spec.graph).input_key == "question"],
-                    sql_graphs=[g.name for g in list_graphs() if g.input_key == "question"])
+    docs.install_openapi(app, config=server.config, pipelines={n: p.spec for n, p in server.pipelines.items()},
+                         auth=bool(auth))
 
     @app.get("/healthz", response_model=docs.Health)
     async def healthz() -> dict[str, Any]:

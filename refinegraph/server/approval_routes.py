@@ -51,11 +51,16 @@ class ApprovalOutcome(BaseModel):
     model_calls: int
 
 
-_DECISION_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["decision"], "properties": {
-    "decision": {"enum": ["approve", "refuse", "edit"]},
-    "sql": {"anyOf": [{"type": "string", "maxLength": 100_000}, {"type": "null"}],
-            "description": "the edited statement (edit only)"},
-    "by": {"type": "string", "minLength": 1, "maxLength": 200, "description": "who decides (recorded)"}}}
+_BY = {"type": "string", "minLength": 1, "maxLength": 200, "description": "who decides (recorded)"}
+_DECISION_SCHEMA = {"oneOf": [  # human.Decision's rule, so that every body this allows is taken
+    {"type": "object", "additionalProperties": False, "required": ["decision"], "properties": {
+        "decision": {"enum": ["approve", "refuse"]},
+        "sql": {"type": "null", "description": "no statement: sql is for an edit only"}, "by": _BY}},
+    {"type": "object", "additionalProperties": False, "required": ["decision", "sql"], "properties": {
+        "decision": {"const": "edit"},
+        "sql": {"type": "string", "maxLength": 100_000, "pattern": "\\S",
+                "description": "the edited statement (not blank); it passes the SQL guard before it runs"},
+        "by": _BY}}]}
 DECIDE_OPERATION = {"requestBody": {"required": True, "content": {"application/json": {"schema": _DECISION_SCHEMA}}}}
 _WAITING_ERRORS: dict[int | str, dict[str, Any]] = {
     **docs.AUTH_ERRORS, 404: docs._error("no run of that id"),

@@ -7,8 +7,11 @@ Beyond what `json.loads` checks, a body is refused when:
   requests cross-site without a CORS preflight, so on a server without a key a web page
   could otherwise start runs (and spend a paid model's money) on the user's machine;
 - it holds NaN, Infinity, or a number that overflows to infinity (not JSON, RFC 8259);
-- an integer is beyond signed 64 bits (the checkpointer's msgpack and SQLite cannot store it,
-  so the run would fail after it was recorded);
+  (an integral number written with a fraction or exponent, `500.0`, is read as the integer);
+- a number's magnitude is beyond 2**63 - 1, the signed 64-bit range (the checkpointer's
+  msgpack and SQLite cannot store such an integer, so the run would fail after it was
+  recorded; floats share the bound so that the OpenAPI document can state it: JSON Schema
+  cannot tell 1e30 from the integer 1000000000000000000000000000000);
 - a string holds a lone surrogate (`"\\ud800"`: not encodable as UTF-8, so not storable in a trace);
 - it is nested deeper than MAX_DEPTH (no request needs it; deep nesting costs recursion later).
 """
@@ -80,11 +83,14 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _finite_float(text: str) -> float:
+def _json_number(text: str) -> float | int:
+    """A JSON number with a fraction or exponent: an int when its value is integral (JSON has
+    one number type, and JSON Schema, so the OpenAPI document, reads 500.0 as the integer
+    500: `"max_tokens": 500.0` is taken as 500), else a finite float."""
     value = float(text)
     if not math.isfinite(value):
         raise ValueError(f"number {text[:40]} is out of range")
-    return value
+    return int(value) if value.is_integer() else value
 
 
 def _invalid(message: str) -> ApiError:
@@ -109,8 +115,8 @@ def check_values(data: Any) -> None:
                 value.encode("utf-8")
             except UnicodeEncodeError:
                 raise _invalid("the body has a string with a lone UTF-16 surrogate (not valid Unicode)") from None
-        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_LIMIT:
-            raise _invalid("the body has an integer beyond 64 bits")
+        elif isinstance(value, int | float) and not isinstance(value, bool) and abs(value) > INT_LIMIT:
+            raise _invalid("the body has a number beyond the signed 64-bit range (magnitude over 2**63 - 1)")
 
 
 def parse_json_object(body: bytes, content_type: str | None) -> dict[str, Any]:
@@ -119,7 +125,7 @@ def parse_json_object(body: bytes, content_type: str | None) -> dict[str, Any]:
         raise ApiError(415, f"content type {content_type or '(none)'!r} is not JSON: send "
                             "'Content-Type: application/json'", code="unsupported_media_type")
     try:
-        data = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+        data = json.loads(body, parse_constant=_refuse_constant, parse_float=_json_number)
     except RecursionError:
         raise _invalid(f"the body is nested deeper than {MAX_DEPTH} levels") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN/inf, over Python's int digit limit

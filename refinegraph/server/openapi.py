@@ -9,13 +9,16 @@ key as /v1/models, since it names the pipelines.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict
 
+from refinegraph.config import Config, PipelineSpec
 from refinegraph.server.body import INT_LIMIT
+from refinegraph.server.request_rules import RequestShape, model_requests
 from refinegraph.server.schemas import ChatRequest
 
 REF = "#/components/schemas/{model}"
@@ -147,12 +150,29 @@ CHAT_OPERATION = {"requestBody": {"required": True, "content": {"application/jso
     "schema": {"$ref": REF.format(model="ChatRequest")}}}}}
 
 
+JSON_VALUE = "JsonValue"
+BOUNDED_NUMBER = {"type": "number", "minimum": -INT_LIMIT, "maximum": INT_LIMIT}
+
+
+def json_value_schema() -> dict[str, Any]:
+    """Any JSON value the server takes (body.py): numbers within the signed 64-bit range, at
+    any depth. It stands wherever the body is free-form (extra keys, a tool's parameters,
+    graph params), so that a schema-valid body is never refused there."""
+    ref = {"$ref": REF.format(model=JSON_VALUE)}
+    return {"anyOf": [{"type": "string"}, {"type": "boolean"}, {"type": "null"}, BOUNDED_NUMBER,
+                      {"type": "array", "items": ref}, {"type": "object", "additionalProperties": ref}],
+            "description": "any JSON value, numbers within the signed 64-bit range"}
+
+
 def _narrow(node: Any) -> None:
-    """Integers within 64 bits, as body.py enforces (in place, over the whole schema)."""
+    """Numbers within 64 bits and open objects' values JsonValues, as body.py enforces (in
+    place, over the whole schema)."""
     if isinstance(node, dict):
-        if node.get("type") == "integer":
+        if node.get("type") in ("integer", "number"):
             node.setdefault("maximum", INT_LIMIT)
             node.setdefault("minimum", -INT_LIMIT)
+        if node.get("type") == "object" and node.get("additionalProperties", True) is True:
+            node["additionalProperties"] = {"$ref": REF.format(model=JSON_VALUE)}
         for value in node.values():
             _narrow(value)
     elif isinstance(node, list):
@@ -160,44 +180,43 @@ def _narrow(node: Any) -> None:
             _narrow(value)
 
 
-def _sql_only_fields(sql_pipelines: list[str], sql_graphs: list[str]) -> dict[str, Any]:
-    """`refinegraph.db` and `.evidence` only for a SQL pipeline or a SQL graph's GRAPH:UPSTREAM
-    form: for any other model they must be absent or null, as the server answers 400 there."""
-    sql_model: list[dict[str, Any]] = []
-    if sql_pipelines:
-        sql_model.append({"enum": sorted(sql_pipelines)})
-    if sql_graphs:
-        sql_model.append({"pattern": f"^({'|'.join(sorted(sql_graphs))}):.+$"})
-    nothing = {"type": "null"}
-    otherwise = {"properties": {"refinegraph": {"properties": {"db": nothing, "evidence": nothing}}}}
-    if not sql_model:
-        return otherwise
-    return {"if": {"required": ["model"], "properties": {"model": {"anyOf": sql_model}}}, "else": otherwise}
-
-
-def request_schemas(pipelines: list[str], max_messages: int, max_chars: int,
-                    graphs: list[str] = (), *, sql_pipelines: list[str] = (),
-                    sql_graphs: list[str] = ()) -> dict[str, Any]:
-    """ChatRequest and the models it refers to, as components, narrowed to this server."""
+def request_schemas(config: Config, pipelines: dict[str, PipelineSpec]) -> dict[str, Any]:
+    """ChatRequest and the models it refers to, as components, narrowed to this server: its
+    limits, and for each model what the server takes (server/request_rules.py). ChatRequest
+    is a oneOf of one whole body per model (`ChatRequest_<model>`)."""
+    settings = config.server
     schema = ChatRequest.model_json_schema(ref_template=REF)
     components = schema.pop("$defs", {})
     props = schema["properties"]
-    # a pipeline's name, or GRAPH:UPSTREAM (a 404 when the upstream is unknown)
-    props["model"] = {"anyOf": [{"type": "string", "enum": sorted(pipelines)},
-                                {"type": "string", "pattern": f"^({'|'.join(sorted(graphs))}):.+$"}],
-                      "description": "a pipeline, or GRAPH:UPSTREAM (a graph over a configured or proxied model)"}
-    # a user message with text (the last user message is the task), within the server's limits
+    schema["type"] = "object"  # extra keys are ignored, but still JSON the server takes
+    # a user message with text (the last such is the task), within the server's limits
+    has_text = {"type": "string", "pattern": r"\S"}
     user = {"type": "object", "required": ["role", "content"],
-            "properties": {"role": {"const": "user"}, "content": {"type": "string", "pattern": r"\S"}}}
-    props["messages"].update(minItems=1, maxItems=max_messages, contains=user)
+            "properties": {"role": {"const": "user"}, "content": {"anyOf": [has_text, {
+                "type": "array", "contains": {"type": "object", "required": ["text"],
+                                              "properties": {"text": has_text}}}]}}}
+    props["messages"].update(minItems=1, maxItems=settings.max_messages, contains=user)
     props["n"]["anyOf"] = [{"type": "integer", "minimum": 1, "maximum": 1}, {"type": "null"}]  # one answer
     components["TextPart"]["properties"]["type"]["enum"] = ["text"]
     for branch in components["Message"]["properties"]["content"]["anyOf"]:
         if branch.get("type") == "string":
-            branch["maxLength"] = max_chars
-    schema.update(_sql_only_fields(list(sql_pipelines), list(sql_graphs)))
-    components["ChatRequest"] = schema
+            branch["maxLength"] = settings.max_message_chars
     _narrow(components)
+    _narrow(schema)
+    shape = RequestShape(schema, components, settings.allow_request_db, settings.databases)
+    bodies = model_requests(config, pipelines, shape)
+    _narrow(bodies)  # the graphs' params
+    _narrow(components)  # and their nested models
+    refs = []
+    for title, body in bodies.items():
+        body["title"] = f"a request for {title}"
+        name = "ChatRequest_" + re.sub(r"[^A-Za-z0-9._-]", "_", title)
+        components[name] = body
+        refs.append({"$ref": REF.format(model=name)})
+    # a pipeline's name, or GRAPH:UPSTREAM (a 404 when the upstream is unknown), each with its body
+    components["ChatRequest"] = {"oneOf": refs, "description": "a pipeline, or GRAPH:UPSTREAM (a graph over a "
+                                                               "configured or proxied model), with what it takes"}
+    components[JSON_VALUE] = json_value_schema()
     return components
 
 
@@ -215,17 +234,14 @@ def _validation_is_400(doc: dict[str, Any]) -> None:
         schemas.pop(name, None)
 
 
-def install_openapi(app: FastAPI, *, pipelines: list[str], max_messages: int, max_chars: int,
-                    auth: bool, graphs: list[str] = (), sql_pipelines: list[str] = (),
-                    sql_graphs: list[str] = ()) -> None:
+def install_openapi(app: FastAPI, *, config: Config, pipelines: dict[str, PipelineSpec], auth: bool) -> None:
     """Make `app.openapi()` return the document described above (built once, then cached)."""
 
     def build() -> dict[str, Any]:
         if app.openapi_schema is None:
             doc = get_openapi(title=app.title, version=app.version, description=__doc__, routes=app.routes)
             doc.setdefault("components", {}).setdefault("schemas", {}).update(
-                request_schemas(pipelines, max_messages, max_chars, graphs, sql_pipelines=sql_pipelines,
-                                sql_graphs=sql_graphs))
+                request_schemas(config, pipelines))
             if auth:
                 doc["components"]["securitySchemes"] = {BEARER: {"type": "http", "scheme": "bearer"}}
             _validation_is_400(doc)

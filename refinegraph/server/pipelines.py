@@ -12,7 +12,9 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from refinegraph.compiled import check_json_params
 from refinegraph.config import BudgetSpec, Config, ConfigError, PipelineSpec
+from refinegraph.conversation import last_user_text
 from refinegraph.models import Model, build_model
 from refinegraph.registry import UnknownGraph, get_graph, list_graphs
 from refinegraph.runner import compiled_graph
@@ -164,7 +166,8 @@ class PreparedRun:
 
 
 def task_of(request: ChatRequest, max_messages: int, max_chars: int) -> str:
-    """The last user message's text: the run's task (the whole conversation goes with it)."""
+    """The last user message with text: the run's task (the whole conversation goes with it).
+    An empty user message after it (a client's placeholder) is sent on, not taken as the task."""
     if not request.messages:
         raise ApiError(400, "messages is empty: send at least one user message", param="messages")
     if len(request.messages) > max_messages:
@@ -180,12 +183,13 @@ def task_of(request: ChatRequest, max_messages: int, max_chars: int) -> str:
             raise ApiError(400, f"messages.{i} has {len(text)} characters; this server takes at most {max_chars}",
                            param=f"messages.{i}.content")
         texts.append((message.role, text))
-    users = [text for role, text in texts if role == "user"]
-    if not users:
-        raise ApiError(400, "no user message: the last user message is the task", param="messages")
-    if not users[-1].strip():
-        raise ApiError(400, "the last user message is empty", param="messages")
-    return users[-1]
+    if not any(role == "user" for role, _ in texts):
+        raise ApiError(400, "no user message: the last user message with text is the task", param="messages")
+    task = last_user_text([{"role": role, "content": text} for role, text in texts])
+    if not task:
+        raise ApiError(400, "every user message is empty: the last user message with text is the task",
+                       param="messages")
+    return task
 
 
 def _budget(pipeline: Pipeline, asked: BudgetSpec) -> dict[str, Any]:
@@ -296,6 +300,7 @@ def prepare(pipeline: Pipeline, request: ChatRequest, *, max_messages: int, max_
     params = {**pipeline.spec.params, **request.refinegraph.params, **tool_params}
     check_approval_request(pipeline.name, pipeline.spec.params, params, stream=bool(request.stream))
     try:
+        check_json_params(pipeline.spec.graph, params)
         compiled_graph(pipeline.spec.graph, params)
     except ConfigError as exc:
         raise ApiError(400, str(exc), param="refinegraph.params", code="bad_params") from None
