@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 
 from refinegraph.bench.report import environment, md_table
+from refinegraph.procs import process_cpu_seconds
 
 GOAL_ADDED_P50_MS = 5.0
 GOAL_THROUGHPUT_RATIO = 0.95
@@ -93,8 +94,9 @@ def _upstream(kind: str, model: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def _proxy(upstream_url: str, home: Path) -> Iterator[str]:
-    """`refinegraph serve` in its own process, its `[proxy]` the upstream; its /v1 URL once it answers."""
+def _proxy(upstream_url: str, home: Path) -> Iterator[tuple[str, int]]:
+    """`refinegraph serve` in its own process, its `[proxy]` the upstream; its /v1 URL once it
+    answers, and its pid."""
     from refinegraph.procs import ProcessExited, free_port, stop, wait_http_ok
 
     (home / "config.toml").write_text(f'[proxy]\nbase_url = "{upstream_url}"\n', encoding="utf-8")
@@ -110,7 +112,7 @@ def _proxy(upstream_url: str, home: Path) -> Iterator[str]:
             except (ProcessExited, TimeoutError) as exc:
                 raise RuntimeError(f"refinegraph serve did not start ({exc}): "
                                    f"{(home / 'serve.log').read_text()[-2000:]}") from exc
-            yield url
+            yield url, server.pid
         finally:
             stop(server)
 
@@ -120,7 +122,7 @@ async def measure(requests: int, rounds: int, concurrencies: list[int], *, upstr
     """Direct vs proxied, each concurrency, interleaved rounds (see the module docstring)."""
     per_round = max(1, requests // rounds)
     with tempfile.TemporaryDirectory() as home, _upstream(upstream, model) as upstream_url, \
-            _proxy(upstream_url, Path(home)) as proxy_url:
+            _proxy(upstream_url, Path(home)) as (proxy_url, proxy_pid):
         async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=64)) as client:
             # The same generation both ways: greedy decoding (the greedy graph's own),
             # 16 tokens (OpenAI's max_tokens caps every call of a proxied run).
@@ -134,13 +136,24 @@ async def measure(requests: int, rounds: int, concurrencies: list[int], *, upstr
             for concurrency in concurrencies:
                 seen: dict[str, dict[str, Any]] = {k: {"latencies": [], "wall_s": 0.0, "completion_tokens": []}
                                                    for k in targets}
+                proxy_cpu: float | None = 0.0
                 for _ in range(rounds):
                     for kind, (url, body) in targets.items():
+                        cpu_before = process_cpu_seconds(proxy_pid)
                         latencies, wall, completions = await _batch(client, url, body, per_round, concurrency)
+                        cpu_after = process_cpu_seconds(proxy_pid)
+                        if kind == "proxied" and proxy_cpu is not None:
+                            proxy_cpu = None if cpu_before is None or cpu_after is None else (
+                                proxy_cpu + cpu_after - cpu_before)
                         seen[kind]["latencies"] += latencies
                         seen[kind]["wall_s"] += wall
                         seen[kind]["completion_tokens"] += completions
-                rows.append(_row(concurrency, seen))
+                row = _row(concurrency, seen)
+                # what the proxy itself costs a request, in CPU time: the floor of its added
+                # latency on free cores, and a figure a busy machine does not inflate
+                row["proxy_cpu_ms_per_request"] = (None if proxy_cpu is None
+                                                   else round(1000 * proxy_cpu / len(seen["proxied"]["latencies"]), 2))
+                rows.append(row)
     return {"requests_per_configuration": per_round * rounds, "rounds": rounds, "rows": rows,
             "upstream": "the scripted stub" if upstream == "stub" else f"the embedded llama.cpp server ({model})",
             "layout": "refinegraph serve in a process of its own; " + (
@@ -169,13 +182,15 @@ def _row(concurrency: int, seen: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def goal_lines(report: dict[str, Any]) -> list[str]:
     return [(f"concurrency {r['concurrency']}: +{r['added_p50_ms']:.2f} ms at p50 (goal <= {GOAL_ADDED_P50_MS:g}), "
              f"+{r['added_p99_ms']:.2f} ms at p99, throughput {r['throughput_ratio']:.2f}x direct "
-             f"(goal >= {GOAL_THROUGHPUT_RATIO:g}x) {'met' if r['met'] else 'MISSED'}") for r in report["rows"]]
+             f"(goal >= {GOAL_THROUGHPUT_RATIO:g}x) {'met' if r['met'] else 'MISSED'}; the proxy's CPU "
+             f"{r.get('proxy_cpu_ms_per_request')} ms a request") for r in report["rows"]]
 
 
 def markdown(report: dict[str, Any]) -> str:
     rows = [[r["concurrency"], r["direct"]["p50_ms"], r["proxied"]["p50_ms"], r["added_p50_ms"], r["added_p99_ms"],
              r["direct"]["requests_per_s"], r["proxied"]["requests_per_s"], r["throughput_ratio"],
-             r["direct"]["mean_completion_tokens"], r["proxied"]["mean_completion_tokens"]]
+             r["direct"]["mean_completion_tokens"], r["proxied"]["mean_completion_tokens"],
+             r.get("proxy_cpu_ms_per_request")]
             for r in report["rows"]]
     env = report["environment"]
     return "\n\n".join([
@@ -184,7 +199,8 @@ def markdown(report: dict[str, Any]) -> str:
          f"({report['upstream']}); {report['requests_per_configuration']} requests per configuration in "
          f"{report['rounds']} interleaved rounds; {report['layout']}."),
         md_table(["concurrency", "direct p50 ms", "proxied p50 ms", "added p50 ms", "added p99 ms",
-                  "direct req/s", "proxied req/s", "ratio", "direct tokens/reply", "proxied tokens/reply"], rows),
+                  "direct req/s", "proxied req/s", "ratio", "direct tokens/reply", "proxied tokens/reply",
+                  "proxy CPU ms/request"], rows),
         "\n".join(f"- {line}" for line in goal_lines(report)),
         f"Python {env['python']}, {env['platform']}, {env['cpus']} CPUs, {env['at']}.",
     ])

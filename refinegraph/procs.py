@@ -54,6 +54,17 @@ def process_tree_rss(pid: int) -> int:
     return total
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time `pid` has used, from /proc (None where there is no /proc).
+    CPU time, unlike wall time, does not grow when other processes take the cores."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state is field 0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_http_ok(url: str, process: subprocess.Popen, timeout: float, *, interval: float = 0.5) -> None:
     """Poll `url` until it answers 200, so callers start only once the server serves.
 

@@ -20,6 +20,7 @@ async def test_bench_proxy_measures_direct_and_proxied_at_each_concurrency():
         assert row["added_p50_ms"] == round(row["proxied"]["p50_ms"] - row["direct"]["p50_ms"], 3)
         # the same work upstream both ways (the chat brings its own system message)
         assert row["direct"]["mean_completion_tokens"] == row["proxied"]["mean_completion_tokens"]
+        assert row["proxy_cpu_ms_per_request"] > 0  # refinegraph serve's own CPU time, per request
     assert report["requests_per_configuration"] == 8
     assert "| concurrency |" in markdown(report)
 
