@@ -1,9 +1,10 @@
 """The server's OpenAPI document: the real request body, every status a route answers, auth.
 
 The chat route reads its body itself (bounded, see body.py), so FastAPI cannot infer it;
-the body's schema is ChatRequest's, narrowed to what this server takes (its pipeline names,
-its message limits, 64-bit integers), so a client generator or a fuzzer (schemathesis)
-produces requests the server can tell apart. `GET /openapi.json` serves it behind the same
+the body's schema is ChatRequest's, narrowed to what this server takes (its message limits,
+numbers within 64 bits) and split into one body per model with that model's rules
+(request_rules.py), so that the server runs every body the document allows and refuses
+every other: a client generator or a fuzzer (schemathesis) gets the server's real contract. `GET /openapi.json` serves it behind the same
 key as /v1/models, since it names the pipelines.
 """
 
