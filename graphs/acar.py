@@ -89,28 +89,42 @@ class ACARParams(BaseModel):
     @field_validator("thresholds")
     @classmethod
     def _cut_points(cls, value: list[float]) -> list[float]:
-        if len(value) != 2 or not 0.0 <= value[0] < value[1] <= 1.0:
-            raise ValueError(f"thresholds must be [low, high] with 0 <= low < high <= 1, got {value}")
-        return value
+        """Two cut points of sigma in [0, 1], taken in either order ([0.7, 0.3] is [0.3, 0.7]);
+        equal ones leave no middle mode. Any such pair is valid, so JSON Schema states it all."""
+        if len(value) != 2 or not all(0.0 <= v <= 1.0 for v in value):
+            raise ValueError(f"thresholds must be two cut points in [0, 1], got {value}")
+        return sorted(value)
 
     @classmethod
     def schema_rules(cls, defaults: dict[str, Any]) -> list[dict[str, Any]]:
         """What JSON Schema says of the checks below (the server's OpenAPI document): the
-        mode graph is another registered graph; the thresholds are two numbers in [0, 1].
-        Not said there, checked by the server only: low < high, mode_params by the mode
-        graph's own params (one branch per graph made the document too large for
-        schemathesis to generate from), and model names from the config."""
-        from refinegraph.registry import list_graphs
-
+        mode graph is one of mode_graphs(); the thresholds are two numbers in [0, 1];
+        mode_params as {} (the mode graph's own params are taken too, checked by its model:
+        one branch per graph made the document too large for schemathesis to generate from).
+        Not said there: model names come from the config."""
         cut = {"type": "number", "minimum": 0.0, "maximum": 1.0}
-        return [{"properties": {"mode_graph": {"enum": [g.name for g in list_graphs() if g.name != "acar"]},
-                                "thresholds": {"type": "array", "items": cut, "minItems": 2, "maxItems": 2}}}]
+        return [{"properties": {
+            "mode_graph": {"enum": mode_graphs()},
+            "thresholds": {"type": "array", "items": cut, "minItems": 2, "maxItems": 2},
+            "mode_params": {"type": "object", "maxProperties": 0, "description": (
+                "stated here as {}; the mode graph's own params are taken too, checked by its model")}}}]
 
     @model_validator(mode="after")
     def _mode_graph(self) -> ACARParams:
         if self.mode_graph == "acar":
             raise ValueError("mode_graph cannot be acar itself")
+        if self.mode_graph not in mode_graphs():
+            raise ValueError(f"mode_graph {self.mode_graph!r} is not a graph that answers a task alone; "
+                             f"these are: {', '.join(mode_graphs())}")
         return self
+
+
+def mode_graphs() -> list[str]:
+    """The graphs a mode may run: every registered one that answers a task with nothing
+    else (not a SQL graph, which needs a database; not code-filter, which needs tests), but ACAR."""
+    from refinegraph.registry import list_graphs
+
+    return [g.name for g in list_graphs() if g.name != "acar" and g.input_key == "task" and not g.reads]
 
 
 def sigma(answers: Sequence[str | None]) -> float:

@@ -43,12 +43,15 @@ def params_error(graph_name: str, exc: ValidationError) -> ConfigError:
     return ConfigError(f"bad parameters for graph {graph_name!r}: {problems}")
 
 
-def check_json_params(graph_name: str, params: dict[str, Any]) -> None:
-    """`params` as JSON types (strict: `false` is no number, `"5"` no integer), else the
-    ConfigError naming each bad one. For params from a request body, whose document
-    promises JSON types; a graph's own build stays lenient for config files and the CLI."""
+def check_json_params(graph_name: str, fixed: dict[str, Any], asked: dict[str, Any]) -> None:
+    """The params `asked` (a request body's) over `fixed` (a pipeline's, read leniently at
+    load as config files are), checked strictly as JSON types (`false` is no number, `"5"`
+    no integer), else the ConfigError naming each bad one. The lenient build stays for
+    config files and the CLI."""
+    model = get_graph(graph_name).params
     try:
-        get_graph(graph_name).params.model_validate(params, strict=True)
+        base = model.model_validate(fixed).model_dump()
+        model.model_validate({**base, **asked}, strict=True)
     except ValidationError as exc:
         raise params_error(graph_name, exc) from None
 

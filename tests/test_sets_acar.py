@@ -245,9 +245,20 @@ def test_uses_models_names_probe_and_mode_models():
     assert uses_models({}, Config()) == ["local"]
 
 
+def test_acar_cut_points_come_in_either_order():
+    """Any two cut points in [0, 1] are valid (so the OpenAPI document can state the rule):
+    [0.7, 0.3] is [0.3, 0.7], and equal ones leave no middle mode."""
+    from refinegraph.graphs.acar import ACARParams, choose_mode
+
+    assert ACARParams(thresholds=[0.7, 0.3]).thresholds == [0.3, 0.7]
+    assert [choose_mode(s, [0.5, 0.5]) for s in (0.0, 0.5, 1.0)] == ["one", "three", "three"]
+
+
 async def test_acar_bad_params_fail_before_the_run():
     with pytest.raises(ConfigError, match="thresholds"):
-        await run("acar", TASK, params={"thresholds": [0.7, 0.3]}, models={"local": scripted({})})
+        await run("acar", TASK, params={"thresholds": [0.3, 1.2]}, models={"local": scripted({})})
+    with pytest.raises(ConfigError, match="answers a task alone"):
+        await run("acar", TASK, params={"mode_graph": "sql-greedy"}, models={"local": scripted({})})
     with pytest.raises(ConfigError):
         await run("acar", TASK, params={"mode_params": {"bogus": 1}}, models={"local": scripted({})})
 

@@ -72,6 +72,15 @@ class Server:
                 raise ConfigError(f"[server] api_key_env names {self.settings.api_key_env}, which is not set "
                                   "(or empty): set it, or remove api_key_env to serve without auth")
 
+    def takes_tools(self, config: Config, names: set[str]) -> bool:
+        """Whether every model named can pass tools on: what models_for checks per request,
+        asked of the same backends (built, not started) for the OpenAPI document."""
+        try:
+            models = self.pool.get(names, config)
+        except ConfigError:  # e.g. an API key variable unset: such a request gets a 502 anyway
+            return False
+        return all(getattr(m, "supports_tools", False) for m in models.values())
+
     def check_auth(self, request: Request) -> None:
         if self.api_key is None:
             return
@@ -158,8 +167,8 @@ def create_app(config: Config | None = None, *, models: dict[str, Model] | None 
     app.state.server = server
     install_handlers(app)
     auth = docs.security(server.api_key is not None)
-    docs.install_openapi(app, config=server.config, pipelines={n: p.spec for n, p in server.pipelines.items()},
-                         auth=bool(auth))
+    docs.install_openapi(app, config=server.config, pipelines=server.pipelines, auth=bool(auth),
+                         takes_tools=server.takes_tools)
 
     @app.get("/healthz", response_model=docs.Health)
     async def healthz() -> dict[str, Any]:

@@ -4,25 +4,28 @@ The chat route reads its body itself (bounded, see body.py), so FastAPI cannot i
 the body's schema is ChatRequest's, narrowed to what this server takes (its message limits,
 numbers within 64 bits) and split into one body per model with that model's rules
 (request_rules.py), so that the server runs every body the document allows and refuses
-every other: a client generator or a fuzzer (schemathesis) gets the server's real contract. `GET /openapi.json` serves it behind the same
-key as /v1/models, since it names the pipelines.
+every other: a client generator or a fuzzer (schemathesis) gets the server's real contract.
+`GET /openapi.json` serves it behind the same key as /v1/models, since it names the pipelines.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict
 
-from refinegraph.config import Config, PipelineSpec
+from refinegraph.config import Config
 from refinegraph.server.body import INT_LIMIT
-from refinegraph.server.request_rules import RequestShape, model_requests
+from refinegraph.server.request_rules import REF, RequestShape, model_requests
 from refinegraph.server.schemas import ChatRequest
 
-REF = "#/components/schemas/{model}"
+if TYPE_CHECKING:
+    from refinegraph.server.pipelines import Pipeline
+
 BEARER = "bearer"
 
 
@@ -181,7 +184,8 @@ def _narrow(node: Any) -> None:
             _narrow(value)
 
 
-def request_schemas(config: Config, pipelines: dict[str, PipelineSpec]) -> dict[str, Any]:
+def request_schemas(config: Config, pipelines: dict[str, Pipeline],
+                    takes_tools: Callable[[Config, set[str]], bool]) -> dict[str, Any]:
     """ChatRequest and the models it refers to, as components, narrowed to this server: its
     limits, and for each model what the server takes (server/request_rules.py). ChatRequest
     is a oneOf of one whole body per model (`ChatRequest_<model>`)."""
@@ -204,15 +208,15 @@ def request_schemas(config: Config, pipelines: dict[str, PipelineSpec]) -> dict[
             branch["maxLength"] = settings.max_message_chars
     _narrow(components)
     _narrow(schema)
-    shape = RequestShape(schema, components, settings.allow_request_db, settings.databases)
+    shape = RequestShape(schema, components, settings.allow_request_db, settings.databases, takes_tools)
     bodies = model_requests(config, pipelines, shape)
     _narrow(bodies)  # the graphs' params
     _narrow(components)  # and their nested models
     refs = []
-    for title, body in bodies.items():
+    for i, (title, body) in enumerate(bodies.items()):
         body["title"] = f"a request for {title}"
-        name = "ChatRequest_" + re.sub(r"[^A-Za-z0-9._-]", "_", title)
-        components[name] = body
+        name = f"ChatRequest_{i}_" + re.sub(r"[^A-Za-z0-9._-]", "_", title)  # the index: names that differ
+        components[name] = body  # only in replaced characters stay apart
         refs.append({"$ref": REF.format(model=name)})
     # a pipeline's name, or GRAPH:UPSTREAM (a 404 when the upstream is unknown), each with its body
     components["ChatRequest"] = {"oneOf": refs, "description": "a pipeline, or GRAPH:UPSTREAM (a graph over a "
@@ -235,14 +239,15 @@ def _validation_is_400(doc: dict[str, Any]) -> None:
         schemas.pop(name, None)
 
 
-def install_openapi(app: FastAPI, *, config: Config, pipelines: dict[str, PipelineSpec], auth: bool) -> None:
+def install_openapi(app: FastAPI, *, config: Config, pipelines: dict[str, Pipeline], auth: bool,
+                    takes_tools: Callable[[Config, set[str]], bool]) -> None:
     """Make `app.openapi()` return the document described above (built once, then cached)."""
 
     def build() -> dict[str, Any]:
         if app.openapi_schema is None:
             doc = get_openapi(title=app.title, version=app.version, description=__doc__, routes=app.routes)
             doc.setdefault("components", {}).setdefault("schemas", {}).update(
-                request_schemas(config, pipelines))
+                request_schemas(config, pipelines, takes_tools))
             if auth:
                 doc["components"]["securitySchemes"] = {BEARER: {"type": "http", "scheme": "bearer"}}
             _validation_is_400(doc)

@@ -22,6 +22,7 @@ from refinegraph.server.approval_routes import check_approval_request
 from refinegraph.server.errors import ApiError
 from refinegraph.server.schemas import ChatRequest
 from refinegraph.tool_calls import ToolOffer
+from refinegraph.tools.code.programs import entry_point_of
 
 log = logging.getLogger("refinegraph.server")
 
@@ -47,6 +48,9 @@ def load_pipelines(config: Config) -> dict[str, Pipeline]:
     specs = config.pipelines or {g.name: PipelineSpec(graph=g.name) for g in list_graphs()}
     pipelines = {}
     for name, spec in specs.items():
+        if ":" in name:  # GRAPH:UPSTREAM is split at the first colon
+            raise ConfigError(f"pipeline {name!r}: a pipeline name has no colon (model = \"GRAPH:UPSTREAM\" "
+                              "names a graph over an upstream model)")
         try:
             graph = get_graph(spec.graph)
         except UnknownGraph as exc:
@@ -296,11 +300,14 @@ def prepare(pipeline: Pipeline, request: ChatRequest, *, max_messages: int, max_
                             f"{pipeline.spec.graph!r}", param="refinegraph")
     else:
         messages = [m.model_dump(exclude_none=True) for m in request.messages]
+    if "entry_point" in spec.reads and not entry_point_of(task):  # e.g. code-filter: a function to test
+        raise ApiError(400, f"graph {spec.name!r} tests a function the task defines: put its signature "
+                            "(def NAME(...): with its docstring) in the last user message", param="messages")
     tools, tool_params = tool_offer(pipeline, request)
     params = {**pipeline.spec.params, **request.refinegraph.params, **tool_params}
     check_approval_request(pipeline.name, pipeline.spec.params, params, stream=bool(request.stream))
     try:
-        check_json_params(pipeline.spec.graph, params)
+        check_json_params(pipeline.spec.graph, pipeline.spec.params, {**request.refinegraph.params, **tool_params})
         compiled_graph(pipeline.spec.graph, params)
     except ConfigError as exc:
         raise ApiError(400, str(exc), param="refinegraph.params", code="bad_params") from None

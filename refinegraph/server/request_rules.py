@@ -2,27 +2,40 @@
 
 The server checks a request against the pipeline (or `GRAPH:UPSTREAM` form) it names: the
 graph's own params model, the pipeline's budget as the ceiling, `db` and `evidence` for SQL
-graphs only, tools for graphs that take them, approval that a stream cannot carry. Each of
-those checks is one `if model is X then ...` rule of the OpenAPI document, made here from
+graphs only, tools for graphs and models that take them, approval that a stream cannot
+carry. The OpenAPI document's request body is a oneOf of one whole body per model (and per
+case those checks split: with or without tools, waiting for approval or not), made here from
 the same specs the checks read, so that a body the document allows is a body the server
 takes (schemathesis' positive_data_acceptance), and one it forbids is refused.
 
 A params model whose fields constrain each other (SETS' step limit, step search's beam
 width) states that in a classmethod `schema_rules(defaults) -> list[schema]` beside its
-validator; `defaults` are the values in force when a request leaves a field out.
+validator; `defaults` are the values in force when a request leaves a field out. What JSON
+Schema cannot state is checked by the server only (ACAR's thresholds in order and its
+mode_params, model names in params); code-filter, whose task must define a function, is left
+out of the document: docs/serving.md lists these.
 """
 
 from __future__ import annotations
 
 import copy
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from refinegraph.config import BudgetSpec, Config, PipelineSpec
 from refinegraph.registry import GraphSpec, get_graph, list_graphs
 
+if TYPE_CHECKING:
+    from refinegraph.server.pipelines import Pipeline
+
 REF = "#/components/schemas/{model}"
-NULL = {"type": "null"}
+
+
+def _null() -> dict[str, Any]:
+    """A fresh {"type": "null"} (never one dict shared by many places of the document)."""
+    return {"type": "null"}
 
 
 def params_schema(graph: GraphSpec, fixed: dict[str, Any], components: dict[str, Any]) -> dict[str, Any]:
@@ -50,7 +63,7 @@ def _sql_fields(spec: PipelineSpec, allow_request_db: bool, databases: dict[str,
     """db for a SQL graph: absent when the pipeline fixes it, else one of the server's names;
     None when no request can give this pipeline a database (it answers 400 to every one)."""
     if spec.db is not None:
-        return {"properties": {"db": NULL}}
+        return {"properties": {"db": _null()}}
     if allow_request_db and databases:
         return {"required": ["db"], "properties": {"db": {"type": "string", "enum": sorted(databases)}}}
     return None
@@ -60,15 +73,15 @@ def _require(schema: dict[str, Any], *keys: str) -> None:
     schema["required"] = list(dict.fromkeys([*schema.get("required", []), *keys]))
 
 
-NO_TOOLS = {"tools": NULL, "tool_choice": NULL, "parallel_tool_calls": NULL}
 
 
-def _tool_variants(graph: GraphSpec, request: dict[str, Any]) -> list[dict[str, Any]]:
-    """The body without tools, and for a graph that takes them, the body with them (its
-    params then fixed as the graph answers with tool calls, e.g. answer = tool_call)."""
+def _tool_variants(graph: GraphSpec, request: dict[str, Any], takes_tools: bool) -> list[dict[str, Any]]:
+    """The body without tools, and for a graph that takes them over models that can pass them
+    on (`takes_tools`), the body with them (its params then fixed as the graph answers with
+    tool calls, e.g. answer = tool_call)."""
     without = copy.deepcopy(request)
-    without["properties"].update(NO_TOOLS)
-    if graph.tool_params is None:
+    without["properties"].update(tools=_null(), tool_choice=_null(), parallel_tool_calls=_null())
+    if graph.tool_params is None or not takes_tools:
         return [without]
     with_tools = copy.deepcopy(request)
     _require(with_tools, "tools")
@@ -107,10 +120,12 @@ class RequestShape:
     components: dict[str, Any]
     allow_request_db: bool
     databases: dict[str, str]
+    takes_tools: Callable[[Config, set[str]], bool]
+    """Whether every model named can pass tools on (the server's backends, under a config)."""
 
 
 def model_request(shape: RequestShape, model: dict[str, Any], graph: GraphSpec, spec: PipelineSpec,
-                  budget: BudgetSpec) -> list[dict[str, Any]]:
+                  budget: BudgetSpec, takes_tools: bool) -> list[dict[str, Any]]:
     """The request bodies for one model (a pipeline, or a graph's GRAPH:UPSTREAM forms), one
     per case a conditional would otherwise split (with or without tools, waiting for
     approval or not), each excluding the others; none when no request can run it."""
@@ -121,7 +136,7 @@ def model_request(shape: RequestShape, model: dict[str, Any], graph: GraphSpec, 
     props["params"] = params_schema(graph, spec.params, shape.components)
     props["budget"] = _budget_schema(shape.components["RequestBudget"], budget)
     if graph.input_key != "question":  # db and evidence are a SQL graph's
-        props.update(db=NULL, evidence=NULL)
+        props.update(db=_null(), evidence=_null())
     else:
         sql = _sql_fields(spec, shape.allow_request_db, shape.databases)
         if sql is None:
@@ -131,25 +146,48 @@ def model_request(shape: RequestShape, model: dict[str, Any], graph: GraphSpec, 
             _require(extra, *sql["required"])
             _require(request, "refinegraph")
     request["properties"]["refinegraph"] = extra
-    bodies = _tool_variants(graph, request)
+    # OpenAI's two names for the per-call cap: the server takes both only when equal, which
+    # JSON Schema cannot say; the document asks for one (a stricter promise, never a broken one)
+    both = ("max_tokens", "max_completion_tokens")
+    request["not"] = {"required": list(both), "properties": {k: {"type": "integer"} for k in both}}
+    bodies = _tool_variants(graph, request, takes_tools)
     if "approve" in graph.params.model_fields:
         bodies = [variant for body in bodies for variant in _approval_variants(spec.params, body)]
     return bodies
 
 
-def model_requests(config: Config, pipelines: dict[str, PipelineSpec], shape: RequestShape
+def _upstreams(config: Config, graph: GraphSpec) -> str:
+    """The UPSTREAM of `graph:UPSTREAM` as a pattern: the config's model names (any id of the
+    `[proxy]` server when it names one), a comma list only for a graph that takes `models`."""
+    one = "[^,]+" if config.proxy.base_url else "(" + "|".join(re.escape(m) for m in sorted(config.models)) + ")"
+    field = graph.params.model_fields.get("models")
+    if field is None:
+        return one
+    most = next((m.max_length for m in field.metadata if getattr(m, "max_length", None) is not None), None)
+    return f"{one}(,{one})" + ("*" if most is None else f"{{0,{most - 1}}}")
+
+
+def model_requests(config: Config, pipelines: dict[str, Pipeline], shape: RequestShape
                    ) -> dict[str, dict[str, Any]]:
     """One request body per model a request can run, by model title: each pipeline by name,
     each graph's GRAPH:UPSTREAM forms (a SQL graph only where a request may name a database).
     Whole bodies in a oneOf, not if/then rules on one body: generators (schemathesis'
     coverage phase) walk each body's properties and stay linear in the number of models."""
     bodies: dict[str, dict[str, Any]] = {}
-    for name, spec in sorted(pipelines.items()):
-        found = model_request(shape, {"type": "string", "const": name}, get_graph(spec.graph), spec, spec.budget)
+    for name, pipeline in sorted(pipelines.items()):
+        spec = pipeline.spec
+        if "entry_point" in get_graph(spec.graph).reads:
+            continue
+        found = model_request(shape, {"type": "string", "const": name}, get_graph(spec.graph), spec, spec.budget,
+                              shape.takes_tools(pipeline.config, set(pipeline.config.roles.values())))
         bodies.update((f"{name} ({i + 1})" if i else name, body) for i, body in enumerate(found))
+    proxied_tools = shape.takes_tools(config, set(config.models))
     for graph in list_graphs():
-        found = model_request(shape, {"type": "string", "pattern": f"^{graph.name}:.+$"}, graph,
-                              PipelineSpec(graph=graph.name), config.proxy.budget)
+        if "entry_point" in graph.reads:  # code-filter: its task must define a function, which
+            continue  # JSON Schema cannot say of a chat (the server answers 400 without one)
+        model = {"type": "string", "pattern": f"^{re.escape(graph.name)}:{_upstreams(config, graph)}$"}
+        found = model_request(shape, model, graph, PipelineSpec(graph=graph.name), config.proxy.budget,
+                              proxied_tools)
         title = f"{graph.name}:UPSTREAM"
         bodies.update((f"{title} ({i + 1})" if i else title, body) for i, body in enumerate(found))
     return bodies
