@@ -49,7 +49,7 @@ from refinegraph.agents.sampler import sample_answers
 from refinegraph.budget import BudgetExceeded
 from refinegraph.context import RunContext
 from refinegraph.events import Route, Stop, Vote
-from refinegraph.registry import register_graph
+from refinegraph.registry import MODEL_NAME, register_graph
 from refinegraph.tools.answers import AnswerKind, display, get_projection
 from refinegraph.tools.voting import VoteOutcome, majority_vote
 from refinegraph.wiring import MethodGraph
@@ -61,13 +61,13 @@ MODE_SIZES = {"one": 0, "two": 2, "three": 3}
 class ACARParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    probe_model: str | None = None
+    probe_model: str | None = Field(None, json_schema_extra={MODEL_NAME: True})
     """None: the model playing role "probe" (the default role's model when none is named)."""
-    probe_models: list[str] | None = Field(None, min_length=1)
+    probe_models: list[str] | None = Field(None, min_length=1, json_schema_extra={MODEL_NAME: True})
     """Mixed probes: probe i is sampled from probe_models[i % len] (models of different
     families, or one model under different prompts' configs), so that cheap probes that
     agree because they share a blind spot are fewer; overrides probe_model."""
-    models: list[str] | None = Field(None, min_length=1, max_length=3)
+    models: list[str] | None = Field(None, min_length=1, max_length=3, json_schema_extra={MODEL_NAME: True})
     """The modes' models; fewer than three are padded with the last one. None: roles
     model1, model2, model3 (each the default model when not named)."""
     order: Literal["price", "given"] = "price"
@@ -116,6 +116,11 @@ class ACARParams(BaseModel):
         if self.mode_graph not in mode_graphs():
             raise ValueError(f"mode_graph {self.mode_graph!r} is not a graph that answers a task alone; "
                              f"these are: {', '.join(mode_graphs())}")
+        if "mode_params" not in self.model_fields_set:  # the default ({"n": 1}) is self-consistency's:
+            from refinegraph.registry import get_graph  # another mode graph takes what of it it has
+
+            taken = get_graph(self.mode_graph).params.model_fields
+            self.mode_params = {k: v for k, v in self.mode_params.items() if k in taken}
         return self
 
 

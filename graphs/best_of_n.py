@@ -25,7 +25,7 @@ from refinegraph.agents.scorer import make_scorer, reward_models, score_candidat
 from refinegraph.context import RunContext
 from refinegraph.events import Stop, Vote
 from refinegraph.graphs.consistency import TOOL_PARAMS, AnswerParams, vote_payload
-from refinegraph.registry import register_graph
+from refinegraph.registry import MODEL_NAME, register_graph
 from refinegraph.tools.answers import display
 from refinegraph.tools.reward import best_index
 from refinegraph.wiring import MethodGraph
@@ -35,7 +35,7 @@ class ScorerParams(AnswerParams):
     """What a reward-scored graph takes to build its scorer (see tools.reward)."""
 
     judge_max_tokens: int = Field(160, ge=24)
-    reward_model: str | None = None
+    reward_model: str | None = Field(None, json_schema_extra={MODEL_NAME: True})
     """A config model entry serving a reward model (vLLM /pooling); None: the LLM judge."""
     reward_step_separator: str | None = None
     """For a process reward model: the text put after each step (e.g. "<extra_0>")."""

@@ -86,6 +86,11 @@ class ContractViolation(ValueError):
     """A graph that does not keep the contract above (its message says which clause)."""
 
 
+MODEL_NAME = "x-refinegraph-model-name"
+"""A params field's JSON Schema key marking it as naming configured models (a str or a list
+of them): the server's OpenAPI document lists the config's model names there."""
+
+
 @dataclass(frozen=True)
 class GraphSpec:
     """One registered graph: how to build it and what it promises (see the module docstring)."""

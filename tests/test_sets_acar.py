@@ -254,6 +254,15 @@ def test_acar_cut_points_come_in_either_order():
     assert [choose_mode(s, [0.5, 0.5]) for s in (0.0, 0.5, 1.0)] == ["one", "three", "three"]
 
 
+def test_acar_default_mode_params_fit_any_mode_graph():
+    """The default mode_params ({"n": 1}) are self-consistency's: with self-refine as the
+    mode graph they used to make every run a 400 ("n: Extra inputs are not permitted")."""
+    from refinegraph.graphs.acar import ACARParams
+
+    assert ACARParams(mode_graph="self-refine").mode_params == {}
+    assert ACARParams().mode_params == {"n": 1}
+
+
 async def test_acar_bad_params_fail_before_the_run():
     with pytest.raises(ConfigError, match="thresholds"):
         await run("acar", TASK, params={"thresholds": [0.3, 1.2]}, models={"local": scripted({})})

@@ -208,7 +208,8 @@ def request_schemas(config: Config, pipelines: dict[str, Pipeline],
             branch["maxLength"] = settings.max_message_chars
     _narrow(components)
     _narrow(schema)
-    shape = RequestShape(schema, components, settings.allow_request_db, settings.databases, takes_tools)
+    shape = RequestShape(schema, components, settings.allow_request_db, settings.databases, takes_tools,
+                         sorted(config.models))
     bodies = model_requests(config, pipelines, shape)
     _narrow(bodies)  # the graphs' params
     _narrow(components)  # and their nested models

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from refinegraph.config import BudgetSpec, Config, PipelineSpec
-from refinegraph.registry import GraphSpec, get_graph, list_graphs
+from refinegraph.registry import MODEL_NAME, GraphSpec, get_graph, list_graphs
 
 if TYPE_CHECKING:
     from refinegraph.server.pipelines import Pipeline
@@ -38,11 +38,18 @@ def _null() -> dict[str, Any]:
     return {"type": "null"}
 
 
-def params_schema(graph: GraphSpec, fixed: dict[str, Any], components: dict[str, Any]) -> dict[str, Any]:
+def params_schema(graph: GraphSpec, fixed: dict[str, Any], components: dict[str, Any],
+                  model_names: list[str]) -> dict[str, Any]:
     """The params a request may send: the graph's params model, with the pipeline's own params
     as the defaults its cross-field rules assume (nested models go to `components`)."""
     schema = graph.params_json_schema(fixed, ref_template=REF)
     components.update(schema.pop("$defs", {}))
+    for field in schema.get("properties", {}).values():  # e.g. ACAR's models: the config's names
+        if field.pop(MODEL_NAME, False):
+            for branch in field.get("anyOf", [field]):
+                target = branch.get("items", branch) if branch.get("type") == "array" else branch
+                if target.get("type") == "string":
+                    target["enum"] = sorted(model_names)
     schema.pop("required", None)  # the pipeline may fix what the model requires
     return schema
 
@@ -122,6 +129,8 @@ class RequestShape:
     databases: dict[str, str]
     takes_tools: Callable[[Config, set[str]], bool]
     """Whether every model named can pass tools on (the server's backends, under a config)."""
+    model_names: list[str]
+    """The config's models: what a params field marked MODEL_NAME may name."""
 
 
 def model_request(shape: RequestShape, model: dict[str, Any], graph: GraphSpec, spec: PipelineSpec,
@@ -133,7 +142,7 @@ def model_request(shape: RequestShape, model: dict[str, Any], graph: GraphSpec, 
     request["properties"]["model"] = model
     extra = copy.deepcopy(shape.components["RefinegraphExtra"])
     props = extra["properties"]
-    props["params"] = params_schema(graph, spec.params, shape.components)
+    props["params"] = params_schema(graph, spec.params, shape.components, shape.model_names)
     props["budget"] = _budget_schema(shape.components["RequestBudget"], budget)
     if graph.input_key != "question":  # db and evidence are a SQL graph's
         props.update(db=_null(), evidence=_null())
