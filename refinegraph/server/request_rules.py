@@ -11,9 +11,9 @@ takes (schemathesis' positive_data_acceptance), and one it forbids is refused.
 A params model whose fields constrain each other (SETS' step limit, step search's beam
 width) states that in a classmethod `schema_rules(defaults) -> list[schema]` beside its
 validator; `defaults` are the values in force when a request leaves a field out. What JSON
-Schema cannot state is checked by the server only (ACAR's thresholds in order and its
-mode_params, model names in params); code-filter, whose task must define a function, is left
-out of the document: docs/serving.md lists these.
+Schema cannot state, the document promises more narrowly (ACAR's mode_params as {}, one of
+the two token fields); code-filter, whose task must define a function, is left out of the
+document: docs/serving.md lists these.
 """
 
 from __future__ import annotations
