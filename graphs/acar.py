@@ -49,7 +49,7 @@ from refinegraph.agents.sampler import sample_answers
 from refinegraph.budget import BudgetExceeded
 from refinegraph.context import RunContext
 from refinegraph.events import Route, Stop, Vote
-from refinegraph.registry import MODEL_NAME, register_graph
+from refinegraph.registry import MODEL_NAME, get_graph, list_graphs, register_graph
 from refinegraph.tools.answers import AnswerKind, display, get_projection
 from refinegraph.tools.voting import VoteOutcome, majority_vote
 from refinegraph.wiring import MethodGraph
@@ -116,9 +116,8 @@ class ACARParams(BaseModel):
         if self.mode_graph not in mode_graphs():
             raise ValueError(f"mode_graph {self.mode_graph!r} is not a graph that answers a task alone; "
                              f"these are: {', '.join(mode_graphs())}")
-        if "mode_params" not in self.model_fields_set:  # the default ({"n": 1}) is self-consistency's:
-            from refinegraph.registry import get_graph  # another mode graph takes what of it it has
-
+        if "mode_params" not in self.model_fields_set:  # the default ({"n": 1}) is self-consistency's;
+            # another mode graph takes what of it it has
             taken = get_graph(self.mode_graph).params.model_fields
             self.mode_params = {k: v for k, v in self.mode_params.items() if k in taken}
         return self
@@ -127,8 +126,6 @@ class ACARParams(BaseModel):
 def mode_graphs() -> list[str]:
     """The graphs a mode may run: every registered one that answers a task with nothing
     else (not a SQL graph, which needs a database; not code-filter, which needs tests), but ACAR."""
-    from refinegraph.registry import list_graphs
-
     return [g.name for g in list_graphs() if g.name != "acar" and g.input_key == "task" and not g.reads]
 
 

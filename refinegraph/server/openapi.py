@@ -206,13 +206,11 @@ def request_schemas(config: Config, pipelines: dict[str, Pipeline],
     for branch in components["Message"]["properties"]["content"]["anyOf"]:
         if branch.get("type") == "string":
             branch["maxLength"] = settings.max_message_chars
-    _narrow(components)
-    _narrow(schema)
     shape = RequestShape(schema, components, settings.allow_request_db, settings.databases, takes_tools,
                          sorted(config.models))
     bodies = model_requests(config, pipelines, shape)
-    _narrow(bodies)  # the graphs' params
-    _narrow(components)  # and their nested models
+    _narrow(bodies)  # each body whole, the graphs' params included
+    _narrow(components)  # and the models they refer to
     refs = []
     for i, (title, body) in enumerate(bodies.items()):
         body["title"] = f"a request for {title}"

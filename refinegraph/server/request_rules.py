@@ -66,13 +66,15 @@ def _budget_schema(base: dict[str, Any], ceiling: BudgetSpec) -> dict[str, Any]:
     return schema
 
 
-def _sql_fields(spec: PipelineSpec, allow_request_db: bool, databases: dict[str, str]) -> dict[str, Any] | None:
-    """db for a SQL graph: absent when the pipeline fixes it, else one of the server's names;
-    None when no request can give this pipeline a database (it answers 400 to every one)."""
+def _db_schema(spec: PipelineSpec, allow_request_db: bool, databases: dict[str, str]
+               ) -> tuple[dict[str, Any], bool] | None:
+    """`db` for a SQL graph and whether a request must send it: absent when the pipeline fixes
+    it, else one of the server's names; None when no request can give this pipeline a
+    database (it answers 400 to every one)."""
     if spec.db is not None:
-        return {"properties": {"db": _null()}}
+        return _null(), False
     if allow_request_db and databases:
-        return {"required": ["db"], "properties": {"db": {"type": "string", "enum": sorted(databases)}}}
+        return {"type": "string", "enum": sorted(databases)}, True
     return None
 
 
@@ -147,12 +149,12 @@ def model_request(shape: RequestShape, model: dict[str, Any], graph: GraphSpec, 
     if graph.input_key != "question":  # db and evidence are a SQL graph's
         props.update(db=_null(), evidence=_null())
     else:
-        sql = _sql_fields(spec, shape.allow_request_db, shape.databases)
-        if sql is None:
+        db = _db_schema(spec, shape.allow_request_db, shape.databases)
+        if db is None:
             return []
-        props["db"] = sql["properties"]["db"]
-        if "required" in sql:
-            _require(extra, *sql["required"])
+        props["db"], required = db
+        if required:
+            _require(extra, "db")
             _require(request, "refinegraph")
     request["properties"]["refinegraph"] = extra
     # OpenAI's two names for the per-call cap: the server takes both only when equal, which
