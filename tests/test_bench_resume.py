@@ -192,3 +192,31 @@ def test_a_folder_begun_on_one_default_local_model_refuses_another(tmp_path, mon
     assert settings["model_spec"]["model"] == "qwen2.5-coder-1.5b"
     other = bench("smollm2-135m")
     assert other.exit_code == 2 and "other settings (model_spec" in other.output
+
+
+def test_a_folder_recorded_before_the_model_settings_were_split_by_backend_resumes(tmp_path, monkeypatch):
+    """Model settings that the backend's settings no longer have (written when one settings
+    class served every backend) are not a difference; a changed value of a kept one still is."""
+    data, out_dir = spider_folder(tmp_path), tmp_path / "report"
+    monkeypatch.setattr("refinegraph.runs.execute.build_model", lambda name, spec: ScriptedModel(
+        lambda messages: "```sql\nSELECT COUNT(*) FROM customer\n```", name=name))
+    monkeypatch.setenv("REFINEGRAPH_LOCAL_MODEL", "qwen2.5-coder-1.5b")
+
+    def bench():
+        return CliRunner().invoke(app, ["bench", "spider", "--data", str(data), "--graphs", "sql-greedy",
+                                        "--limit", "2", "--out", str(out_dir)])
+
+    assert bench().exit_code == 0
+    progress = out_dir / PROGRESS
+    progress.write_text(progress.read_text().splitlines(keepends=True)[0])
+    settings_path = out_dir / "progress-settings.json"
+    settings = json.loads(settings_path.read_text())
+    settings["model_spec"].update({"count_tokens": "auto", "pool_file": None, "langchain_kwargs": {}})
+    settings_path.write_text(json.dumps(settings))
+    resumed = bench()
+    assert resumed.exit_code == 0, resumed.output
+    assert len(progress.read_text().splitlines()) == 2
+    settings = json.loads(settings_path.read_text())
+    settings["model_spec"]["timeout_s"] = 1.0
+    settings_path.write_text(json.dumps(settings))
+    assert "other settings (model_spec" in bench().output

@@ -54,6 +54,7 @@ class Journal:
         if settings_path.is_file():
             recorded = json.loads(settings_path.read_text(encoding="utf-8"))
             known = recorded.pop(METHODS_KEY, {})
+            _forget_retired_model_fields(recorded, self.settings)
             differ = sorted(k for k in recorded.keys() | self.settings.keys()
                             if recorded.get(k) != self.settings.get(k))
             differ += sorted(f"{METHODS_KEY}.{m}" for m in methods if m in known and known[m] != methods[m])
@@ -116,6 +117,21 @@ class Journal:
         """Every finished outcome, by question then method order (as a run from scratch gives)."""
         order = {m: i for i, m in enumerate(methods)}
         return sorted(self.done, key=lambda o: (o.question, order.get(o.method, len(order))))
+
+
+MODEL_SPEC_KEY = "model_spec"
+
+
+def _forget_retired_model_fields(recorded: dict[str, Any], now: dict[str, Any]) -> None:
+    """Drop the recorded model settings today's backend settings no longer have.
+
+    One settings class once served every backend, so folders begun then record fields (a
+    pool's file, LangChain's kwargs) that the local backend's settings have since dropped:
+    they never reached the model, and a folder must not be refused for them. Every field
+    today's settings do have is still compared."""
+    before, current = recorded.get(MODEL_SPEC_KEY), now.get(MODEL_SPEC_KEY)
+    if isinstance(before, dict) and isinstance(current, dict):
+        recorded[MODEL_SPEC_KEY] = {k: v for k, v in before.items() if k in current}
 
 
 def model_identity(spec: Any) -> dict[str, Any]:
