@@ -15,6 +15,7 @@ ever read as one.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -88,6 +89,49 @@ def decode(text: str) -> tuple[str, list[ToolCall] | None]:
     if not calls:
         return text, None
     return content, calls
+
+
+_FENCED = re.compile(r"\A```(?:json)?\s*\n(?P<body>.*?)\n?```\s*\Z", re.DOTALL)
+_TAGGED = re.compile(r"\A(?:<tool_call>\s*.*?\s*</tool_call>\s*)+\Z", re.DOTALL)
+_TAG_BODY = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+
+
+def calls_in_content(content: str, offered: list[str]) -> list[ToolCall] | None:
+    """Tool calls a model wrote as its whole content instead of in `tool_calls`, or None.
+
+    Some chat templates' models answer a call as text that the serving engine does not
+    parse: Qwen2.5-Coder on llama.cpp writes a JSON code block `{"name", "arguments"}`,
+    and Hermes-style models `<tool_call>{...}</tool_call>` tags. Read as calls only when
+    the content is nothing but such calls (one object or a list, fenced, tagged or bare)
+    and every name is a tool the client offered, so prose that mentions a tool, or JSON
+    that is an answer, stays text. Arguments may be an object or a JSON string."""
+    if not offered:
+        return None
+    text = content.strip()
+    bodies: list[str]
+    if _TAGGED.match(text):
+        bodies = _TAG_BODY.findall(text)
+    elif fenced := _FENCED.match(text):
+        bodies = [fenced.group("body")]
+    else:
+        bodies = [text]
+    items: list[Any] = []
+    for body in bodies:
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return None
+        items += data if isinstance(data, list) else [data]
+    calls = []
+    for item in items:
+        if not isinstance(item, dict) or set(item) - {"name", "arguments", "parameters"}:
+            return None
+        name, arguments = item.get("name"), item.get("arguments", item.get("parameters", {}))
+        if name not in offered or not isinstance(arguments, (dict, str)):
+            return None
+        calls.append(ToolCall(name=name, arguments=arguments if isinstance(arguments, str)
+                              else json.dumps(arguments, ensure_ascii=False)))
+    return calls or None
 
 
 def canonical_arguments(call: ToolCall) -> Any:

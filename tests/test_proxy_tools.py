@@ -18,7 +18,7 @@ from refinegraph.config import Config
 from refinegraph.models import ScriptedModel
 from refinegraph.server import create_app
 from refinegraph.server.pipelines import ModelPool
-from refinegraph.tool_calls import MARKER, ToolCall, decode, encode, tool_call_answer
+from refinegraph.tool_calls import MARKER, ToolCall, calls_in_content, decode, encode, tool_call_answer
 from refinegraph.tools.answers import get_projection
 
 WEATHER = {"type": "function", "function": {
@@ -87,6 +87,37 @@ async def test_the_openai_backend_escapes_the_marker_in_plain_content():
         samples = await model.sample(ASK, tools={"tools": [WEATHER]})
         await model.aclose()
     assert decode(samples.texts[0])[1] is None
+
+
+# What Qwen2.5-Coder-1.5B on the embedded llama.cpp server answered, verbatim (tool_choice
+# "required", 128 tokens: the block, then newlines to the limit).
+QWEN_CODE_BLOCK = '```json\n{\n  "name": "get_weather",\n  "arguments": {\n    "city": "Paris"\n  }\n}\n```' + "\n" * 40
+
+
+@pytest.mark.parametrize("content", [
+    QWEN_CODE_BLOCK,
+    '{"name": "get_weather", "arguments": {"city": "Paris"}}',
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>',
+    '```\n[{"name": "get_weather", "parameters": {"city": "Paris"}}]\n```',
+    '{"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\"}"}',
+])
+def test_calls_written_as_content_are_read_as_calls(content):
+    [written] = calls_in_content(content, ["get_weather"])
+    assert (written.name, json.loads(written.arguments)) == ("get_weather", {"city": "Paris"})
+
+
+@pytest.mark.parametrize("content", [
+    'I would call get_weather: {"name": "get_weather", "arguments": {"city": "Paris"}}',  # prose around it
+    '{"name": "delete_all", "arguments": {}}',  # a tool nobody offered
+    '{"name": "get_weather", "arguments": {"city": "Paris"}, "answer": 3}',  # more than a call
+    '```json\n{"city": "Paris", "temperature_c": 18}\n```',  # JSON that is an answer
+    '{"name": "get_weather", "arguments": ["Paris"]}',
+    '<tool_call>{"name": "get_weather"</tool_call>',
+    "It is sunny.", "",
+])
+def test_content_that_is_not_only_calls_of_offered_tools_stays_text(content):
+    assert calls_in_content(content, ["get_weather"]) is None
+    assert calls_in_content('{"name": "get_weather", "arguments": {}}', []) is None  # no tools offered
 
 
 # -- through the server ----------------------------------------------------------------------
@@ -158,6 +189,23 @@ async def test_a_streamed_tool_call_arrives_as_tool_call_deltas(proxied):
     assert [(d.index, d.function.name, d.function.arguments) for d in deltas] == \
         [(0, "get_weather", '{"city": "Paris"}')]
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+async def test_a_call_the_upstream_wrote_as_content_comes_back_as_a_tool_call_and_is_counted(proxied, store):
+    """Qwen2.5-Coder on llama.cpp answers a call as a JSON code block in content: the client
+    still gets OpenAI's tool_calls, and the trace records the reading as a fallback."""
+    client, _, _ = proxied(lambda body: {"content": QWEN_CODE_BLOCK})
+    reply = await client.chat.completions.create(model="greedy:m", messages=ASK, tools=[WEATHER])
+    out = reply.choices[0]
+    assert out.finish_reason == "tool_calls" and not out.message.content
+    [tool_call] = out.message.tool_calls
+    assert (tool_call.function.name, json.loads(tool_call.function.arguments)) == ("get_weather", {"city": "Paris"})
+    assert tool_call.id
+    run_id = reply.model_extra["refinegraph"]["run_id"]
+    [fallback] = store.events(run_id, types={"fallback"})
+    assert fallback["kind"] == "tool_calls_from_content"
+    plain = await client.chat.completions.create(model="greedy:m", messages=ASK)  # no tools offered: text
+    assert plain.choices[0].finish_reason == "stop" and plain.choices[0].message.content == QWEN_CODE_BLOCK.strip()
 
 
 async def test_tools_for_a_graph_or_model_that_takes_none_are_a_400(store):

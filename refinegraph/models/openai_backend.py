@@ -28,7 +28,7 @@ from openai.types.chat import ChatCompletion
 from refinegraph.config import ConfigError
 from refinegraph.models import retry as retries
 from refinegraph.models.base import MalformedResponse, Samples, Usage, api_key
-from refinegraph.tool_calls import MARKER, ToolCall, encode, escape_marker
+from refinegraph.tool_calls import MARKER, ToolCall, calls_in_content, encode, escape_marker
 
 CHARS_PER_TOKEN = 4
 """The estimate for a choice whose /tokenize count failed for good."""
@@ -99,6 +99,7 @@ class OpenAIModel:
                                   response_format=response_format, logprobs=logprobs, tools=tools)
                     for i, k in enumerate(parts)]
         responses = await _all_or_first_error(requests)
+        offered = [str((t.get("function") or {}).get("name", "")) for t in (tools or {}).get("tools") or []]
         texts: list[str] = []
         finish: list[str | None] = []
         counts: list[int] = []
@@ -112,7 +113,7 @@ class OpenAIModel:
                 raise openai.APIResponseValidationError(
                     response=httpx.Response(200, request=httpx.Request("POST", self.base_url)), body=None,
                     message=f"asked for {asked} choices, the server returned {len(choices)}")
-            part_texts = [self._text_of(c.message) for c in choices]
+            part_texts = [self._text_of(c.message, offered) for c in choices]
             part_finish = [c.finish_reason for c in choices]
             texts += part_texts
             finish += part_finish
@@ -136,14 +137,22 @@ class OpenAIModel:
             usage_reported=reported_everywhere,
         )
 
-    def _text_of(self, message: Any) -> str:
+    def _text_of(self, message: Any, offered: list[str]) -> str:
         """A choice's text: its content, with its tool calls (if any) written after it
-        (refinegraph.tool_calls); plain content that holds the marker has it escaped."""
+        (refinegraph.tool_calls); plain content that holds the marker has it escaped.
+        Content that is nothing but calls of the `offered` tools, written as text because the
+        server did not parse them (`calls_in_content`), is read as those calls: a fallback."""
         content = message.content or ""
         calls = [ToolCall(id=c.id or "", name=c.function.name, arguments=c.function.arguments or "")
                  for c in (getattr(message, "tool_calls", None) or []) if getattr(c, "function", None)]
         if calls:
             return encode(content, calls)
+        if written := calls_in_content(content, offered):
+            reason = (f"model {self.name!r} wrote {len(written)} tool call(s) as its content "
+                      f"({', '.join(c.name for c in written)}); read as tool_calls")
+            if not retries.record_fallback("tool_calls_from_content", reason):
+                _log.warning("%s", reason)
+            return encode("", written)
         if MARKER in content:
             reason = f"model {self.name!r} answered text holding the tool-call marker: escaped, so it reads as text"
             if not retries.record_fallback("tool_marker_escaped", reason):
