@@ -51,9 +51,14 @@ def test_a_stopped_gsm8k_run_continues_where_it_was(tmp_path, monkeypatch):
     out_dir = tmp_path / "report"
     first = Asked(stop_on="Stop here")
     stopped = gsm8k(tmp_path, monkeypatch, first, out_dir)
-    assert stopped.exit_code == 130 and not (out_dir / "summary.json").exists()
+    assert stopped.exit_code == 130
     # Ctrl-C says what was kept and how to go on, not a bare traceback or nothing.
     assert "interrupted: 4 of 8 jobs recorded" in stopped.output
+    # and reports the questions every method finished, each method on the same ones
+    partial = json.loads((out_dir / "summary.json").read_text())
+    assert partial["stopped"] == {"questions_by_every_method": 2, "questions": 4}
+    assert "stopped: 2 of 4 done by every method" in partial["title"]
+    assert [(s["method"], s["questions"]) for s in partial["summary"]] == [("greedy", 2), ("self-consistency", 2)]
     assert "the same command continues" in stopped.output
     done = [json.loads(line) for line in (out_dir / PROGRESS).read_text().splitlines()]
     assert {(d["question"], d["method"]) for d in done} == {(0, "greedy"), (0, "self-consistency"),
@@ -74,7 +79,7 @@ def test_a_stopped_gsm8k_run_continues_where_it_was(tmp_path, monkeypatch):
     first_runs = {(d["question"], d["method"]): d["run_id"] for d in done}
     assert by[(0, "greedy")]["run_id"] == first_runs[(0, "greedy")], "a finished outcome is kept, not redone"
     summary = json.loads((out_dir / "summary.json").read_text())
-    assert [s["questions"] for s in summary["summary"]] == [4, 4]
+    assert [s["questions"] for s in summary["summary"]] == [4, 4] and "stopped" not in summary
 
 
 def test_other_settings_are_refused_rather_than_mixed(tmp_path, monkeypatch):
@@ -137,8 +142,11 @@ def test_a_stopped_spider_run_continues_where_it_was(tmp_path, monkeypatch):
         return CliRunner().invoke(app, ["bench", "spider", "--data", str(data), "--graphs", "sql-greedy",
                                         "--out", str(out_dir)])
 
-    assert bench(stop=True).exit_code != 0
+    stopped = bench(stop=True)
+    assert stopped.exit_code == 130 and "interrupted: 2 of 4 jobs recorded" in stopped.output
     assert len((out_dir / PROGRESS).read_text().splitlines()) == 2
+    partial = json.loads((out_dir / "summary.json").read_text())
+    assert partial["stopped"]["questions_by_every_method"] == 2 and partial["summary"][0]["ex"] == 1.0
     resumed = bench(stop=False)
     assert resumed.exit_code == 0, resumed.output
     assert "2 done, 2 to go" in resumed.output

@@ -117,10 +117,7 @@ def spider_cmd(
     out_dir: Path = typer.Option(Path("bench-reports/spider"), "--out", help="Report folder."),
 ) -> None:
     """Execution accuracy of the SQL graphs, per method at equal token budget, with a plot."""
-    import asyncio
     import json
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from refinegraph.bench.common import check_live_roles
     from refinegraph.bench.pool import POOL_MAX_TOKENS
@@ -183,36 +180,21 @@ def spider_cmd(
     except JournalMismatch as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from exc
-    jobs = journal.pending([(q, m) for q in questions for m in methods])
-    if len(jobs) < len(questions) * len(methods):
-        err.print(f"resuming {out_dir}: {len(questions) * len(methods) - len(jobs)} done, {len(jobs)} to go",
-                  highlight=False)
+    from refinegraph.cli.bench_runs import journaled
 
-    async def main() -> None:
-        gate = asyncio.Semaphore(concurrency)
-
-        async def one(question, method):
-            async with gate:
-                outcome = await answer(question, method, cfg, params, budget_tokens, chosen_metric)
-            journal.record(outcome)
-            progress.advance(task)
-
-        with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=err) as progress:
-            task = progress.add_task("spider", total=len(jobs))
-            await asyncio.gather(*[one(q, m) for q, m in jobs])
-
-    asyncio.run(main())
-    outcomes = journal.outcomes(methods)
+    finished = journaled("spider", journal, questions, methods, concurrency,
+                         lambda q, m: answer(q, m, cfg, params, budget_tokens, chosen_metric))
+    outcomes = finished.outcomes
     summary = summarize(outcomes, methods)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_outcomes(out_dir, outcomes)
     source = f"pool {pool.name} ({params['n']} systems)" if pool else f"model {cfg.model_for_role('solver')}"
-    title = (f"{data.name}: {len(questions)} questions, {source}, budget {budget_tokens} tokens/question, "
-             f"{chosen_metric} metric")
+    title = finished.titled(f"{data.name}: {len(questions)} questions, {source}, budget {budget_tokens} "
+                            f"tokens/question, {chosen_metric} metric")
     picture = plot(out_dir, summary, title, ylabel=f"execution accuracy, {chosen_metric} metric (%)")
-    report = {"title": title, "command": command, "metric": chosen_metric, "questions": len(questions),
-              "methods": methods, "params": params, "budget_tokens": budget_tokens, "summary": summary}
+    report = finished.mark({"title": title, "command": command, "metric": chosen_metric,
+                            "questions": len(questions), "methods": methods, "params": params,
+                            "budget_tokens": budget_tokens, "summary": summary})
     if selection is not None:
         report["systems"] = cfg.models["pool"].pool_sources
         report["selection"] = selection
@@ -243,6 +225,7 @@ def spider_cmd(
     plot_note = picture or "(no plot: pip install matplotlib)"
     out.print(f"command: {command}", highlight=False, markup=False)
     out.print(f"report: {out_dir}/summary.json {out_dir}/questions.jsonl {plot_note}", highlight=False)
+    finished.exit_if_stopped()
 
 
 def _pool_selection(pool: Path, data: Path, questions: set[str], systems: str | None, top: int | None,

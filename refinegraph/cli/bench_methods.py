@@ -8,7 +8,7 @@ summary.json (figures, params applied per method), accuracy.png.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,8 @@ import typer
 from rich.table import Table
 
 from refinegraph.cli.bench_cmds import app
-from refinegraph.cli.common import INTERRUPTED_EXIT, err, out
+from refinegraph.cli.bench_runs import journaled, run_all
+from refinegraph.cli.common import err, out
 
 GSM8K_GRAPHS = "greedy,self-consistency,adaptive-sc,best-of-n,self-refine,sets,magicore,acar"
 POOL_GRAPHS = "greedy,self-consistency,adaptive-sc,acar"
@@ -59,57 +60,6 @@ def _resolve_all(methods: list[str], pairs: list[str], optional: dict[str, dict[
         params[method], dropped = resolve_params(method, {**defaults, **shared}, own[method])
         record[method] = {"applied": params[method], "not_taken": dropped}
     return params, record
-
-
-def _run_all(label: str, jobs: list[tuple[Any, str]], concurrency: int,
-             one: Callable[[Any, str], Awaitable[Any]]) -> list[Any]:
-    """Every (question, method) job under a progress bar, at most `concurrency` at once."""
-    import asyncio
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    async def main() -> list[Any]:
-        gate = asyncio.Semaphore(concurrency)
-
-        async def job(question: Any, method: str) -> Any:
-            async with gate:
-                outcome = await one(question, method)
-            progress.advance(task)
-            return outcome
-
-        with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=err) as progress:
-            task = progress.add_task(label, total=len(jobs))
-            return list(await asyncio.gather(*[job(q, m) for q, m in jobs]))
-
-    return asyncio.run(main())
-
-
-def _journaled(label: str, journal: Any, items: list[Any], methods: list[str], concurrency: int,
-               answer: Callable[[Any, str], Awaitable[Any]]) -> list[Any]:
-    """Every (item, method) job the journal has not finished, each outcome recorded as it
-    comes; then every outcome of the folder, in order (a stopped run continues here)."""
-    import asyncio
-
-    jobs = journal.pending([(item, m) for item in items for m in methods])
-    if len(jobs) < len(items) * len(methods):
-        err.print(f"resuming {journal.out_dir}: {len(items) * len(methods) - len(jobs)} done, {len(jobs)} to go",
-                  highlight=False)
-
-    async def scored(item: Any, method: str) -> Any:
-        outcome = await answer(item, method)
-        journal.record(outcome)
-        return outcome
-
-    try:
-        _run_all(label, jobs, concurrency, scored)
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        total = len(items) * len(methods)
-        kept = total - len(journal.pending([(item, m) for item in items for m in methods]))
-        err.print(f"interrupted: {kept} of {total} jobs recorded in {journal.out_dir}; the same command continues "
-                  "from there", highlight=False)
-        raise typer.Exit(INTERRUPTED_EXIT) from None
-    return journal.outcomes(methods)
 
 
 def _table(title: str, summary: list[dict[str, Any]], columns: list[tuple[str, Callable[[dict], str]]]) -> None:
@@ -175,17 +125,19 @@ def gsm8k_cmd(
     except JournalMismatch as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from exc
-    outcomes = _journaled("gsm8k", journal, questions, methods, concurrency,
+    finished = journaled("gsm8k", journal, questions, methods, concurrency,
                           lambda q, m: answer(q, m, configs[m], params[m], budget_tokens))
+    outcomes = finished.outcomes
     summary = summarize(outcomes, methods)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_outcomes(out_dir, outcomes)
     source = data.name if data else "GSM8K test"
-    title = (f"{source}: {len(questions)} questions, model {cfg.model_for_role('solver')}, "
-             f"budget {budget_tokens} tokens/question")
+    title = finished.titled(f"{source}: {len(questions)} questions, model {cfg.model_for_role('solver')}, "
+                            f"budget {budget_tokens} tokens/question")
     picture = plot(out_dir, summary, title)
-    report = {"title": title, "questions": len(questions), "methods": methods, "budget_tokens": budget_tokens,
-              "model": cfg.model_for_role("solver"), "params": applied, "summary": summary}
+    report = finished.mark({"title": title, "questions": len(questions), "methods": methods,
+                            "budget_tokens": budget_tokens, "model": cfg.model_for_role("solver"), "params": applied,
+                            "summary": summary})
     (out_dir / "summary.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     _table(title, summary, [
         ("method", lambda r: r["method"]), ("accuracy", lambda r: f"{100 * r['accuracy']:.1f}%"),
@@ -196,6 +148,7 @@ def gsm8k_cmd(
         ("errors", lambda r: str(r["errors"]))])
     plot_note = picture or "(no plot: pip install matplotlib)"
     out.print(f"report: {out_dir}/summary.json {out_dir}/questions.jsonl {plot_note}", highlight=False)
+    finished.exit_if_stopped()
 
 
 @app.command("humaneval")
@@ -243,15 +196,16 @@ def humaneval_cmd(
     except (FileNotFoundError, ValueError, ConfigError, JournalMismatch) as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from exc
-    outcomes = _journaled("humaneval", journal, problems, methods, concurrency,
+    finished = journaled("humaneval", journal, problems, methods, concurrency,
                           lambda p, m: answer(p, m, cfg, params, budget_tokens))
+    outcomes = finished.outcomes
     summary = summarize(outcomes, methods, score="pass_at_1")
     write_outcomes(out_dir, outcomes)
-    title = (f"{data.name if data else 'HumanEval'}: {len(problems)} problems, model {solver}, "
-             f"budget {budget_tokens} tokens/problem")
+    title = finished.titled(f"{data.name if data else 'HumanEval'}: {len(problems)} problems, model {solver}, "
+                            f"budget {budget_tokens} tokens/problem")
     picture = plot(out_dir, summary, title, y="pass_at_1", ylabel="pass@1, hidden tests (%)")
-    report = {"title": title, "problems": len(problems), "methods": methods, "budget_tokens": budget_tokens,
-              "model": solver, "params": params, "summary": summary}
+    report = finished.mark({"title": title, "problems": len(problems), "methods": methods,
+                            "budget_tokens": budget_tokens, "model": solver, "params": params, "summary": summary})
     (out_dir / "summary.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     _table(title, summary, [
         ("method", lambda r: r["method"]), ("pass@1", lambda r: f"{100 * r['pass_at_1']:.1f}%"),
@@ -259,6 +213,7 @@ def humaneval_cmd(
         ("s/problem", lambda r: f"{r['mean_seconds']:.1f}"), ("errors", lambda r: str(r["errors"]))])
     plot_note = picture or "(no plot: pip install matplotlib)"
     out.print(f"report: {out_dir}/summary.json {out_dir}/questions.jsonl {plot_note}", highlight=False)
+    finished.exit_if_stopped()
 
 
 @app.command("pool")
@@ -353,7 +308,7 @@ def pool_cmd(
     out_dir.mkdir(parents=True, exist_ok=True)
     store = TraceStore(out_dir / "traces.sqlite")
     try:
-        outcomes = _run_all("pool", [(q, m) for q in questions for m in methods], concurrency,
+        outcomes = run_all("pool", [(q, m) for q in questions for m in methods], concurrency,
                             lambda q, m: answer(q, m, configs[m], params[m], kind, store,
                                                 Budget(max_tokens=budget_tokens) if budget_tokens else None))
     finally:

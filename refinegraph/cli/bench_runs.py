@@ -1,0 +1,93 @@
+"""Running a benchmark's (question, method) jobs: under a progress bar, at most N at once,
+and, for the journaled benchmarks (gsm8k, humaneval, spider), each outcome recorded as it
+comes so that a stopped run continues, and reports what every method finished."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import typer
+
+from refinegraph.cli.common import INTERRUPTED_EXIT, err
+
+
+def run_all(label: str, jobs: list[tuple[Any, str]], concurrency: int,
+             one: Callable[[Any, str], Awaitable[Any]]) -> list[Any]:
+    """Every (question, method) job under a progress bar, at most `concurrency` at once."""
+    import asyncio
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    async def main() -> list[Any]:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def job(question: Any, method: str) -> Any:
+            async with gate:
+                outcome = await one(question, method)
+            progress.advance(task)
+            return outcome
+
+        with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=err) as progress:
+            task = progress.add_task(label, total=len(jobs))
+            return list(await asyncio.gather(*[job(q, m) for q, m in jobs]))
+
+    return asyncio.run(main())
+
+
+@dataclass
+class Journaled:
+    """A journaled benchmark's outcomes: all of them, or, when the run was stopped, those of
+    the questions every method finished (so each method's figures cover the same questions)."""
+
+    outcomes: list[Any]
+    stopped: bool
+    compared: int
+    """Questions in `outcomes`."""
+    total: int
+
+    def titled(self, title: str) -> str:
+        """The report's title, saying when it covers a stopped run's common questions only."""
+        return title if not self.stopped else f"{title} (stopped: {self.compared} of {self.total} done by every method)"
+
+    def mark(self, report: dict[str, Any]) -> dict[str, Any]:
+        if self.stopped:
+            report["stopped"] = {"questions_by_every_method": self.compared, "questions": self.total}
+        return report
+
+    def exit_if_stopped(self) -> None:
+        """After the report is written: a stopped run exits as interrupted (the same command continues)."""
+        if self.stopped:
+            raise typer.Exit(INTERRUPTED_EXIT)
+
+
+def journaled(label: str, journal: Any, items: list[Any], methods: list[str], concurrency: int,
+               answer: Callable[[Any, str], Awaitable[Any]]) -> Journaled:
+    """Every (item, method) job the journal has not finished, each outcome recorded as it
+    comes; then every outcome of the folder, in order (a stopped run continues here).
+    Stopped (Ctrl-C, SIGINT), it reports what every method finished before it exits."""
+    import asyncio
+
+    every = [(item, m) for item in items for m in methods]
+    jobs = journal.pending(every)
+    if len(jobs) < len(every):
+        err.print(f"resuming {journal.out_dir}: {len(every) - len(jobs)} done, {len(jobs)} to go",
+                  highlight=False)
+
+    async def scored(item: Any, method: str) -> Any:
+        outcome = await answer(item, method)
+        journal.record(outcome)
+        return outcome
+
+    try:
+        run_all(label, jobs, concurrency, scored)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        finished = journal.finished()
+        err.print(f"interrupted: {len(finished)} of {len(every)} jobs recorded in {journal.out_dir}; the same "
+                  "command continues from there", highlight=False)
+        common = {item.index for item in items if all((item.index, m) in finished for m in methods)}
+        kept = [o for o in journal.outcomes(methods) if o.question in common]
+        return Journaled(kept, stopped=True, compared=len(common), total=len(items))
+    return Journaled(journal.outcomes(methods), stopped=False, compared=len(items), total=len(items))
