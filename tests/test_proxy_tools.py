@@ -206,6 +206,8 @@ async def test_a_call_the_upstream_wrote_as_content_comes_back_as_a_tool_call_an
     assert fallback["kind"] == "tool_calls_from_content"
     plain = await client.chat.completions.create(model="greedy:m", messages=ASK)  # no tools offered: text
     assert plain.choices[0].finish_reason == "stop" and plain.choices[0].message.content == QWEN_CODE_BLOCK.strip()
+    refused = await client.chat.completions.create(model="greedy:m", messages=ASK, tools=[WEATHER], tool_choice="none")
+    assert refused.choices[0].finish_reason == "stop" and not refused.choices[0].message.tool_calls
 
 
 async def test_tools_for_a_graph_or_model_that_takes_none_are_a_400(store):

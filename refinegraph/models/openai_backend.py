@@ -99,7 +99,8 @@ class OpenAIModel:
                                   response_format=response_format, logprobs=logprobs, tools=tools)
                     for i, k in enumerate(parts)]
         responses = await _all_or_first_error(requests)
-        offered = [str((t.get("function") or {}).get("name", "")) for t in (tools or {}).get("tools") or []]
+        offered = [] if (tools or {}).get("tool_choice") == "none" else \
+            [str((t.get("function") or {}).get("name", "")) for t in (tools or {}).get("tools") or []]
         texts: list[str] = []
         finish: list[str | None] = []
         counts: list[int] = []
