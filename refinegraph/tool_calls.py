@@ -9,7 +9,8 @@ JSON list of the calls, `[{"id", "name", "arguments"}]` (arguments as the model 
 (name, arguments as canonical JSON), so samples that call the same tool with the same
 arguments vote together whatever their ids, key order or spacing. A backend that receives
 plain content holding MARKER escapes it (see `escape_marker`), so only a real tool call is
-ever read as one.
+ever read as one: a call the server returned in `tool_calls`, or content that is nothing but
+calls of the offered tools (`calls_in_content`, a recorded fallback).
 """
 
 from __future__ import annotations
@@ -91,26 +92,44 @@ def decode(text: str) -> tuple[str, list[ToolCall] | None]:
     return content, calls
 
 
-_FENCED = re.compile(r"\A```(?:json)?\s*\n(?P<body>.*?)\n?```\s*\Z", re.DOTALL)
-_TAGGED = re.compile(r"\A(?:<tool_call>\s*.*?\s*</tool_call>\s*)+\Z", re.DOTALL)
-_TAG_BODY = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+_FENCED = re.compile(r"\A```(?:json)?[ \t]*\n(?P<body>.*?)\n?```\Z", re.DOTALL)
+_TAG = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 
 
-def calls_in_content(content: str, offered: list[str]) -> list[ToolCall] | None:
+def _callable_names(offer: ToolOffer) -> tuple[set[str], bool]:
+    """(the names a reply may call under the offer's tool_choice, whether several calls may come)."""
+    choice = offer.tool_choice
+    if choice == "none":
+        return set(), False
+    if isinstance(choice, dict):
+        named = (choice.get("function") or {}).get("name")
+        names = {named} if named else set()
+    else:
+        names = {n for n in offer.names() if n}
+    return names, offer.parallel_tool_calls is not False
+
+
+def calls_in_content(content: str, offer: ToolOffer | None) -> list[ToolCall] | None:
     """Tool calls a model wrote as its whole content instead of in `tool_calls`, or None.
 
     Some chat templates' models answer a call as text that the serving engine does not
     parse: Qwen2.5-Coder on llama.cpp writes a JSON code block `{"name", "arguments"}`,
     and Hermes-style models `<tool_call>{...}</tool_call>` tags. Read as calls only when
-    the content is nothing but such calls (one object or a list, fenced, tagged or bare)
-    and every name is a tool the client offered, so prose that mentions a tool, or JSON
-    that is an answer, stays text. Arguments may be an object or a JSON string."""
-    if not offered:
+    the content is nothing but such calls (one object or a list, fenced, tagged or bare),
+    every name is one the offer's tool_choice allows, and several only where parallel calls
+    are allowed; so prose that mentions a tool, or JSON that is an answer, stays text.
+    Arguments may be an object or a JSON string. Linear in the content's length (no
+    backtracking pattern), and JSON nested too deep for the parser stays text."""
+    if offer is None:
         return None
+    allowed, several = _callable_names(offer)
     text = content.strip()
-    bodies: list[str]
-    if _TAGGED.match(text):
-        bodies = _TAG_BODY.findall(text)
+    if not allowed or not text.startswith(("{", "[", "`", "<tool_call>")):
+        return None
+    if text.startswith("<tool_call>"):
+        bodies = _TAG.findall(text)
+        if _TAG.sub("", text).strip():
+            return None  # text between or after the tags: not only calls
     elif fenced := _FENCED.match(text):
         bodies = [fenced.group("body")]
     else:
@@ -119,19 +138,21 @@ def calls_in_content(content: str, offered: list[str]) -> list[ToolCall] | None:
     for body in bodies:
         try:
             data = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
             return None
         items += data if isinstance(data, list) else [data]
     calls = []
     for item in items:
-        if not isinstance(item, dict) or set(item) - {"name", "arguments", "parameters"}:
+        if not isinstance(item, dict) or set(item) - {"name", "arguments"} and set(item) - {"name", "parameters"}:
             return None
         name, arguments = item.get("name"), item.get("arguments", item.get("parameters", {}))
-        if name not in offered or not isinstance(arguments, (dict, str)):
+        if name not in allowed or not isinstance(arguments, (dict, str)):
             return None
         calls.append(ToolCall(name=name, arguments=arguments if isinstance(arguments, str)
                               else json.dumps(arguments, ensure_ascii=False)))
-    return calls or None
+    if not calls or (len(calls) > 1 and not several):
+        return None
+    return calls
 
 
 def canonical_arguments(call: ToolCall) -> Any:

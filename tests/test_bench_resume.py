@@ -82,6 +82,41 @@ def test_a_stopped_gsm8k_run_continues_where_it_was(tmp_path, monkeypatch):
     assert [s["questions"] for s in summary["summary"]] == [4, 4] and "stopped" not in summary
 
 
+class StopOnSecondSight(Asked):
+    """Stops the benchmark the second time it is asked a question: self-consistency's turn."""
+
+    def __call__(self, messages):
+        text = messages[-1]["content"]
+        if self.stop_on in text and any(self.stop_on in q for q in self.questions):
+            raise KeyboardInterrupt
+        self.questions.append(text)
+        return "The answer is 5."
+
+
+def test_a_stopped_report_leaves_out_questions_a_method_has_not_finished(tmp_path, monkeypatch):
+    """Greedy has finished the robe question, self-consistency has not: the report compares
+    the methods on the duck question only."""
+    out_dir = tmp_path / "report"
+    stopped = gsm8k(tmp_path, monkeypatch, StopOnSecondSight(stop_on="A robe"), out_dir)
+    assert stopped.exit_code == 130
+    done = {(d["question"], d["method"]) for d in map(json.loads, (out_dir / PROGRESS).read_text().splitlines())}
+    assert (1, "greedy") in done and (1, "self-consistency") not in done
+    partial = json.loads((out_dir / "summary.json").read_text())
+    assert [(s["method"], s["questions"]) for s in partial["summary"]] == [("greedy", 1), ("self-consistency", 1)]
+    rows = [json.loads(line) for line in (out_dir / "questions.jsonl").read_text().splitlines()]
+    assert {r["question"] for r in rows} == {0}
+
+
+def test_a_run_stopped_before_every_method_finished_a_question_keeps_the_last_report(tmp_path, monkeypatch):
+    """Adding a method to a finished folder and stopping at once must not replace the report."""
+    out_dir = tmp_path / "report"
+    assert gsm8k(tmp_path, monkeypatch, Asked(stop_on=None), out_dir, graphs="greedy").exit_code == 0
+    before = (out_dir / "summary.json").read_text()
+    stopped = gsm8k(tmp_path, monkeypatch, Asked(stop_on="Ducks"), out_dir)
+    assert stopped.exit_code == 130 and "left as it was" in stopped.output
+    assert (out_dir / "summary.json").read_text() == before
+
+
 def test_other_settings_are_refused_rather_than_mixed(tmp_path, monkeypatch):
     """A method may join a folder later; a method already there with other params may not."""
     out_dir = tmp_path / "report"

@@ -18,7 +18,7 @@ from refinegraph.config import Config
 from refinegraph.models import ScriptedModel
 from refinegraph.server import create_app
 from refinegraph.server.pipelines import ModelPool
-from refinegraph.tool_calls import MARKER, ToolCall, calls_in_content, decode, encode, tool_call_answer
+from refinegraph.tool_calls import MARKER, ToolCall, ToolOffer, calls_in_content, decode, encode, tool_call_answer
 from refinegraph.tools.answers import get_projection
 
 WEATHER = {"type": "function", "function": {
@@ -102,7 +102,7 @@ QWEN_CODE_BLOCK = '```json\n{\n  "name": "get_weather",\n  "arguments": {\n    "
     '{"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\"}"}',
 ])
 def test_calls_written_as_content_are_read_as_calls(content):
-    [written] = calls_in_content(content, ["get_weather"])
+    [written] = calls_in_content(content, ToolOffer(tools=[WEATHER]))
     assert (written.name, json.loads(written.arguments)) == ("get_weather", {"city": "Paris"})
 
 
@@ -113,11 +113,41 @@ def test_calls_written_as_content_are_read_as_calls(content):
     '```json\n{"city": "Paris", "temperature_c": 18}\n```',  # JSON that is an answer
     '{"name": "get_weather", "arguments": ["Paris"]}',
     '<tool_call>{"name": "get_weather"</tool_call>',
+    # prose between two tagged calls (a lazy match across tags would drop it)
+    '<tool_call>{"name": "get_weather", "arguments": {}}</tool_call>\nThe answer is 42.\n'
+    '<tool_call>{"name": "get_weather", "arguments": {}}</tool_call>',
+    '{"name": "get_weather", "arguments": {}, "parameters": {}}',
+    "[" * 5000 + "]" * 5000,  # deeper than the JSON parser goes: text, not a crash
+    "```json\n" + "[" * 5000,
     "It is sunny.", "",
 ])
 def test_content_that_is_not_only_calls_of_offered_tools_stays_text(content):
-    assert calls_in_content(content, ["get_weather"]) is None
-    assert calls_in_content('{"name": "get_weather", "arguments": {}}', []) is None  # no tools offered
+    assert calls_in_content(content, ToolOffer(tools=[WEATHER])) is None
+
+
+def test_calls_in_content_follow_the_offers_tool_choice_and_parallel_setting():
+    other = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+    one = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+    two = f'[{one}, {{"name": "get_time", "arguments": {{}}}}]'
+    assert calls_in_content(one, None) is None  # no tools offered
+    assert calls_in_content(one, ToolOffer(tools=[WEATHER], tool_choice="none")) is None
+    named = {"type": "function", "function": {"name": "get_time"}}
+    assert calls_in_content(one, ToolOffer(tools=[WEATHER, other], tool_choice=named)) is None
+    assert len(calls_in_content(two, ToolOffer(tools=[WEATHER, other]))) == 2
+    assert calls_in_content(two, ToolOffer(tools=[WEATHER, other], parallel_tool_calls=False)) is None
+    nameless = {"type": "function", "function": {"parameters": {}}}
+    assert calls_in_content('{"name": "", "arguments": {}}', ToolOffer(tools=[nameless])) is None
+
+
+def test_reading_tagged_calls_takes_time_linear_in_the_reply():
+    """A small model looping on its call until max_tokens: a backtracking pattern took 24 s
+    on 10 repeats and froze the server's event loop; this reading is one pass."""
+    import time
+    looped = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n' * 2000
+    started = time.perf_counter()
+    assert calls_in_content(looped + "<tool_call>\n{\"name\": \"get_wea", ToolOffer(tools=[WEATHER])) is None
+    assert len(calls_in_content(looped, ToolOffer(tools=[WEATHER]))) == 2000
+    assert time.perf_counter() - started < 30  # a hang detector, not a speed target: about 10 ms here
 
 
 # -- through the server ----------------------------------------------------------------------

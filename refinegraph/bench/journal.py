@@ -1,12 +1,13 @@
 """Resumable benchmarks: each finished (question, method) is appended to the output folder.
 
-`bench spider` and `bench gsm8k` take an hour or more on a CPU. Each outcome is written
+`bench spider`, `bench gsm8k` and `bench humaneval` take an hour or more on a CPU. Each outcome is written
 to `progress.jsonl` as soon as it is scored (one line, flushed and fsynced), beside
 `progress-settings.json`, what the run was asked (data, methods, questions, budget, model,
 params). Started again on the same folder, a run with the same settings skips what is
 there and continues; a run with other settings is refused (a typed error naming the
 difference) rather than mixing two benchmarks in one report. A line cut by a kill is
-ignored (its question is answered again).
+ignored (its question is answered again). Running the jobs, and the report of a stopped
+run, is refinegraph.cli.bench_runs.
 """
 
 from __future__ import annotations

@@ -88,6 +88,10 @@ def journaled(label: str, journal: Any, items: list[Any], methods: list[str], co
         err.print(f"interrupted: {len(finished)} of {len(every)} jobs recorded in {journal.out_dir}; the same "
                   "command continues from there", highlight=False)
         common = {item.index for item in items if all((item.index, m) in finished for m in methods)}
+        if not common:  # a report of nothing would replace the folder's last one
+            err.print("no question is finished by every method yet: the folder's report is left as it was",
+                      highlight=False)
+            raise typer.Exit(INTERRUPTED_EXIT) from None
         kept = [o for o in journal.outcomes(methods) if o.question in common]
-        return Journaled(kept, stopped=True, compared=len(common), total=len(items))
+        return Journaled(kept, stopped=len(common) < len(items), compared=len(common), total=len(items))
     return Journaled(journal.outcomes(methods), stopped=False, compared=len(items), total=len(items))

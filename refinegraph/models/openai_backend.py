@@ -28,7 +28,7 @@ from openai.types.chat import ChatCompletion
 from refinegraph.config import ConfigError
 from refinegraph.models import retry as retries
 from refinegraph.models.base import MalformedResponse, Samples, Usage, api_key
-from refinegraph.tool_calls import MARKER, ToolCall, calls_in_content, encode, escape_marker
+from refinegraph.tool_calls import MARKER, ToolCall, ToolOffer, calls_in_content, encode, escape_marker
 
 CHARS_PER_TOKEN = 4
 """The estimate for a choice whose /tokenize count failed for good."""
@@ -99,8 +99,7 @@ class OpenAIModel:
                                   response_format=response_format, logprobs=logprobs, tools=tools)
                     for i, k in enumerate(parts)]
         responses = await _all_or_first_error(requests)
-        offered = [] if (tools or {}).get("tool_choice") == "none" else \
-            [str((t.get("function") or {}).get("name", "")) for t in (tools or {}).get("tools") or []]
+        offer = ToolOffer.model_validate(tools) if tools else None
         texts: list[str] = []
         finish: list[str | None] = []
         counts: list[int] = []
@@ -114,7 +113,7 @@ class OpenAIModel:
                 raise openai.APIResponseValidationError(
                     response=httpx.Response(200, request=httpx.Request("POST", self.base_url)), body=None,
                     message=f"asked for {asked} choices, the server returned {len(choices)}")
-            part_texts = [self._text_of(c.message, offered) for c in choices]
+            part_texts = [self._text_of(c.message, offer) for c in choices]
             part_finish = [c.finish_reason for c in choices]
             texts += part_texts
             finish += part_finish
@@ -126,7 +125,10 @@ class OpenAIModel:
             details = getattr(reported, "prompt_tokens_details", None) if reported else None
             cached = (getattr(details, "cached_tokens", None) or 0) if details else 0
             completion = reported.completion_tokens if reported else 0
-            part_counts = await self._count_choices(part_texts, part_finish, completion,
+            # counted as the model wrote them: a call read out of content is that content
+            written = [text if getattr(c.message, "tool_calls", None) else c.message.content or ""
+                       for c, text in zip(choices, part_texts)]
+            part_counts = await self._count_choices(written, part_finish, completion,
                                                     llama_cpp=is_llama_cpp(response))
             counts += part_counts
             usage = usage + Usage(prompt_tokens=prompt, cached_prompt_tokens=cached,
@@ -138,17 +140,17 @@ class OpenAIModel:
             usage_reported=reported_everywhere,
         )
 
-    def _text_of(self, message: Any, offered: list[str]) -> str:
+    def _text_of(self, message: Any, offer: ToolOffer | None) -> str:
         """A choice's text: its content, with its tool calls (if any) written after it
         (refinegraph.tool_calls); plain content that holds the marker has it escaped.
-        Content that is nothing but calls of the `offered` tools, written as text because the
+        Content that is nothing but calls of the offered tools, written as text because the
         server did not parse them (`calls_in_content`), is read as those calls: a fallback."""
         content = message.content or ""
         calls = [ToolCall(id=c.id or "", name=c.function.name, arguments=c.function.arguments or "")
                  for c in (getattr(message, "tool_calls", None) or []) if getattr(c, "function", None)]
         if calls:
             return encode(content, calls)
-        if written := calls_in_content(content, offered):
+        if written := calls_in_content(content, offer):
             reason = (f"model {self.name!r} wrote {len(written)} tool call(s) as its content "
                       f"({', '.join(c.name for c in written)}); read as tool_calls")
             if not retries.record_fallback("tool_calls_from_content", reason):
