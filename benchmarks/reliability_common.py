@@ -69,7 +69,7 @@ def summary_line(sections: list[Section]) -> str:
 
 
 def run_count(store: TraceStore) -> int:
-    return len(store.all_runs())
+    return store.count_runs()
 
 
 def verify_all(store: TraceStore) -> tuple[int, int, list[str]]:

@@ -175,5 +175,5 @@ def test_copying_a_store_while_runs_are_written_to_it(make_store, store):
     assert writer.returncode == 0, writer.stderr.read()[-2000:]
     final = copy_store(store, target)
     assert final.ok and copies > 1
-    assert len(target.all_runs()) == 40
+    assert len(target.all_runs()) == 40 == target.count_runs() and store.count_runs() == 40
     assert all(verify_run(target, row["run_id"]).sealed for row in target.all_runs())

@@ -287,6 +287,10 @@ class BaseTraceStore:
         """Every run row, oldest first (copying stores walks them all)."""
         return self._query("SELECT * FROM runs ORDER BY created_at, run_id")
 
+    def count_runs(self) -> int:
+        """How many runs the store holds (one COUNT, not a walk of every row)."""
+        return int(self._query("SELECT COUNT(*) AS n FROM runs")[0]["n"])
+
     def runs(self, limit: int = 50) -> list[dict[str, Any]]:
         return self._query(
             "SELECT r.*, (SELECT COUNT(*) FROM events e WHERE e.run_id=r.run_id) AS events "
