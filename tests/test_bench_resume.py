@@ -55,7 +55,7 @@ def test_a_stopped_gsm8k_run_continues_where_it_was(tmp_path, monkeypatch):
     # Ctrl-C says what was kept and how to go on, not a bare traceback or nothing.
     assert "interrupted: 4 of 8 jobs recorded" in stopped.output
     # and reports the questions every method finished, each method on the same ones
-    partial = json.loads((out_dir / "summary.json").read_text())
+    partial = json.loads((out_dir / "stopped-summary.json").read_text())
     assert partial["stopped"] == {"questions_by_every_method": 2, "questions": 4}
     assert "stopped: 2 of 4 done by every method" in partial["title"]
     assert [(s["method"], s["questions"]) for s in partial["summary"]] == [("greedy", 2), ("self-consistency", 2)]
@@ -80,6 +80,7 @@ def test_a_stopped_gsm8k_run_continues_where_it_was(tmp_path, monkeypatch):
     assert by[(0, "greedy")]["run_id"] == first_runs[(0, "greedy")], "a finished outcome is kept, not redone"
     summary = json.loads((out_dir / "summary.json").read_text())
     assert [s["questions"] for s in summary["summary"]] == [4, 4] and "stopped" not in summary
+    assert not list(out_dir.glob("stopped-*")), "the whole report replaces the stopped one"
 
 
 class StopOnSecondSight(Asked):
@@ -101,9 +102,9 @@ def test_a_stopped_report_leaves_out_questions_a_method_has_not_finished(tmp_pat
     assert stopped.exit_code == 130
     done = {(d["question"], d["method"]) for d in map(json.loads, (out_dir / PROGRESS).read_text().splitlines())}
     assert (1, "greedy") in done and (1, "self-consistency") not in done
-    partial = json.loads((out_dir / "summary.json").read_text())
+    partial = json.loads((out_dir / "stopped-summary.json").read_text())
     assert [(s["method"], s["questions"]) for s in partial["summary"]] == [("greedy", 1), ("self-consistency", 1)]
-    rows = [json.loads(line) for line in (out_dir / "questions.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out_dir / "stopped-questions.jsonl").read_text().splitlines()]
     assert {r["question"] for r in rows} == {0}
 
 
@@ -115,6 +116,11 @@ def test_a_run_stopped_before_every_method_finished_a_question_keeps_the_last_re
     stopped = gsm8k(tmp_path, monkeypatch, Asked(stop_on="Ducks"), out_dir)
     assert stopped.exit_code == 130 and "left as it was" in stopped.output
     assert (out_dir / "summary.json").read_text() == before
+    # stopped after both methods finished a question: a report of its own, beside the last whole one
+    stopped = gsm8k(tmp_path, monkeypatch, Asked(stop_on="A robe"), out_dir)
+    assert stopped.exit_code == 130 and "stopped-summary.json" in stopped.output
+    assert (out_dir / "summary.json").read_text() == before
+    assert json.loads((out_dir / "stopped-summary.json").read_text())["stopped"]["questions_by_every_method"] == 1
 
 
 def test_other_settings_are_refused_rather_than_mixed(tmp_path, monkeypatch):
@@ -180,7 +186,7 @@ def test_a_stopped_spider_run_continues_where_it_was(tmp_path, monkeypatch):
     stopped = bench(stop=True)
     assert stopped.exit_code == 130 and "interrupted: 2 of 4 jobs recorded" in stopped.output
     assert len((out_dir / PROGRESS).read_text().splitlines()) == 2
-    partial = json.loads((out_dir / "summary.json").read_text())
+    partial = json.loads((out_dir / "stopped-summary.json").read_text())
     assert partial["stopped"]["questions_by_every_method"] == 2 and partial["summary"][0]["ex"] == 1.0
     resumed = bench(stop=False)
     assert resumed.exit_code == 0, resumed.output

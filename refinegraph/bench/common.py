@@ -42,9 +42,9 @@ def summarize(outcomes: Sequence[Any], methods: list[str], *, score: str = "accu
     return rows
 
 
-def write_outcomes(out_dir: Path, outcomes: Sequence[Any]) -> Path:
+def write_outcomes(out_dir: Path, outcomes: Sequence[Any], filename: str = "questions.jsonl") -> Path:
     """questions.jsonl: one line per (question, method) outcome."""
-    path = out_dir / "questions.jsonl"
+    path = out_dir / filename
     with open(path, "w", encoding="utf-8") as handle:
         for outcome in outcomes:
             handle.write(json.dumps(asdict(outcome), ensure_ascii=False) + "\n")

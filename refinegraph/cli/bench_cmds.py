@@ -187,18 +187,19 @@ def spider_cmd(
     outcomes = finished.outcomes
     summary = summarize(outcomes, methods)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_outcomes(out_dir, outcomes)
+    write_outcomes(out_dir, outcomes, finished.file("questions.jsonl"))
     source = f"pool {pool.name} ({params['n']} systems)" if pool else f"model {cfg.model_for_role('solver')}"
     title = finished.titled(f"{data.name}: {len(questions)} questions, {source}, budget {budget_tokens} "
                             f"tokens/question, {chosen_metric} metric")
-    picture = plot(out_dir, summary, title, ylabel=f"execution accuracy, {chosen_metric} metric (%)")
+    picture = plot(out_dir, summary, title, ylabel=f"execution accuracy, {chosen_metric} metric (%)",
+                   filename=finished.file("accuracy.png"))
     report = finished.mark({"title": title, "command": command, "metric": chosen_metric,
                             "questions": len(questions), "methods": methods, "params": params,
                             "budget_tokens": budget_tokens, "summary": summary})
     if selection is not None:
         report["systems"] = cfg.models["pool"].pool_sources
         report["selection"] = selection
-    (out_dir / "summary.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out_dir / finished.file("summary.json")).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     table = Table(title=title)
     for name in ("method", "EX", "EX spider", "EX bird", "mean tokens", "mean calls", "s/question",
                  "EX per 1k tokens", "errors"):
@@ -224,7 +225,8 @@ def spider_cmd(
                   f"(chosen on {selection['selected_on']})", highlight=False)
     plot_note = picture or "(no plot: pip install matplotlib)"
     out.print(f"command: {command}", highlight=False, markup=False)
-    out.print(f"report: {out_dir}/summary.json {out_dir}/questions.jsonl {plot_note}", highlight=False)
+    out.print(f"report: {out_dir}/{finished.file('summary.json')} {out_dir}/{finished.file('questions.jsonl')} "
+              f"{plot_note}", highlight=False)
     finished.exit_if_stopped()
 
 

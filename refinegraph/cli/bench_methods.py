@@ -130,15 +130,15 @@ def gsm8k_cmd(
     outcomes = finished.outcomes
     summary = summarize(outcomes, methods)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_outcomes(out_dir, outcomes)
+    write_outcomes(out_dir, outcomes, finished.file("questions.jsonl"))
     source = data.name if data else "GSM8K test"
     title = finished.titled(f"{source}: {len(questions)} questions, model {cfg.model_for_role('solver')}, "
                             f"budget {budget_tokens} tokens/question")
-    picture = plot(out_dir, summary, title)
+    picture = plot(out_dir, summary, title, filename=finished.file("accuracy.png"))
     report = finished.mark({"title": title, "questions": len(questions), "methods": methods,
                             "budget_tokens": budget_tokens, "model": cfg.model_for_role("solver"), "params": applied,
                             "summary": summary})
-    (out_dir / "summary.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out_dir / finished.file("summary.json")).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     _table(title, summary, [
         ("method", lambda r: r["method"]), ("accuracy", lambda r: f"{100 * r['accuracy']:.1f}%"),
         ("mean tokens", lambda r: f"{r['mean_tokens']:.0f}"), ("mean calls", lambda r: f"{r['mean_calls']:.2f}"),
@@ -147,7 +147,8 @@ def gsm8k_cmd(
          else f"{r['accuracy_per_1k_tokens']:.3f}"),
         ("errors", lambda r: str(r["errors"]))])
     plot_note = picture or "(no plot: pip install matplotlib)"
-    out.print(f"report: {out_dir}/summary.json {out_dir}/questions.jsonl {plot_note}", highlight=False)
+    out.print(f"report: {out_dir}/{finished.file('summary.json')} {out_dir}/{finished.file('questions.jsonl')} "
+              f"{plot_note}", highlight=False)
     finished.exit_if_stopped()
 
 
@@ -200,19 +201,21 @@ def humaneval_cmd(
                           lambda p, m: answer(p, m, cfg, params, budget_tokens))
     outcomes = finished.outcomes
     summary = summarize(outcomes, methods, score="pass_at_1")
-    write_outcomes(out_dir, outcomes)
+    write_outcomes(out_dir, outcomes, finished.file("questions.jsonl"))
     title = finished.titled(f"{data.name if data else 'HumanEval'}: {len(problems)} problems, model {solver}, "
                             f"budget {budget_tokens} tokens/problem")
-    picture = plot(out_dir, summary, title, y="pass_at_1", ylabel="pass@1, hidden tests (%)")
+    picture = plot(out_dir, summary, title, y="pass_at_1", ylabel="pass@1, hidden tests (%)",
+                   filename=finished.file("accuracy.png"))
     report = finished.mark({"title": title, "problems": len(problems), "methods": methods,
                             "budget_tokens": budget_tokens, "model": solver, "params": params, "summary": summary})
-    (out_dir / "summary.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out_dir / finished.file("summary.json")).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     _table(title, summary, [
         ("method", lambda r: r["method"]), ("pass@1", lambda r: f"{100 * r['pass_at_1']:.1f}%"),
         ("mean tokens", lambda r: f"{r['mean_tokens']:.0f}"), ("mean calls", lambda r: f"{r['mean_calls']:.2f}"),
         ("s/problem", lambda r: f"{r['mean_seconds']:.1f}"), ("errors", lambda r: str(r["errors"]))])
     plot_note = picture or "(no plot: pip install matplotlib)"
-    out.print(f"report: {out_dir}/summary.json {out_dir}/questions.jsonl {plot_note}", highlight=False)
+    out.print(f"report: {out_dir}/{finished.file('summary.json')} {out_dir}/{finished.file('questions.jsonl')} "
+              f"{plot_note}", highlight=False)
     finished.exit_if_stopped()
 
 

@@ -37,6 +37,9 @@ def run_all(label: str, jobs: list[tuple[Any, str]], concurrency: int,
     return asyncio.run(main())
 
 
+STOPPED_PREFIX = "stopped-"
+
+
 @dataclass
 class Journaled:
     """A journaled benchmark's outcomes: all of them, or, when the run was stopped, those of
@@ -56,6 +59,11 @@ class Journaled:
         if self.stopped:
             report["stopped"] = {"questions_by_every_method": self.compared, "questions": self.total}
         return report
+
+    def file(self, name: str) -> str:
+        """A report file's name: a stopped run's is `stopped-NAME`, so the last complete
+        report (what a README links to) is never replaced by a partial one."""
+        return f"{STOPPED_PREFIX}{name}" if self.stopped else name
 
     def exit_if_stopped(self) -> None:
         """After the report is written: a stopped run exits as interrupted (the same command continues)."""
@@ -94,4 +102,6 @@ def journaled(label: str, journal: Any, items: list[Any], methods: list[str], co
             raise typer.Exit(INTERRUPTED_EXIT) from None
         kept = [o for o in journal.outcomes(methods) if o.question in common]
         return Journaled(kept, stopped=len(common) < len(items), compared=len(common), total=len(items))
+    for stale in journal.out_dir.glob(f"{STOPPED_PREFIX}*"):  # the whole report replaces a stopped one
+        stale.unlink()
     return Journaled(journal.outcomes(methods), stopped=False, compared=len(items), total=len(items))
