@@ -1,7 +1,7 @@
 """Resumable benchmarks: each finished (question, method) is appended to the output folder.
 
-`bench spider`, `bench gsm8k` and `bench humaneval` take an hour or more on a CPU. Each outcome is written
-to `progress.jsonl` as soon as it is scored (one line, flushed and fsynced), beside
+`bench spider`, `bench gsm8k` and `bench humaneval` take an hour or more on a CPU. Each
+outcome is written to `progress.jsonl` as soon as it is scored (one line, flushed and fsynced), beside
 `progress-settings.json`, what the run was asked (data, methods, questions, budget, model,
 params). Started again on the same folder, a run with the same settings skips what is
 there and continues; a run with other settings is refused (a typed error naming the

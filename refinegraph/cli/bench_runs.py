@@ -46,10 +46,13 @@ class Journaled:
     the questions every method finished (so each method's figures cover the same questions)."""
 
     outcomes: list[Any]
-    stopped: bool
     compared: int
     """Questions in `outcomes`."""
     total: int
+
+    @property
+    def stopped(self) -> bool:
+        return self.compared < self.total
 
     def titled(self, title: str) -> str:
         """The report's title, saying when it covers a stopped run's common questions only."""
@@ -100,8 +103,9 @@ def journaled(label: str, journal: Any, items: list[Any], methods: list[str], co
             err.print("no question is finished by every method yet: the folder's report is left as it was",
                       highlight=False)
             raise typer.Exit(INTERRUPTED_EXIT) from None
-        kept = [o for o in journal.outcomes(methods) if o.question in common]
-        return Journaled(kept, stopped=len(common) < len(items), compared=len(common), total=len(items))
+        if len(common) < len(items):
+            kept = [o for o in journal.outcomes(methods) if o.question in common]
+            return Journaled(kept, compared=len(common), total=len(items))
     for stale in journal.out_dir.glob(f"{STOPPED_PREFIX}*"):  # the whole report replaces a stopped one
         stale.unlink()
-    return Journaled(journal.outcomes(methods), stopped=False, compared=len(items), total=len(items))
+    return Journaled(journal.outcomes(methods), compared=len(items), total=len(items))
