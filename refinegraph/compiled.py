@@ -47,7 +47,9 @@ def check_json_params(graph_name: str, fixed: dict[str, Any], asked: dict[str, A
     """The params `asked` (a request body's) over `fixed` (a pipeline's, read leniently at
     load as config files are), checked strictly as JSON types (`false` is no number, `"5"`
     no integer), else the ConfigError naming each bad one. The lenient build stays for
-    config files and the CLI."""
+    config files and the CLI. Nothing asked, nothing to check: `fixed` passed at load."""
+    if not asked:
+        return
     model = get_graph(graph_name).params
     try:
         base = model.model_validate(fixed).model_dump()

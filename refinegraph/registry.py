@@ -113,6 +113,13 @@ class GraphSpec:
     votes read tool calls, e.g. {"answer": "tool_call"}); None: it takes no tools."""
 
     @property
+    def tests_a_function(self) -> bool:
+        """Whether the task must define a function (code-filter runs tests against it): the
+        server answers 400 to a chat without one, and the OpenAPI document leaves the graph
+        out, since JSON Schema cannot say that of a chat."""
+        return "entry_point" in self.reads
+
+    @property
     def outputs(self) -> tuple[str, ...]:
         return REQUIRED_OUTPUTS + tuple(k for k in self.sets if k not in REQUIRED_OUTPUTS)
 

@@ -359,6 +359,8 @@ BAD_BODIES = [
      "fixes none"),
     (json.dumps({"model": "sql", "messages": [{"role": "user", "content": "how many?"}],
                  "refinegraph": {"db": "/nonexistent/x.sqlite"}}).encode(), 400, "database"),
+    (json.dumps({"model": "code-filter:local", "messages": [{"role": "user", "content": "add two numbers"}]}
+                ).encode(), 400, "tests a function the task defines"),
     (json.dumps({"model": "plain", "messages": [{"role": "user", "content": "x" * (1 << 20)}]}).encode(), 413,
      "over 1048576 bytes"),
 ]

@@ -300,7 +300,7 @@ def prepare(pipeline: Pipeline, request: ChatRequest, *, max_messages: int, max_
                             f"{pipeline.spec.graph!r}", param="refinegraph")
     else:
         messages = [m.model_dump(exclude_none=True) for m in request.messages]
-    if "entry_point" in spec.reads and not entry_point_of(task):  # e.g. code-filter: a function to test
+    if spec.tests_a_function and not entry_point_of(task):
         raise ApiError(400, f"graph {spec.name!r} tests a function the task defines: put its signature "
                             "(def NAME(...): with its docstring) in the last user message", param="messages")
     tools, tool_params = tool_offer(pipeline, request)

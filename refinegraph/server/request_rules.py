@@ -187,15 +187,15 @@ def model_requests(config: Config, pipelines: dict[str, Pipeline], shape: Reques
     bodies: dict[str, dict[str, Any]] = {}
     for name, pipeline in sorted(pipelines.items()):
         spec = pipeline.spec
-        if "entry_point" in get_graph(spec.graph).reads:
+        if get_graph(spec.graph).tests_a_function:
             continue
         found = model_request(shape, {"type": "string", "const": name}, get_graph(spec.graph), spec, spec.budget,
                               shape.takes_tools(pipeline.config, set(pipeline.config.roles.values())))
         bodies.update((f"{name} ({i + 1})" if i else name, body) for i, body in enumerate(found))
     proxied_tools = shape.takes_tools(config, set(config.models))
     for graph in list_graphs():
-        if "entry_point" in graph.reads:  # code-filter: its task must define a function, which
-            continue  # JSON Schema cannot say of a chat (the server answers 400 without one)
+        if graph.tests_a_function:
+            continue
         model = {"type": "string", "pattern": f"^{re.escape(graph.name)}:{_upstreams(config, graph)}$"}
         found = model_request(shape, model, graph, PipelineSpec(graph=graph.name), config.proxy.budget,
                               proxied_tools)
