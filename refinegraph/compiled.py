@@ -47,7 +47,8 @@ def check_json_params(graph_name: str, fixed: dict[str, Any], asked: dict[str, A
     """The params `asked` (a request body's) over `fixed` (a pipeline's, read leniently at
     load as config files are), checked strictly as JSON types (`false` is no number, `"5"`
     no integer), else the ConfigError naming each bad one. The lenient build stays for
-    config files and the CLI. Nothing asked, nothing to check: `fixed` passed at load."""
+    config files and the CLI. Nothing asked, nothing to check here: `fixed` is built by the
+    lenient model, and the caller compiles the merged params next (`compiled_graph`)."""
     if not asked:
         return
     model = get_graph(graph_name).params
