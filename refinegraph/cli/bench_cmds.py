@@ -117,12 +117,11 @@ def spider_cmd(
     out_dir: Path = typer.Option(Path("bench-reports/spider"), "--out", help="Report folder."),
 ) -> None:
     """Execution accuracy of the SQL graphs, per method at equal token budget, with a plot."""
-    import json
 
     from refinegraph.bench.common import check_live_roles
     from refinegraph.bench.pool import POOL_MAX_TOKENS
     from refinegraph.bench.report import command_line
-    from refinegraph.bench.spider import answer, load_questions, plot, sample_questions, summarize, write_outcomes
+    from refinegraph.bench.spider import answer, load_questions, plot, sample_questions, summarize
     from refinegraph.bench.spider_metric import GoldFailed, check_golds, check_metric, layout_metric
     from refinegraph.cli.running import parse_params as _params
     from refinegraph.config import ConfigError, ModelSpec, load_config
@@ -187,19 +186,17 @@ def spider_cmd(
     outcomes = finished.outcomes
     summary = summarize(outcomes, methods)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_outcomes(out_dir, outcomes, finished.file("questions.jsonl"))
     source = f"pool {pool.name} ({params['n']} systems)" if pool else f"model {cfg.model_for_role('solver')}"
     title = finished.titled(f"{data.name}: {len(questions)} questions, {source}, budget {budget_tokens} "
                             f"tokens/question, {chosen_metric} metric")
     picture = plot(out_dir, summary, title, ylabel=f"execution accuracy, {chosen_metric} metric (%)",
                    filename=finished.file("accuracy.png"))
-    report = finished.mark({"title": title, "command": command, "metric": chosen_metric,
-                            "questions": len(questions), "methods": methods, "params": params,
-                            "budget_tokens": budget_tokens, "summary": summary})
+    report = {"title": title, "command": command, "metric": chosen_metric, "questions": len(questions),
+              "methods": methods, "params": params, "budget_tokens": budget_tokens, "summary": summary}
     if selection is not None:
         report["systems"] = cfg.models["pool"].pool_sources
         report["selection"] = selection
-    (out_dir / finished.file("summary.json")).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    saved = finished.save(out_dir, report, picture)
     table = Table(title=title)
     for name in ("method", "EX", "EX spider", "EX bird", "mean tokens", "mean calls", "s/question",
                  "EX per 1k tokens", "errors"):
@@ -223,10 +220,8 @@ def spider_cmd(
                   f"{offline['best_single']['system']} {100 * offline['best_single']['ex']:.1f}%, vote "
                   f"{100 * offline['vote']:.1f}%, weighted vote {100 * offline['weighted_vote']:.1f}% "
                   f"(chosen on {selection['selected_on']})", highlight=False)
-    plot_note = picture or "(no plot: pip install matplotlib)"
     out.print(f"command: {command}", highlight=False, markup=False)
-    out.print(f"report: {out_dir}/{finished.file('summary.json')} {out_dir}/{finished.file('questions.jsonl')} "
-              f"{plot_note}", highlight=False)
+    out.print(saved, highlight=False)
     finished.exit_if_stopped()
 
 

@@ -93,7 +93,7 @@ def gsm8k_cmd(
     out_dir: Path = typer.Option(Path("bench-reports/gsm8k"), "--out", help="Report folder."),
 ) -> None:
     """GSM8K accuracy of the answer methods at equal token budget per question, with a plot."""
-    from refinegraph.bench.common import plot, summarize, write_outcomes
+    from refinegraph.bench.common import plot, summarize
     from refinegraph.bench.gsm8k import answer, load_questions
     from refinegraph.config import ConfigError, load_config
 
@@ -130,15 +130,13 @@ def gsm8k_cmd(
     outcomes = finished.outcomes
     summary = summarize(outcomes, methods)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_outcomes(out_dir, outcomes, finished.file("questions.jsonl"))
     source = data.name if data else "GSM8K test"
     title = finished.titled(f"{source}: {len(questions)} questions, model {cfg.model_for_role('solver')}, "
                             f"budget {budget_tokens} tokens/question")
     picture = plot(out_dir, summary, title, filename=finished.file("accuracy.png"))
-    report = finished.mark({"title": title, "questions": len(questions), "methods": methods,
-                            "budget_tokens": budget_tokens, "model": cfg.model_for_role("solver"), "params": applied,
-                            "summary": summary})
-    (out_dir / finished.file("summary.json")).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    saved = finished.save(out_dir, {"title": title, "questions": len(questions), "methods": methods,
+                                    "budget_tokens": budget_tokens, "model": cfg.model_for_role("solver"),
+                                    "params": applied, "summary": summary}, picture)
     _table(title, summary, [
         ("method", lambda r: r["method"]), ("accuracy", lambda r: f"{100 * r['accuracy']:.1f}%"),
         ("mean tokens", lambda r: f"{r['mean_tokens']:.0f}"), ("mean calls", lambda r: f"{r['mean_calls']:.2f}"),
@@ -146,9 +144,7 @@ def gsm8k_cmd(
         ("acc per 1k tokens", lambda r: "-" if r["accuracy_per_1k_tokens"] is None
          else f"{r['accuracy_per_1k_tokens']:.3f}"),
         ("errors", lambda r: str(r["errors"]))])
-    plot_note = picture or "(no plot: pip install matplotlib)"
-    out.print(f"report: {out_dir}/{finished.file('summary.json')} {out_dir}/{finished.file('questions.jsonl')} "
-              f"{plot_note}", highlight=False)
+    out.print(saved, highlight=False)
     finished.exit_if_stopped()
 
 
@@ -168,7 +164,7 @@ def humaneval_cmd(
     out_dir: Path = typer.Option(Path("bench-reports/humaneval"), "--out", help="Report folder."),
 ) -> None:
     """HumanEval pass@1 of one greedy program against code-filter, scored on the hidden tests."""
-    from refinegraph.bench.common import plot, summarize, write_outcomes
+    from refinegraph.bench.common import plot, summarize
     from refinegraph.bench.humaneval import METHODS, Outcome, answer, load_problems
     from refinegraph.bench.journal import Journal, JournalMismatch, model_identity
     from refinegraph.cli.running import parse_params as _params
@@ -201,21 +197,18 @@ def humaneval_cmd(
                           lambda p, m: answer(p, m, cfg, params, budget_tokens))
     outcomes = finished.outcomes
     summary = summarize(outcomes, methods, score="pass_at_1")
-    write_outcomes(out_dir, outcomes, finished.file("questions.jsonl"))
     title = finished.titled(f"{data.name if data else 'HumanEval'}: {len(problems)} problems, model {solver}, "
                             f"budget {budget_tokens} tokens/problem")
     picture = plot(out_dir, summary, title, y="pass_at_1", ylabel="pass@1, hidden tests (%)",
                    filename=finished.file("accuracy.png"))
-    report = finished.mark({"title": title, "problems": len(problems), "methods": methods,
-                            "budget_tokens": budget_tokens, "model": solver, "params": params, "summary": summary})
-    (out_dir / finished.file("summary.json")).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    saved = finished.save(out_dir, {"title": title, "problems": len(problems), "methods": methods,
+                                    "budget_tokens": budget_tokens, "model": solver, "params": params,
+                                    "summary": summary}, picture)
     _table(title, summary, [
         ("method", lambda r: r["method"]), ("pass@1", lambda r: f"{100 * r['pass_at_1']:.1f}%"),
         ("mean tokens", lambda r: f"{r['mean_tokens']:.0f}"), ("mean calls", lambda r: f"{r['mean_calls']:.2f}"),
         ("s/problem", lambda r: f"{r['mean_seconds']:.1f}"), ("errors", lambda r: str(r["errors"]))])
-    plot_note = picture or "(no plot: pip install matplotlib)"
-    out.print(f"report: {out_dir}/{finished.file('summary.json')} {out_dir}/{finished.file('questions.jsonl')} "
-              f"{plot_note}", highlight=False)
+    out.print(saved, highlight=False)
     finished.exit_if_stopped()
 
 

@@ -4,8 +4,10 @@ comes so that a stopped run continues, and reports what every method finished.""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -67,6 +69,16 @@ class Journaled:
         """A report file's name: a stopped run's is `stopped-NAME`, so the last complete
         report (what a README links to) is never replaced by a partial one."""
         return f"{STOPPED_PREFIX}{name}" if self.stopped else name
+
+    def save(self, out_dir: Path, report: dict[str, Any], picture: str | None) -> str:
+        """questions.jsonl and summary.json (`stopped-` ones for a stopped run, the report
+        marked), and the line that names them and the plot."""
+        from refinegraph.bench.common import write_outcomes
+
+        questions = write_outcomes(out_dir, self.outcomes, self.file("questions.jsonl"))
+        summary = out_dir / self.file("summary.json")
+        summary.write_text(json.dumps(self.mark(report), indent=2) + "\n", encoding="utf-8")
+        return f"report: {summary} {questions} {picture or '(no plot: pip install matplotlib)'}"
 
     def exit_if_stopped(self) -> None:
         """After the report is written: a stopped run exits as interrupted (the same command continues)."""
